@@ -1,0 +1,132 @@
+"""Exceptions raised by atoll.
+
+Every error a user can cause derives from :class:`POSError`, so one ``except``
+clause catches them all. Names follow ZODB's so that code written for ZODB
+catches the same situations.
+"""
+
+from __future__ import annotations
+
+from transaction.interfaces import TransientError
+
+from atoll.ids import oid_repr, tid_repr
+
+__all__ = [
+    "POSError",
+    "StorageError",
+    "ConflictError",
+    "ReadConflictError",
+    "POSKeyError",
+    "InvalidObjectReference",
+    "ReadOnlyError",
+    "ReadOnlyHistoryError",
+    "ConnectionStateError",
+    "StorageTransactionError",
+    "Unsupported",
+    "UndoError",
+]
+
+
+class POSError(Exception):
+    """Base class of every atoll error."""
+
+
+class StorageError(POSError):
+    """A storage could not do what was asked (bad file, broken server, ...)."""
+
+
+class StorageTransactionError(StorageError):
+    """A two-phase-commit call came in the wrong order or for the wrong transaction."""
+
+
+class ReadOnlyError(StorageError):
+    """A write was attempted on a storage opened read-only."""
+
+
+class Unsupported(StorageError):
+    """The storage does not offer this operation (history on a history-free storage, ...)."""
+
+
+class UndoError(StorageError):
+    """An undo could not be performed."""
+
+
+class POSKeyError(POSError, KeyError):
+    """No object with this oid exists (in this snapshot)."""
+
+    def __str__(self) -> str:
+        return oid_repr(self.args[0]) if self.args and isinstance(self.args[0], bytes) else super().__str__()
+
+
+class ConflictError(POSError, TransientError):
+    """Two transactions changed the same object; the later one must be retried.
+
+    ``oid`` is the object's id, ``serials`` the pair ``(committed, read)``: the
+    revision now current in the storage and the one this transaction started from.
+    ``class_name`` is the dotted name of the object's class, when known.
+    """
+
+    kind = "database conflict error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        oid: bytes | None = None,
+        serials: tuple[bytes, bytes] | None = None,
+        class_name: str | None = None,
+        database_name: str | None = None,
+    ) -> None:
+        self.oid = oid
+        self.serials = serials
+        self.class_name = class_name
+        self.database_name = database_name
+        self.message = message or self.kind
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.oid is not None:
+            parts.append(f"oid {oid_repr(self.oid)}")
+        if self.database_name:
+            parts.append(f"database {self.database_name!r}")
+        if self.class_name:
+            parts.append(f"class {self.class_name}")
+        if self.serials:
+            committed, read = self.serials
+            parts.append(f"serial this txn started with {tid_repr(read)}")
+            parts.append(f"serial currently committed {tid_repr(committed)}")
+        if len(parts) == 1:
+            return parts[0]
+        return f"{parts[0]} ({', '.join(parts[1:])})"
+
+    # ZODB spelling, used by its conflict-handling code.
+    def get_oid(self) -> bytes | None:
+        return self.oid
+
+    def get_class_name(self) -> str | None:
+        return self.class_name
+
+    def get_old_serial(self) -> bytes | None:
+        return self.serials[1] if self.serials else None
+
+    def get_new_serial(self) -> bytes | None:
+        return self.serials[0] if self.serials else None
+
+
+class ReadConflictError(ConflictError):
+    """An object this transaction read (and must stay current) was changed by another."""
+
+    kind = "database read conflict error"
+
+
+class InvalidObjectReference(POSError):
+    """A persistent reference that may not be stored (wrong database, new object in two, ...)."""
+
+
+class ReadOnlyHistoryError(POSError):
+    """A historical connection was asked to change an object."""
+
+
+class ConnectionStateError(POSError):
+    """A connection was used in a state that does not allow it (closed, joined, ...)."""

@@ -1,0 +1,317 @@
+"""The storage protocol: the one interface between DB/Connection and a backend.
+
+A storage keeps object records: for each oid, a sequence of revisions, each named by
+the tid of the transaction that wrote it. Records are opaque bytes here (their format
+is :mod:`atoll.serialize`'s business); a storage never unpickles them, except through
+callables it is handed (``references`` for pack, ``resolve`` for conflicts).
+
+There are two objects:
+
+* :class:`Storage`, one per database, shared by every connection and thread of the
+  process. It hands out oids, opens views, and does whole-database work (history,
+  iteration, pack, size).
+* :class:`StorageView`, one per connection. A view reads from a *snapshot*, the tid
+  of the last transaction it has seen: every load returns the revision current as of
+  that tid, whatever other processes commit meanwhile. ``poll()`` moves the snapshot
+  to the newest committed transaction and says which oids changed. A view also
+  commits, in two phases.
+
+Invariants every backend keeps (the contract tests in ``tests/storage`` check them):
+
+1. Tids are 8-byte timestamps (:mod:`atoll.ids`) that strictly increase with every
+   commit of a storage, across processes.
+2. A view's loads are repeatable: until the next ``poll()``, ``load(oid)`` returns the
+   same ``(data, serial)``; serial is the tid that wrote that revision and is never
+   greater than the snapshot.
+3. Two-phase commit: ``tpc_begin`` -> ``store``/``check_current``... -> ``tpc_vote`` ->
+   ``tpc_finish`` or ``tpc_abort``. ``tpc_vote`` takes the storage's commit lock,
+   detects conflicts and raises :class:`~atoll.errors.ConflictError` (or resolves them
+   through ``resolve``), and allocates the tid. After ``tpc_vote`` returns, the
+   commit can no longer fail for a reason of the data: ``tpc_finish`` only makes it
+   durable and visible, then releases the lock. ``tpc_abort`` may be called at any
+   point after ``tpc_begin`` and leaves no trace. Locks are taken in ``tpc_vote``,
+   which the transaction package calls in ``sort_key()`` order, so several storages
+   committing together cannot deadlock.
+4. A committed transaction is atomic: every view sees all of its records or none.
+5. ``new_oid()`` never returns the same oid twice for one storage, across processes,
+   and never the root oid.
+6. A storage never imports :mod:`atoll.connection` or :mod:`atoll.db`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+
+from atoll.errors import ConflictError, ReadConflictError
+from atoll.ids import z64
+
+__all__ = [
+    "TransactionMeta",
+    "DataRecord",
+    "TransactionRecord",
+    "HistoryEntry",
+    "PackStats",
+    "Resolver",
+    "References",
+    "Progress",
+    "Storage",
+    "StorageView",
+    "check_serials",
+]
+
+
+@dataclass(frozen=True)
+class TransactionMeta:
+    """What a commit records besides object data.
+
+    ``id`` is the same for every storage that takes part in one transaction of a
+    multi-database collection, so a backend that must recover a half-finished
+    commit can find its partners.
+    """
+
+    user: str = ""
+    description: str = ""
+    extension: Mapping[str, object] = field(default_factory=dict)
+    id: str = ""
+
+    def extension_bytes(self) -> bytes:
+        """The extension dict as stored (a pickle; empty bytes for no extension)."""
+        return pickle.dumps(dict(self.extension), 3) if self.extension else b""
+
+    @staticmethod
+    def extension_from_bytes(data: bytes | None) -> dict:
+        """The inverse of :meth:`extension_bytes`."""
+        return pickle.loads(data) if data else {}
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """One revision of one object, as iteration returns it; ``data`` None means deleted."""
+
+    oid: bytes
+    tid: bytes
+    data: bytes | None
+
+
+@dataclass
+class TransactionRecord:
+    """One committed transaction, as :meth:`Storage.iterator` returns it."""
+
+    tid: bytes
+    user: str
+    description: str
+    extension: dict
+    records: list[DataRecord]
+
+    def __iter__(self) -> Iterator[DataRecord]:
+        return iter(self.records)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One revision of an object, as :meth:`Storage.history` returns it."""
+
+    tid: bytes
+    time: float
+    user_name: str
+    description: str
+    size: int
+
+    def as_dict(self) -> dict:
+        """ZODB's history form: a dict with ``tid``, ``serial``, ``time``, ..."""
+        return {
+            "tid": self.tid,
+            "serial": self.tid,
+            "time": self.time,
+            "user_name": self.user_name,
+            "description": self.description,
+            "size": self.size,
+        }
+
+
+@dataclass
+class PackStats:
+    """What a pack removed."""
+
+    revisions_removed: int = 0
+    objects_removed: int = 0
+    transactions_removed: int = 0
+
+
+class Resolver(Protocol):
+    """Merges a write-write conflict, or raises ConflictError.
+
+    Called during ``tpc_vote`` for an object this transaction stored from revision
+    ``read_serial`` while ``committed_serial`` is now current. ``old_data`` is the
+    revision the transaction started from (None if the storage no longer has it).
+    Returns the merged record to write instead of ``new_data``.
+    """
+
+    def __call__(
+        self,
+        oid: bytes,
+        committed_serial: bytes,
+        read_serial: bytes,
+        committed_data: bytes,
+        old_data: bytes | None,
+        new_data: bytes,
+    ) -> bytes: ...
+
+
+#: Given a record, the oids it references (same database only): used by pack's GC.
+References = Callable[[bytes], Iterable[bytes]]
+
+#: Receives one line of progress text during long work (pack, copy, GC).
+Progress = Callable[[str], None]
+
+
+@runtime_checkable
+class StorageView(Protocol):
+    """One connection's window on a storage: snapshot reads and two-phase commit.
+
+    A view is used by one thread at a time. Historical views (opened with
+    ``before``) have a fixed snapshot: ``poll()`` returns an empty set and the commit
+    methods raise :class:`~atoll.errors.ReadOnlyError`.
+    """
+
+    #: The tid reads come from (the newest transaction seen); None before first poll.
+    snapshot: bytes | None
+
+    def poll(self) -> set[bytes] | None:
+        """Move the snapshot to the newest committed transaction.
+
+        Returns the oids changed between the old snapshot and the new one, or None
+        when the view cannot tell (first poll, or too far behind) and the caller
+        must forget everything it cached.
+        """
+
+    def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        """``(data, serial)`` of ``oid`` as of the snapshot; POSKeyError if none."""
+
+    def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        """Several loads in one round trip; oids that do not exist are left out."""
+
+    def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        """The revision of ``oid`` written by ``serial``; POSKeyError if gone."""
+
+    def new_oid(self) -> bytes:
+        """An oid never used before (same as the storage's)."""
+
+    def tpc_begin(self, meta: TransactionMeta) -> None:
+        """Start a commit. ReadOnlyError on a read-only storage or historical view."""
+
+    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        """Queue a new revision of ``oid``; ``read_serial`` is the revision it
+        replaces (``z64`` for a new object)."""
+
+    def check_current(self, oid: bytes, serial: bytes) -> None:
+        """Make the commit fail with ReadConflictError unless ``serial`` is still
+        ``oid``'s current revision at vote time (``readCurrent``)."""
+
+    def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
+        """Lock, check conflicts, allocate the tid, and make the data ready to commit.
+
+        Returns the oids whose stored data was replaced by a resolved merge: the
+        caller's copies of those objects are stale.
+        """
+
+    def tpc_finish(self) -> bytes:
+        """Make the commit durable and visible; returns its tid and moves the
+        snapshot to it (the view has seen its own commit)."""
+
+    def tpc_abort(self) -> None:
+        """Forget the commit in progress and release any lock."""
+
+    def release(self) -> None:
+        """Give back what the view holds (read transaction, server connection)."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A database's records. Shared by all threads; must be thread-safe."""
+
+    #: Human-readable name: a path, a DSN without password, "memory".
+    name: str
+    read_only: bool
+    keep_history: bool
+
+    def open_view(self, before: bytes | None = None) -> StorageView:
+        """A new view; with ``before``, a read-only view of the state before that tid."""
+
+    def new_oid(self) -> bytes:
+        """An oid never used before in this storage (see invariant 5)."""
+
+    def last_transaction(self) -> bytes:
+        """The tid of the newest committed transaction (``z64`` when empty)."""
+
+    def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        """Up to ``size`` revisions of ``oid``, newest first; POSKeyError if none."""
+
+    def iterator(
+        self, start: bytes | None = None, stop: bytes | None = None
+    ) -> Iterator[TransactionRecord]:
+        """Committed transactions with tids in ``[start, stop]``, oldest first."""
+
+    def pack(
+        self,
+        pack_tid: bytes,
+        references: References | None,
+        *,
+        progress: Progress | None = None,
+    ) -> PackStats:
+        """Remove revisions that nothing can read any more.
+
+        For each object, revisions older than its newest revision at ``pack_tid``
+        go. When ``references`` is given, objects not reachable from the root oid
+        (following ``references`` over the states current at ``pack_tid``) and not
+        written after it go too. Without it, no object is removed: the caller
+        passes None when another database may reference this one's objects.
+        """
+
+    def __len__(self) -> int:
+        """The number of objects with a current revision, the root included."""
+
+    def get_size(self) -> int:
+        """Approximate bytes used."""
+
+    def sort_key(self) -> str:
+        """A string that orders storages for two-phase commit: unique per storage
+        (two instances opened on the same data have the same key) and stable."""
+
+    def close(self) -> None:
+        """Release everything; further use raises StorageError. Idempotent."""
+
+
+def check_serials(
+    stores: Mapping[bytes, tuple[bytes, bytes]],
+    read_checks: Mapping[bytes, bytes],
+    current: Mapping[bytes, bytes],
+    load_serial: Callable[[bytes, bytes], bytes | None],
+    load_current: Callable[[bytes], bytes],
+    resolve: Resolver | None,
+) -> dict[bytes, bytes]:
+    """The conflict check every backend runs in ``tpc_vote``, under its commit lock.
+
+    ``stores`` maps oid -> (read_serial, data) of this commit, ``read_checks`` oid ->
+    serial for ``check_current``, ``current`` oid -> the serial now committed (absent
+    for objects that have none). Returns oid -> merged data for the conflicts that
+    ``resolve`` merged; raises ReadConflictError or ConflictError otherwise.
+    """
+    for oid, serial in read_checks.items():
+        if oid in stores:
+            continue
+        committed = current.get(oid, z64)
+        if committed != serial:
+            raise ReadConflictError(oid=oid, serials=(committed, serial))
+    resolved: dict[bytes, bytes] = {}
+    for oid, (read_serial, data) in stores.items():
+        committed = current.get(oid, z64)
+        if committed == read_serial:
+            continue
+        if resolve is None or read_serial == z64 or committed == z64:
+            raise ConflictError(oid=oid, serials=(committed, read_serial))
+        old = load_serial(oid, read_serial)
+        resolved[oid] = resolve(oid, committed, read_serial, load_current(oid), old, data)
+    return resolved
