@@ -12,9 +12,9 @@ There are two objects:
   iteration, pack, size).
 * :class:`StorageView`, one per connection. A view reads from a *snapshot*, the tid
   of the last transaction it has seen: every load returns the revision current as of
-  that tid, whatever other processes commit meanwhile. ``poll()`` moves the snapshot
-  to the newest committed transaction and says which oids changed. A view also
-  commits, in two phases.
+  that tid, whatever other processes commit meanwhile. A view's snapshot is set
+  when it opens; ``poll()`` moves it to the newest committed transaction and says
+  which oids changed. A view also commits, in two phases.
 
 Invariants every backend keeps (the contract tests in ``tests/storage`` check them):
 
@@ -176,15 +176,17 @@ class StorageView(Protocol):
     methods raise :class:`~atoll.errors.ReadOnlyError`.
     """
 
-    #: The tid reads come from (the newest transaction seen); None before first poll.
-    snapshot: bytes | None
+    #: The tid reads come from (the newest transaction seen when the view opened or
+    #: last polled; ``z64`` for an empty storage).
+    snapshot: bytes
 
     def poll(self) -> set[bytes] | None:
         """Move the snapshot to the newest committed transaction.
 
-        Returns the oids changed between the old snapshot and the new one, or None
-        when the view cannot tell (first poll, or too far behind) and the caller
-        must forget everything it cached.
+        Returns the oids changed between the old snapshot and the new one by other
+        views' commits (the view's own commits are left out: its caller already
+        holds those states), or None when the view cannot tell (too far behind) and
+        the caller must forget everything it cached.
         """
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
@@ -218,8 +220,10 @@ class StorageView(Protocol):
         """
 
     def tpc_finish(self) -> bytes:
-        """Make the commit durable and visible; returns its tid and moves the
-        snapshot to it (the view has seen its own commit)."""
+        """Make the commit durable and visible, release the lock, return the tid.
+
+        The snapshot does not move: transactions that others committed before
+        this one are reported by the next ``poll()``, this one is not."""
 
     def tpc_abort(self) -> None:
         """Forget the commit in progress and release any lock."""

@@ -1,0 +1,392 @@
+"""In-memory storages: fast, thread-safe, gone when the process ends.
+
+:class:`MemoryStorage` keeps every revision until pack (history-preserving);
+:class:`MinimalMemoryStorage` keeps only what open views can still read, which is
+what a history-free storage must do to stay MVCC-correct.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from bisect import bisect_left, bisect_right
+from typing import Iterable, Iterator
+
+from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
+from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.storage.base import (
+    DataRecord,
+    HistoryEntry,
+    PackStats,
+    Progress,
+    References,
+    Resolver,
+    TransactionMeta,
+    TransactionRecord,
+    check_serials,
+)
+
+__all__ = ["MemoryStorage", "MinimalMemoryStorage"]
+
+
+class _Revisions:
+    """The revisions of one object, oldest first: parallel lists for bisect."""
+
+    __slots__ = ("tids", "datas")
+
+    def __init__(self) -> None:
+        self.tids: list[bytes] = []
+        self.datas: list[bytes | None] = []  # None: deleted
+
+    def at(self, snapshot: bytes) -> int:
+        """Index of the newest revision with tid <= snapshot, or -1."""
+        return bisect_right(self.tids, snapshot) - 1
+
+
+class MemoryStorage:
+    """A history-preserving storage held in this process's memory."""
+
+    keep_history = True
+
+    def __init__(self, name: str = "memory", *, read_only: bool = False) -> None:
+        self.name = name
+        self.read_only = read_only
+        self._lock = threading.RLock()  # guards every structure below
+        self._commit_lock = threading.Lock()  # held from tpc_vote to finish/abort
+        self._objects: dict[bytes, _Revisions] = {}
+        self._tids: list[bytes] = []  # committed tids, ascending
+        self._tx_oids: dict[bytes, list[bytes]] = {}  # tid -> oids it wrote
+        self._tx_meta: dict[bytes, TransactionMeta] = {}
+        self._last_tid = z64
+        self._next_oid = 1  # 0 is the root
+        self._views: weakref.WeakSet[MemoryView] = weakref.WeakSet()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.name!r} is closed")
+
+    # -- the Storage protocol ------------------------------------------------
+
+    def open_view(self, before: bytes | None = None) -> MemoryView:
+        self._check_open()
+        view = MemoryView(self, before)
+        with self._lock:
+            self._views.add(view)
+        return view
+
+    def new_oid(self) -> bytes:
+        self._check_open()
+        with self._lock:
+            oid = p64(self._next_oid)
+            self._next_oid += 1
+        return oid
+
+    def last_transaction(self) -> bytes:
+        return self._last_tid
+
+    def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        with self._lock:
+            revisions = self._objects.get(oid)
+            if revisions is None or not revisions.tids:
+                raise POSKeyError(oid)
+            entries = []
+            for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
+                if len(entries) >= size:
+                    break
+                meta = self._tx_meta.get(tid, TransactionMeta())
+                entries.append(HistoryEntry(tid, tid_time(tid), meta.user, meta.description, len(data or b"")))
+            return entries
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[TransactionRecord]:
+        with self._lock:
+            lo = 0 if start is None else bisect_left(self._tids, start)
+            tids = [t for t in self._tids[lo:] if stop is None or t <= stop]
+        for tid in tids:
+            with self._lock:
+                meta = self._tx_meta.get(tid)
+                oids = self._tx_oids.get(tid)
+                if meta is None or oids is None:
+                    continue  # packed away meanwhile
+                records = []
+                for oid in oids:
+                    revisions = self._objects.get(oid)
+                    if revisions is None:
+                        continue
+                    i = revisions.at(tid)
+                    if i >= 0 and revisions.tids[i] == tid:
+                        records.append(DataRecord(oid, tid, revisions.datas[i]))
+            yield TransactionRecord(tid, meta.user, meta.description, dict(meta.extension), records)
+
+    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
+        self._check_open()
+        stats = PackStats()
+        with self._commit_lock, self._lock:
+            reachable = self._reachable(pack_tid, references) if references is not None else None
+            for oid in list(self._objects):
+                revisions = self._objects[oid]
+                i = revisions.at(pack_tid)
+                written_later = i < len(revisions.tids) - 1
+                if reachable is not None and oid not in reachable and not written_later:
+                    stats.revisions_removed += len(revisions.tids)
+                    stats.objects_removed += 1
+                    del self._objects[oid]
+                    continue
+                if i > 0 and self.keep_history:
+                    stats.revisions_removed += i
+                    del revisions.tids[:i]
+                    del revisions.datas[:i]
+            self._forget_empty_transactions(stats)
+        if progress is not None:
+            progress(
+                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
+                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
+            )
+        return stats
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._objects.values() if r.datas and r.datas[-1] is not None)
+
+    def get_size(self) -> int:
+        with self._lock:
+            return sum(len(d) for r in self._objects.values() for d in r.datas if d)
+
+    def sort_key(self) -> str:
+        return f"memory:{self.name}:{id(self):x}"
+
+    def close(self) -> None:
+        self._closed = True
+
+    # -- used by views, under self._lock -------------------------------------
+
+    def _reachable(self, pack_tid: bytes, references: References) -> set[bytes]:
+        seen = {ROOT_OID}
+        todo = [ROOT_OID]
+        while todo:
+            oid = todo.pop()
+            revisions = self._objects.get(oid)
+            if revisions is None:
+                continue
+            i = revisions.at(pack_tid)
+            if i < 0 or revisions.datas[i] is None:
+                continue
+            for ref in references(revisions.datas[i]):
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
+        return seen
+
+    def _forget_empty_transactions(self, stats: PackStats) -> None:
+        live = set()
+        for revisions in self._objects.values():
+            live.update(revisions.tids)
+        for tid in list(self._tx_oids):
+            if tid not in live and tid != self._last_tid:
+                del self._tx_oids[tid]
+                self._tx_meta.pop(tid, None)
+                stats.transactions_removed += 1
+        self._tids = [t for t in self._tids if t in self._tx_oids]
+
+    def _changed_since(self, snapshot: bytes, upto: bytes, own: set[bytes]) -> set[bytes]:
+        changed: set[bytes] = set()
+        for tid in self._tids[bisect_right(self._tids, snapshot) :]:
+            if tid > upto:
+                break
+            if tid not in own:
+                changed.update(self._tx_oids[tid])
+        return changed
+
+    def _commit(self, tid: bytes, meta: TransactionMeta, writes: dict[bytes, bytes]) -> None:
+        for oid, data in writes.items():
+            revisions = self._objects.get(oid)
+            if revisions is None:
+                revisions = self._objects[oid] = _Revisions()
+            revisions.tids.append(tid)
+            revisions.datas.append(data)
+        self._tids.append(tid)
+        self._tx_oids[tid] = list(writes)
+        self._tx_meta[tid] = meta
+        self._last_tid = tid
+        if not self.keep_history:
+            self._prune(writes)
+
+    def _prune(self, oids: Iterable[bytes]) -> None:
+        """History-free: drop revisions and transactions no open view can read."""
+        oldest = min((v.snapshot for v in self._views if v.before is None and v.snapshot), default=self._last_tid)
+        for oid in oids:
+            revisions = self._objects[oid]
+            i = revisions.at(oldest)
+            if i > 0:
+                del revisions.tids[:i]
+                del revisions.datas[:i]
+        cut = bisect_right(self._tids, oldest) - 1
+        if cut > 0:
+            for tid in self._tids[:cut]:
+                del self._tx_oids[tid]
+                del self._tx_meta[tid]
+            del self._tids[:cut]
+
+
+class MinimalMemoryStorage(MemoryStorage):
+    """The smallest correct storage: in memory, history-free (no history, no undo).
+
+    Old revisions are kept only while an open view's snapshot can still read them.
+    """
+
+    keep_history = False
+
+    def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        return super().history(oid, 1)
+
+
+class MemoryView:
+    """A connection's view of a :class:`MemoryStorage`."""
+
+    def __init__(self, storage: MemoryStorage, before: bytes | None) -> None:
+        self._storage = storage
+        self.before = before
+        if before is None:
+            self.snapshot = storage._last_tid
+        else:
+            self.snapshot = p64(u64(before) - 1) if before != z64 else z64
+        self._own: set[bytes] = set()  # tids this view committed since its last poll
+        self._meta: TransactionMeta | None = None
+        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
+        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._tid: bytes | None = None  # allocated in vote
+        self._locked = False
+
+    def poll(self) -> set[bytes] | None:
+        if self.before is not None:
+            return set()
+        storage = self._storage
+        with storage._lock:
+            upto = storage._last_tid
+            if self.snapshot != z64 and self.snapshot not in storage._tx_oids and self.snapshot < upto:
+                # Pruned past our snapshot (history-free storage, view left idle).
+                oldest = storage._tids[0] if storage._tids else upto
+                if oldest > self.snapshot:
+                    self.snapshot, self._own = upto, set()
+                    return None
+            changed = storage._changed_since(self.snapshot, upto, self._own)
+        self.snapshot, self._own = upto, set()
+        return changed
+
+    def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        storage = self._storage
+        with storage._lock:
+            revisions = storage._objects.get(oid)
+            if revisions is not None:
+                i = revisions.at(self.snapshot)
+                if i >= 0:
+                    data = revisions.datas[i]
+                    if data is not None:
+                        return data, revisions.tids[i]
+                elif revisions.tids and not storage.keep_history:
+                    raise ReadConflictError(
+                        "the revision this snapshot needs was already discarded", oid=oid
+                    )
+        raise POSKeyError(oid)
+
+    def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        found = {}
+        for oid in oids:
+            try:
+                found[oid] = self.load(oid)
+            except POSKeyError:
+                pass
+        return found
+
+    def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        with self._storage._lock:
+            revisions = self._storage._objects.get(oid)
+            if revisions is not None:
+                i = revisions.at(serial)
+                if i >= 0 and revisions.tids[i] == serial and revisions.datas[i] is not None:
+                    return revisions.datas[i]
+        raise POSKeyError(oid)
+
+    def new_oid(self) -> bytes:
+        return self._storage.new_oid()
+
+    def tpc_begin(self, meta: TransactionMeta) -> None:
+        self._storage._check_open()
+        if self._storage.read_only:
+            raise ReadOnlyError(f"storage {self._storage.name!r} is read-only")
+        if self.before is not None:
+            raise ReadOnlyError("a historical view cannot commit")
+        if self._meta is not None:
+            raise StorageTransactionError("tpc_begin called twice without finish or abort")
+        self._meta = meta
+
+    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("store outside a commit")
+        self._stores[oid] = (read_serial, data)
+
+    def check_current(self, oid: bytes, serial: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("check_current outside a commit")
+        self._checks[oid] = serial
+
+    def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
+        if self._meta is None:
+            raise StorageTransactionError("tpc_vote outside a commit")
+        storage = self._storage
+        storage._commit_lock.acquire()
+        self._locked = True
+        with storage._lock:
+            current = {}
+            for oid in set(self._stores) | set(self._checks):
+                revisions = storage._objects.get(oid)
+                if revisions is not None and revisions.tids and revisions.datas[-1] is not None:
+                    current[oid] = revisions.tids[-1]
+            resolved = check_serials(
+                self._stores,
+                self._checks,
+                current,
+                self._load_revision,
+                lambda oid: storage._objects[oid].datas[-1],
+                resolve,
+            )
+            for oid, data in resolved.items():
+                self._stores[oid] = (current[oid], data)
+            self._tid = new_tid(storage._last_tid)
+        return set(resolved)
+
+    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
+        try:
+            return self.load_serial(oid, serial)
+        except POSKeyError:
+            return None
+
+    def tpc_finish(self) -> bytes:
+        if self._tid is None or self._meta is None:
+            raise StorageTransactionError("tpc_finish before tpc_vote")
+        tid, storage = self._tid, self._storage
+        with storage._lock:
+            storage._commit(tid, self._meta, {oid: data for oid, (_, data) in self._stores.items()})
+        self._own.add(tid)
+        self._reset()
+        return tid
+
+    def tpc_abort(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._meta = None
+        self._stores = {}
+        self._checks = {}
+        self._tid = None
+        if self._locked:
+            self._locked = False
+            self._storage._commit_lock.release()
+
+    def release(self) -> None:
+        self._reset()
+        with self._storage._lock:
+            self._storage._views.discard(self)
