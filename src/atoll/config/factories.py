@@ -1,0 +1,211 @@
+"""What the sections of a configuration file turn into: factories that open storages
+and databases.
+
+ZConfig calls each section type's ``datatype`` (named in ``component.xml``) with the
+parsed section; the result is a factory that remembers the section and opens its
+storage or database on demand, so that parsing a file creates nothing. Each section
+maps one to one onto a constructor; a key left out of the file is not passed, so the
+constructor's default applies and there is one place that defines each default.
+
+A file's ``<zodb>`` sections become a :class:`DatabaseFactories` list, which opens
+them all into one multi-database collection and, if any fails, closes what it had
+opened.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, MutableMapping
+
+if TYPE_CHECKING:  # DB is imported when a database is opened, not when parsing.
+    from ZConfig.matcher import SectionValue
+
+    from atoll.db import DB
+    from atoll.storage.base import Storage
+
+__all__ = [
+    "StorageFactory",
+    "MappingStorageFactory",
+    "MemoryStorageFactory",
+    "SQLiteStorageFactory",
+    "PostgreSQLStorageFactory",
+    "DatabaseFactory",
+    "DatabaseFactories",
+    "non_negative_int",
+    "database_schema_root",
+]
+
+
+def non_negative_int(text: str) -> int:
+    """ZConfig datatype: an integer >= 0 (sizes and counts)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def already_there(name: str) -> ValueError:
+    """The error DB raises for a name already in the collection, raised here before
+    anything is opened."""
+    return ValueError(f"database_name {name!r} already in databases")
+
+
+class StorageFactory(ABC):
+    """Base of the storage sections' factories: ``open()`` returns a new storage."""
+
+    def __init__(self, section: SectionValue) -> None:
+        self.section = section  # the parsed section; read by open()
+        self.name: str | None = section.getSectionName()
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments ``open()`` passes to the storage class."""
+        return {}
+
+    @abstractmethod
+    def open(self) -> Storage:
+        """Create the storage this section describes."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class MemoryStorageFactory(StorageFactory):
+    """``<memorystorage/>``: :class:`atoll.storage.MemoryStorage`."""
+
+    def open(self) -> Storage:
+        from atoll.storage.memory import MemoryStorage
+
+        return MemoryStorage(**self.arguments())
+
+
+class MappingStorageFactory(MemoryStorageFactory):
+    """``<mappingstorage/>``, ZODB's name for an in-memory storage: the same
+    :class:`~atoll.storage.MemoryStorage` (history-preserving, which a ZODB
+    MappingStorage user does not notice)."""
+
+
+class SQLiteStorageFactory(StorageFactory):
+    """``<sqlitestorage>``: :class:`atoll.storage.SQLiteStorage`."""
+
+    def arguments(self) -> dict[str, Any]:
+        return {"read_only": self.section.read_only, "keep_history": self.section.keep_history}
+
+    def open(self) -> Storage:
+        from atoll.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(self.section.path, **self.arguments())
+
+
+class PostgreSQLStorageFactory(StorageFactory):
+    """``<postgresqlstorage>``: :class:`atoll.storage.PostgreSQLStorage`."""
+
+    def arguments(self) -> dict[str, Any]:
+        return {"keep_history": self.section.keep_history}
+
+    def open(self) -> Storage:
+        from atoll.storage.postgresql import PostgreSQLStorage
+
+        return PostgreSQLStorage(self.section.dsn, **self.arguments())
+
+
+# The <zodb> keys and the DB keyword argument each one sets.
+_DB_ARGUMENTS = {
+    "cache_size": "cache_size",
+    "cache_size_bytes": "cache_size_bytes",
+    "pool_size": "pool_size",
+    "pool_timeout": "pool_timeout",
+    "historical_pool_size": "historical_pool_size",
+    "historical_cache_size": "historical_cache_size",
+    "historical_timeout": "historical_timeout",
+    "allow_implicit_cross_references": "xrefs",
+}
+
+
+class DatabaseFactory:
+    """``<zodb NAME>``: opens an :class:`atoll.DB` on the section's storage."""
+
+    def __init__(self, section: SectionValue) -> None:
+        self.section = section  # the parsed section; read by open()
+        self.name: str | None = section.getSectionName()
+
+    @property
+    def database_name(self) -> str:
+        """``database-name``, else the section's name, else ``'unnamed'``."""
+        return self.section.database_name or self.name or "unnamed"
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments for :class:`atoll.DB`, besides storage and databases:
+        only the keys the file sets, so that DB's defaults apply to the rest."""
+        kwargs: dict[str, Any] = {"database_name": self.database_name}
+        for key, argument in _DB_ARGUMENTS.items():
+            value = getattr(self.section, key)
+            if value is not None:
+                kwargs[argument] = value
+        return kwargs
+
+    def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
+        """Open the storage and a DB on it, registered in ``databases`` if given.
+
+        A name already in ``databases`` raises ValueError before the storage is
+        opened; if the DB cannot be created, the storage is closed again.
+        """
+        from atoll.db import DB
+
+        kwargs = self.arguments()
+        if databases is not None and kwargs["database_name"] in databases:
+            raise already_there(kwargs["database_name"])
+        storage = self.section.storage.open()
+        try:
+            return DB(storage, databases=databases, **kwargs)
+        except BaseException:
+            storage.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<DatabaseFactory {self.database_name!r}>"
+
+
+class DatabaseFactories(list):
+    """The factories of a file's ``<zodb>`` sections, in file order.
+
+    A list (``zconfig.database[0]`` is the first section's factory) that can also
+    open every section at once, into one collection.
+    """
+
+    def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
+        """Open every database into ``databases`` (a new dict if None) and return the
+        first.
+
+        Names are checked first: a name used twice, or already in ``databases``,
+        raises ValueError with nothing opened. If opening one fails, the databases
+        opened before it are closed and taken out of ``databases`` again, so the
+        mapping is left as it was.
+        """
+        if not self:
+            raise ValueError("the configuration has no <zodb> section")
+        if databases is None:
+            databases = {}
+        seen = set(databases)
+        for factory in self:
+            name = factory.database_name
+            if name in seen:
+                raise already_there(name)
+            seen.add(name)
+        opened: list[DB] = []
+        try:
+            for factory in self:
+                opened.append(factory.open(databases))
+        except BaseException:
+            for db in reversed(opened):
+                db.close()
+                if databases.get(db.database_name) is db:
+                    del databases[db.database_name]
+            raise
+        return opened[0]
+
+
+def database_schema_root(section: SectionValue) -> SectionValue:
+    """ZConfig datatype of the database schema's top level: makes ``database``
+    a :class:`DatabaseFactories`, so ``config.database.open(databases=d)`` works."""
+    section.database = DatabaseFactories(section.database)
+    return section
