@@ -69,8 +69,13 @@ class StorageFactory(ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-class MemoryStorageFactory(StorageFactory):
-    """``<memorystorage/>``: :class:`atoll.storage.MemoryStorage`."""
+class MappingStorageFactory(StorageFactory):
+    """``<mappingstorage/>``, ZODB's name for an in-memory storage: a
+    :class:`~atoll.storage.MemoryStorage` (history-preserving, which a ZODB
+    MappingStorage user does not notice)."""
+
+    def arguments(self) -> dict[str, Any]:
+        return {} if self.section.name is None else {"name": self.section.name}
 
     def open(self) -> Storage:
         from atoll.storage.memory import MemoryStorage
@@ -78,10 +83,16 @@ class MemoryStorageFactory(StorageFactory):
         return MemoryStorage(**self.arguments())
 
 
-class MappingStorageFactory(MemoryStorageFactory):
-    """``<mappingstorage/>``, ZODB's name for an in-memory storage: the same
-    :class:`~atoll.storage.MemoryStorage` (history-preserving, which a ZODB
-    MappingStorage user does not notice)."""
+class MemoryStorageFactory(MappingStorageFactory):
+    """``<memorystorage/>``: :class:`atoll.storage.MemoryStorage`, or with
+    ``keep-history false`` the history-free
+    :class:`~atoll.storage.MinimalMemoryStorage`."""
+
+    def open(self) -> Storage:
+        from atoll.storage.memory import MemoryStorage, MinimalMemoryStorage
+
+        cls = MemoryStorage if self.section.keep_history else MinimalMemoryStorage
+        return cls(**self.arguments())
 
 
 class SQLiteStorageFactory(StorageFactory):

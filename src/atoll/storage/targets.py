@@ -9,6 +9,7 @@ A target is one of:
 * a URI:
 
   - ``memory://``: a new :class:`~atoll.storage.MemoryStorage`;
+    ``memory://?keep_history=false``: a :class:`~atoll.storage.MinimalMemoryStorage`;
   - ``sqlite:///abs/path.db?keep_history=false&read_only=true``: an SQLite file
     (the path is absolute: ``/abs/path.db``);
   - ``postgresql://user@host/db?keep_history=false`` (or ``postgres://``): a
@@ -129,10 +130,10 @@ def _open_memory(uri: str) -> Storage:
     parts = urlsplit(uri)
     if parts.netloc or parts.path not in ("", "/"):
         raise ValueError(f"a memory URI names no host or path: use 'memory://', not {uri!r}")
-    _options(uri, parts.query, {})
-    from atoll.storage.memory import MemoryStorage
+    options = _options(uri, parts.query, {"keep_history": _boolean})
+    from atoll.storage.memory import MemoryStorage, MinimalMemoryStorage
 
-    return MemoryStorage()
+    return MemoryStorage() if options.get("keep_history", True) else MinimalMemoryStorage()
 
 
 def _open_sqlite(uri: str) -> Storage:
