@@ -1,0 +1,126 @@
+"""The benchmark's text output: Markdown tables, one per atoll/ZODB pair.
+
+Each row is one figure of one configuration; beside the two systems' objects/s is
+their ratio atoll/ZODB (above 1: atoll is faster) and each one's peak memory. A
+second table shows how the cost of adding and of cold reads grows with the object
+count, which is where a per-object cost that is not constant would show.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.systems import BACKENDS
+from bench.workloads import LAYOUTS, WORKLOADS
+
+SCALING_WORKLOADS = ["add", "read_cold"]
+
+
+def _index(records: list[dict]) -> dict[tuple, dict]:
+    return {(r["backend"], r["layout"], r["count"], r["concurrency"], r["workload"]): r
+            for r in records}
+
+
+def _rate(record: dict | None) -> str:
+    if record is None:
+        return "-"
+    if record["status"] == "ok":
+        return f"{record['objects_per_second']:,.0f}"
+    return "n/a" if record["status"] == "not available" else "error"
+
+
+def _mib(record: dict | None) -> str:
+    if record is None or record["status"] != "ok":
+        return "-"
+    return f"{record['peak_rss_mib']:.0f}"
+
+
+def _label(key: str) -> str:
+    return BACKENDS[key].label if key in BACKENDS else key
+
+
+def ratio(atoll: dict | None, zodb: dict | None) -> float | None:
+    """atoll's objects/s over ZODB's, or None when either figure is missing."""
+    if not atoll or not zodb or atoll["status"] != "ok" or zodb["status"] != "ok":
+        return None
+    return atoll["objects_per_second"] / zodb["objects_per_second"]
+
+
+def _order(records: list[dict]) -> list[tuple]:
+    configs = {(r["layout"], r["count"], r["concurrency"]) for r in records}
+    return sorted(configs, key=lambda c: (LAYOUTS.index(c[0]), c[1], c[2]))
+
+
+def pair_table(records: list[dict], atoll_key: str, zodb_key: str) -> str | None:
+    """The Markdown table comparing two backends, or None if neither was run."""
+    index = _index(records)
+    mine = [r for r in records if r["backend"] in (atoll_key, zodb_key)]
+    if not mine:
+        return None
+    a_label, z_label = _label(atoll_key), _label(zodb_key)
+    lines = [
+        f"| layout | objects | procs | workload | {a_label} obj/s | {z_label} obj/s "
+        f"| atoll/ZODB | atoll MiB | ZODB MiB |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in mine)]
+    for layout, count, c in _order(mine):
+        for w in workloads:
+            a = index.get((atoll_key, layout, count, c, w))
+            z = index.get((zodb_key, layout, count, c, w))
+            if a is None and z is None:
+                continue
+            r = ratio(a, z)
+            lines.append(f"| {layout} | {count:,} | {c} | {w} | {_rate(a)} | {_rate(z)} | "
+                         f"{'-' if r is None else f'{r:.2f}x'} | {_mib(a)} | {_mib(z)} |")
+    return "\n".join(lines)
+
+
+def scaling_table(records: list[dict]) -> str | None:
+    """Seconds per run of add and cold read against object count (mapping, 1 process)."""
+    rows = [r for r in records if r["layout"] == "mapping" and r["concurrency"] == 1
+            and r["workload"] in SCALING_WORKLOADS and r["status"] == "ok"]
+    counts = sorted({r["count"] for r in rows})
+    if len(counts) < 2:
+        return None
+    index = _index(rows)
+    head = " | ".join(f"s at {n:,}" for n in counts)
+    lines = [f"| backend | workload | {head} | time x per 10x objects |",
+             "| --- | --- | " + " | ".join("---:" for _ in counts) + " | ---: |"]
+    backends = []
+    for r in rows:
+        if r["backend"] not in backends:
+            backends.append(r["backend"])
+    for b in backends:
+        for w in SCALING_WORKLOADS:
+            cells = [index.get((b, "mapping", n, 1, w)) for n in counts]
+            seconds = [None if c is None else c["count"] / c["objects_per_second"] for c in cells]
+            known = [(n, s) for n, s in zip(counts, seconds) if s]
+            growth = "-"
+            if len(known) >= 2:
+                (n0, s0), (n1, s1) = known[-2], known[-1]
+                growth = f"{(s1 / s0) ** (1 / math.log10(n1 / n0)):.1f}"
+            label = _label(b)
+            shown = " | ".join("-" if s is None else f"{s:.3f}" for s in seconds)
+            lines.append(f"| {label} | {w} | {shown} | {growth} |")
+    return "\n".join(lines)
+
+
+def format_report(document: dict[str, Any]) -> str:
+    """All tables of a results document, as Markdown."""
+    records = document["results"]
+    parts = []
+    for atoll_key, zodb_key in document["pairs"]:
+        table = pair_table(records, atoll_key, zodb_key)
+        if table:
+            parts.append(f"### {_label(atoll_key)} vs {_label(zodb_key)}\n\n{table}")
+    scaling = scaling_table(records)
+    if scaling:
+        parts.append("### Cost growth (mapping layout, 1 process)\n\n" + scaling)
+    missing = sorted({(r["label"], r["status"], r.get("reason", "")) for r in records
+                      if r["status"] != "ok"})
+    if missing:
+        parts.append("Not measured:\n\n" + "\n".join(
+            f"- {label}: {status} ({reason})" for label, status, reason in missing))
+    return "\n\n".join(parts)
