@@ -52,10 +52,16 @@ class UndoError(StorageError):
 
 
 class POSKeyError(POSError, KeyError):
-    """No object with this oid exists (in this snapshot)."""
+    """No object with this oid exists (in this snapshot).
+
+    ``args[0]`` is the oid (as for ZODB); ``args[1]``, when given, the database name.
+    """
 
     def __str__(self) -> str:
-        return oid_repr(self.args[0]) if self.args and isinstance(self.args[0], bytes) else super().__str__()
+        if not self.args or not isinstance(self.args[0], bytes):
+            return super().__str__()
+        where = f" in database {self.args[1]!r}" if len(self.args) > 1 else ""
+        return f"no object {oid_repr(self.args[0])}{where}"
 
 
 class ConflictError(POSError, TransientError):

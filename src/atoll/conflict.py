@@ -1,0 +1,49 @@
+"""Application-level conflict resolution.
+
+When two transactions change the same object, the storage asks a resolver (during
+``tpc_vote``) whether the changes can be merged. A class opts in by defining
+``_p_resolveConflict(old_state, committed_state, new_state) -> merged_state``, as
+BTrees' buckets do. States are merged as plain data: persistent references inside
+them stay :class:`~atoll.serialize.PersistentReference` values and are written back
+unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from atoll.errors import ConflictError
+from atoll.serialize import dump_state, record_class, record_state
+
+logger = logging.getLogger(__name__)
+
+
+def resolve(
+    oid: bytes,
+    committed_serial: bytes,
+    read_serial: bytes,
+    committed_data: bytes,
+    old_data: bytes | None,
+    new_data: bytes,
+) -> bytes:
+    """The :class:`~atoll.storage.base.Resolver` the connection hands to storages."""
+    serials = (committed_serial, read_serial)
+    try:
+        klass = record_class(new_data)
+    except Exception as exc:  # an unimportable class cannot resolve anything
+        raise ConflictError(oid=oid, serials=serials, class_name=f"<cannot import: {exc}>") from exc
+    name = f"{klass.__module__}.{klass.__qualname__}"
+    merge = getattr(klass, "_p_resolveConflict", None)
+    if merge is None or old_data is None:
+        raise ConflictError(oid=oid, serials=serials, class_name=name)
+    offset, new_state = record_state(new_data)
+    _, old_state = record_state(old_data)
+    _, committed_state = record_state(committed_data)
+    try:
+        merged = merge(klass.__new__(klass), old_state, committed_state, new_state)
+    except ConflictError as exc:
+        raise ConflictError(str(exc.message), oid=oid, serials=serials, class_name=name) from exc
+    except Exception as exc:  # the class's own code said no, in its own way
+        logger.debug("conflict resolution of %s failed: %s", name, exc)
+        raise ConflictError(f"conflict resolution failed: {exc}", oid=oid, serials=serials, class_name=name) from exc
+    return new_data[:offset] + dump_state(merged)

@@ -1,0 +1,542 @@
+"""Connection: one thread's window on a database, and its part of each commit.
+
+A connection owns an object cache (``persistent.PickleCache``) and a storage view
+(see :mod:`atoll.storage.base`). Objects it loads are ghosts until touched; objects
+changed in a transaction register with it and are written when the transaction
+commits, the connection acting as a ``transaction`` data manager.
+
+Snapshots: the view's snapshot moves only at transaction boundaries (open,
+``newTransaction``, ``afterCompletion``, ``sync``); every oid changed by others since
+the last snapshot is then ghosted in the cache, so a transaction sees one consistent
+state.
+
+Connections of a multi-database collection form a *group*: ``connections`` is one
+dict shared by all of them, and all use the same transaction manager.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable
+
+from persistent import PickleCache, Persistent
+from persistent.mapping import PersistentMapping
+
+from atoll.conflict import resolve
+from atoll.errors import (
+    ConflictError,
+    ConnectionStateError,
+    InvalidObjectReference,
+    POSKeyError,
+    ReadOnlyHistoryError,
+)
+from atoll.ids import ROOT_OID, oid_repr, z64
+from atoll.serialize import ObjectReader, ObjectWriter
+from atoll.storage.base import TransactionMeta
+
+if TYPE_CHECKING:
+    from atoll.db import DB
+
+__all__ = ["Connection", "RootConvenience"]
+
+# Key under which a transaction keeps the id shared by all storages of one commit.
+_TRANSACTION_ID = object()
+
+
+class RootConvenience:
+    """``conn.root``: call it for the root mapping, or use its keys as attributes."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, root: PersistentMapping) -> None:
+        object.__setattr__(self, "_root", root)
+
+    def __call__(self) -> PersistentMapping:
+        return self._root
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._root[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._root[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self._root[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __dir__(self) -> list[str]:
+        return [key for key in self._root.keys() if isinstance(key, str)]
+
+    def __repr__(self) -> str:
+        return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
+
+
+class _Savepoint:
+    """A connection's state at a savepoint: the records of everything changed."""
+
+    def __init__(self, connection: Connection, states: dict[bytes, bytes]) -> None:
+        self._connection = connection
+        self.states = states
+        self.registered = list(connection._registered)
+        self.creating = dict(connection._creating)
+        self.added = dict(connection._added)
+        self.read_current = dict(connection._read_current)
+
+    def rollback(self) -> None:
+        self._connection._rollback(self)
+
+
+class Connection:
+    """A connection to one database; see the module docstring. Made by ``DB.open``."""
+
+    def __init__(self, db: DB, cache_size: int, cache_size_bytes: int = 0, before: bytes | None = None) -> None:
+        self._db = db
+        self.before = before
+        self._view = db.storage.open_view(before)
+        self._cache = PickleCache(self, cache_size, cache_size_bytes)
+        self._reader = ObjectReader(self._ghost, self._foreign_ghost)
+        self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
+        self.transaction_manager: Any = None
+        self.connections: dict[str, Connection] = {}
+        self.opened: float | None = None  # time of open; None while closed
+        self._commit_on_exit = False  # set by atoll.connect()
+        self._closes_db = False  # set by atoll.connect()
+        # Per-transaction state, emptied at every transaction boundary:
+        self._joined = False  # this connection is a resource of the current transaction
+        self._registered: list[Persistent] = []  # changed objects, to store at commit
+        self._creating: dict[bytes, Persistent] = {}  # new objects given an oid this txn
+        self._added: dict[bytes, Persistent] = {}  # new objects placed by add(), a subset
+        self._read_current: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._pending: list[Persistent] = []  # objects still to serialize (commit/savepoint)
+        self._stored: dict[bytes, Persistent] = {}  # objects written in the commit in progress
+        self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
+        # Records loaded ahead of their objects (get(), prefetch()); valid for one snapshot.
+        self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def __repr__(self) -> str:
+        extra = f" (before {self.before.hex()})" if self.before is not None else ""
+        return f"<Connection at {id(self):08x}{extra} to {self._db.database_name!r}>"
+
+    # -- opening and closing (called by DB) ------------------------------------
+
+    def _open(self, transaction_manager: Any, connections: dict[str, Connection] | None, now: float) -> None:
+        self.opened = now
+        self.transaction_manager = transaction_manager
+        self.connections = connections if connections is not None else {}
+        self.connections[self._db.database_name] = self
+        transaction_manager.registerSynch(self)
+        self._poll()
+
+    def close(self, primary: bool = True) -> None:
+        """Return the connection (and, for the group's first, the whole group) to its pool."""
+        if self.opened is None:
+            return
+        if self._registered or self._creating or self._read_current:
+            raise ConnectionStateError(
+                f"cannot close a connection to {self._db.database_name!r} that is joined to a "
+                "transaction: commit or abort first"
+            )
+        if primary:
+            for other in list(self.connections.values()):
+                if other is not self:
+                    other.close(primary=False)
+        self._cache.incrgc()
+        self.transaction_manager.unregisterSynch(self)
+        self.transaction_manager = None
+        self.opened = None
+        self.connections = {}
+        self._commit_on_exit = False
+        self._db._return_connection(self)
+        if self._closes_db:
+            self._closes_db = False
+            self._db.close()
+
+    def _release(self) -> None:
+        """Drop the cache and the view for good (the pool discards this connection)."""
+        self._cache.minimize()
+        self._prefetched.clear()
+        self._view.release()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.opened is None:
+            return
+        if self._commit_on_exit:
+            if exc_type is None:
+                self.transaction_manager.commit()
+            else:
+                self.transaction_manager.abort()
+        elif exc_type is not None:
+            self.transaction_manager.abort()
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.opened is None:
+            raise ConnectionStateError(f"the connection to {self._db.database_name!r} is closed")
+
+    # -- the public API -------------------------------------------------------
+
+    def db(self) -> DB:
+        """The database this connection belongs to."""
+        return self._db
+
+    def isReadOnly(self) -> bool:
+        """True for a historical connection or a read-only storage."""
+        return self.before is not None or self._db.storage.read_only
+
+    @property
+    def root(self) -> RootConvenience:
+        """``conn.root()`` is the root mapping; ``conn.root.name`` is ``root()['name']``."""
+        return RootConvenience(self.get(ROOT_OID))
+
+    def get(self, oid: bytes) -> Persistent:
+        """The object with this oid, from the cache or as a ghost; POSKeyError if none."""
+        self._check_open()
+        obj = self._cache.get(oid)
+        if obj is not None:
+            return obj
+        obj = self._creating.get(oid)
+        if obj is not None:
+            return obj
+        record = self._prefetched.get(oid)
+        if record is None:
+            record = self._prefetched[oid] = self._load(oid)
+        obj = self._reader.ghost_from_record(record[0])
+        self._cache.new_ghost(oid, obj)
+        return obj
+
+    def add(self, obj: Persistent) -> None:
+        """Place a new object in this connection's database (before any reference
+        from another database claims it)."""
+        self._check_open()
+        if not isinstance(obj, Persistent):
+            raise TypeError(f"only persistent objects can be added to a connection, not {obj!r}")
+        if self.before is not None:
+            raise ReadOnlyHistoryError(f"cannot add {obj!r} through a historical connection")
+        if obj._p_jar is None:
+            self._claim_new_object(obj)
+            self._added[obj._p_oid] = obj
+        elif obj._p_jar is not self:
+            raise InvalidObjectReference(
+                f"{obj!r} already belongs to {obj._p_jar!r}; it cannot be added to {self!r}"
+            )
+
+    def get_connection(self, database_name: str) -> Connection:
+        """The group's connection to another database of the collection, opened on
+        first use with this connection's transaction manager; KeyError if unknown."""
+        self._check_open()
+        connection = self.connections.get(database_name)
+        if connection is None:
+            other_db = self._db.databases[database_name]
+            connection = other_db._open_connection(self.transaction_manager, self.before, self.connections)
+        return connection
+
+    def sync(self) -> None:
+        """Abort the current transaction and move to the newest snapshot."""
+        self._check_open()
+        self.transaction_manager.abort()
+        self._poll()
+        self._cache.incrgc()
+
+    def cacheMinimize(self) -> None:
+        """Ghost every unmodified object in the cache."""
+        self._cache.minimize()
+
+    def cacheGC(self) -> None:
+        """Shrink the cache towards its target size."""
+        self._cache.incrgc()
+
+    def readCurrent(self, obj: Persistent) -> None:
+        """Make this transaction fail with a conflict if ``obj`` changes before it commits."""
+        self._check_open()
+        if obj._p_jar is not self:
+            raise InvalidObjectReference(f"{obj!r} does not belong to {self!r}")
+        oid = obj._p_oid
+        if oid in self._creating or self.before is not None:
+            return
+        if obj._p_changed is None:
+            obj._p_activate()
+        self._read_current.setdefault(oid, obj._p_serial)
+        self._join()
+
+    def prefetch(self, *targets: Any) -> None:
+        """Load the records of these oids or objects (or iterables of them) in one
+        round trip, so touching them later needs no further load."""
+        self._check_open()
+        wanted = []
+        for oid in _flatten_oids(targets, self):
+            if oid in self._prefetched:
+                continue
+            obj = self._cache.get(oid)
+            if obj is None or obj._p_changed is None:
+                wanted.append(oid)
+        if wanted:
+            self._prefetched.update(self._view.load_many(wanted))
+
+    # -- persistent's jar protocol ---------------------------------------------
+
+    def setstate(self, obj: Persistent) -> None:
+        """Load a ghost's state (called by persistent when a ghost is touched)."""
+        oid = obj._p_oid
+        if self.opened is None:
+            raise ConnectionStateError(
+                f"cannot load object {oid_repr(oid)} of {self._db.database_name!r}: the connection is closed"
+            )
+        record = self._prefetched.pop(oid, None)
+        data, serial = record if record is not None else self._load(oid)
+        self._reader.set_state(obj, data)
+        obj._p_serial = serial
+        obj._p_estimated_size = len(data)
+
+    def register(self, obj: Persistent) -> None:
+        """Note a changed object (called by persistent on its first change)."""
+        if self.before is not None:
+            raise ReadOnlyHistoryError(
+                f"cannot change {type(obj).__name__} {oid_repr(obj._p_oid)} through a historical connection"
+            )
+        self._join()
+        self._registered.append(obj)
+
+    def _load(self, oid: bytes) -> tuple[bytes, bytes]:
+        try:
+            return self._view.load(oid)
+        except POSKeyError:
+            raise POSKeyError(oid, self._db.database_name) from None
+
+    def _ghost(self, oid: bytes, klass: type | None) -> Persistent:
+        obj = self._cache.get(oid)
+        if obj is not None:
+            return obj
+        obj = self._creating.get(oid)
+        if obj is not None:
+            return obj
+        if klass is None or hasattr(klass, "__getnewargs__"):
+            return self.get(oid)
+        obj = klass.__new__(klass)
+        self._cache.new_ghost(oid, obj)
+        return obj
+
+    def _foreign_ghost(self, database_name: str, oid: bytes, klass: type | None) -> Persistent:
+        try:
+            connection = self.get_connection(database_name)
+        except KeyError:
+            raise InvalidObjectReference(
+                f"an object of {self._db.database_name!r} refers to database {database_name!r}, "
+                "which is not in the collection"
+            ) from None
+        return connection._ghost(oid, klass)
+
+    # -- building commits ------------------------------------------------------
+
+    def _join(self) -> None:
+        if not self._joined:
+            self._check_open()
+            self.transaction_manager.get().join(self)
+            self._joined = True
+
+    def _claim_new_object(self, obj: Persistent) -> None:
+        """Make a new object ours: give it an oid and schedule it for storing."""
+        if self.before is not None:
+            raise ReadOnlyHistoryError(f"cannot add {obj!r} through a historical connection")
+        oid = self._db.storage.new_oid()
+        obj._p_oid = oid
+        obj._p_jar = self
+        self._creating[oid] = obj
+        self._pending.append(obj)
+        self._join()
+
+    def _implicitly_adding(self, oid: bytes) -> bool:
+        return oid in self._creating and oid not in self._added
+
+    def _cross_reference(self, obj: Persistent) -> str:
+        """Check a reference to another connection's object; return its database name."""
+        jar = obj._p_jar
+        here = self._db.database_name
+        if not self._db.xrefs:
+            raise InvalidObjectReference(
+                f"database {here!r} does not allow cross-database references "
+                f"(to {type(obj).__name__} {oid_repr(obj._p_oid)} of {jar.db().database_name!r})"
+            )
+        other = jar.db().database_name
+        if jar.db().databases is not self._db.databases or self._db.databases.get(other) is not jar.db():
+            raise InvalidObjectReference(
+                f"{type(obj).__name__} {oid_repr(obj._p_oid)} belongs to database {other!r}, "
+                f"which is not in the collection of {here!r}"
+            )
+        if jar.connections is not self.connections:
+            raise InvalidObjectReference(
+                f"{type(obj).__name__} {oid_repr(obj._p_oid)} belongs to another connection "
+                f"to database {other!r}; objects can be shared only within one connection group"
+            )
+        if jar._implicitly_adding(obj._p_oid):
+            raise InvalidObjectReference(
+                f"A new object is reachable from multiple databases ({other!r} and {here!r}); "
+                "won't guess which one it belongs to: place it with conn.add(obj) first"
+            )
+        return other
+
+    def _serialize_pending(self, into: dict[bytes, Any], store: bool) -> None:
+        """Serialize every object in ``_pending`` (and those it discovers)."""
+        pending = self._pending
+        view = self._view
+        while pending:
+            obj = pending.pop()
+            oid = obj._p_oid
+            if oid in into or obj._p_jar is not self:
+                continue
+            if obj._p_changed is None and oid not in self._creating:
+                continue  # invalidated after it registered: nothing to write
+            data = self._writer.serialize(obj)
+            if store:
+                into[oid] = obj
+                view.store(oid, z64 if oid in self._creating else obj._p_serial, data)
+                obj._p_estimated_size = len(data)
+            else:
+                into[oid] = data
+
+    # -- the transaction package's data-manager protocol --------------------------
+
+    def sortKey(self) -> str:
+        return f"{self._db.storage.sort_key()}:{id(self):016x}"
+
+    def abort(self, txn: Any) -> None:
+        self._abort_changes()
+
+    def tpc_begin(self, txn: Any) -> None:
+        self._check_open()
+        try:
+            shared_id = txn.data(_TRANSACTION_ID)
+        except KeyError:
+            shared_id = uuid.uuid4().hex
+            txn.set_data(_TRANSACTION_ID, shared_id)
+        meta = TransactionMeta(
+            user=str(txn.user or ""),
+            description=str(txn.description or ""),
+            extension=dict(txn.extension),
+            id=shared_id,
+        )
+        self._view.tpc_begin(meta)
+
+    def commit(self, txn: Any) -> None:
+        self._pending = [*self._creating.values(), *self._registered]
+        self._serialize_pending(self._stored, store=True)
+        for oid, serial in self._read_current.items():
+            if oid not in self._stored:
+                self._view.check_current(oid, serial)
+
+    def tpc_vote(self, txn: Any) -> None:
+        try:
+            self._resolved = self._view.tpc_vote(resolve)
+        except ConflictError as exc:
+            exc.database_name = self._db.database_name
+            if exc.class_name is None and exc.oid is not None:
+                obj = self._stored.get(exc.oid) or self._cache.get(exc.oid)
+                if obj is not None:
+                    exc.class_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            raise
+
+    def tpc_finish(self, txn: Any) -> None:
+        tid = self._view.tpc_finish()
+        cache = self._cache
+        for oid, obj in self._stored.items():
+            obj._p_changed = False
+            obj._p_serial = tid
+            if oid in self._creating:
+                cache[oid] = obj
+            if oid in self._resolved:
+                obj._p_invalidate()  # the storage holds a merged state we never saw
+        self._clear_transaction()
+
+    def tpc_abort(self, txn: Any) -> None:
+        self._view.tpc_abort()
+        self._abort_changes()
+
+    def _abort_changes(self) -> None:
+        cache = self._cache
+        for oid, obj in self._creating.items():
+            if cache.get(oid) is obj:
+                del cache[oid]
+            obj._p_changed = False
+            obj._p_jar = None
+            obj._p_oid = None
+        stale = [obj._p_oid for obj in self._registered if obj._p_jar is self]
+        stale.extend(self._stored)
+        cache.invalidate(stale)
+        self._clear_transaction()
+
+    def _clear_transaction(self) -> None:
+        self._joined = False
+        self._registered = []
+        self._creating = {}
+        self._added = {}
+        self._read_current = {}
+        self._pending = []
+        self._stored = {}
+        self._resolved = set()
+
+    # -- savepoints --------------------------------------------------------------
+
+    def savepoint(self) -> _Savepoint:
+        states: dict[bytes, bytes] = {}
+        self._pending = [*self._creating.values(), *self._registered]
+        self._serialize_pending(states, store=False)
+        return _Savepoint(self, states)
+
+    def _rollback(self, savepoint: _Savepoint) -> None:
+        cache = self._cache
+        for oid, obj in self._creating.items():
+            if oid not in savepoint.creating:
+                obj._p_changed = False
+                obj._p_jar = None
+                obj._p_oid = None
+        cache.invalidate(
+            [obj._p_oid for obj in self._registered if obj._p_jar is self and obj._p_oid not in savepoint.states]
+        )
+        self._creating = dict(savepoint.creating)
+        self._added = dict(savepoint.added)
+        self._read_current = dict(savepoint.read_current)
+        self._registered = list(savepoint.registered)
+        for oid, data in savepoint.states.items():
+            obj = self._creating.get(oid) or cache.get(oid)
+            if obj is not None:
+                self._reader.set_state(obj, data)
+
+    # -- transaction synchronizer (snapshot moves) ---------------------------------
+
+    def newTransaction(self, txn: Any = None, sync: bool = True) -> None:
+        if self.opened is not None and not self._joined:
+            self._poll()
+
+    def beforeCompletion(self, txn: Any) -> None:
+        pass
+
+    def afterCompletion(self, txn: Any) -> None:
+        if self.opened is not None:
+            self._poll()
+
+    def _poll(self) -> None:
+        changed = self._view.poll()
+        self._prefetched.clear()
+        if changed is None:
+            self._cache.invalidate(list(self._cache.cache_data.keys()))
+        elif changed:
+            self._cache.invalidate(list(changed))
+
+
+def _flatten_oids(targets: Iterable[Any], connection: Connection) -> Iterable[bytes]:
+    for target in targets:
+        if isinstance(target, bytes):
+            yield target
+        elif isinstance(target, Persistent):
+            if target._p_jar is connection and target._p_oid is not None:
+                yield target._p_oid
+        else:
+            yield from _flatten_oids(target, connection)
+

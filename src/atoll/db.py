@@ -1,0 +1,310 @@
+"""DB: a database, its connection pools, and its place in a collection.
+
+A ``DB`` wraps one storage. Connections come from pools (one for current
+connections, one per historical point) so that their caches survive between uses.
+Several DBs sharing one ``databases`` dict form a *multi-database collection*: their
+connections can be bound together and objects may refer across them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import threading
+import time
+from typing import Any, Iterator
+
+import transaction
+from persistent.mapping import PersistentMapping
+
+from atoll.connection import Connection
+from atoll.errors import ConflictError, POSKeyError, StorageError
+from atoll.ids import ROOT_OID, next_tid, tid_from_time, z64
+from atoll.serialize import make_record, referenced_oids
+from atoll.storage.base import PackStats, Progress, Storage, TransactionMeta
+
+__all__ = ["DB"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Pool:
+    """Idle connections of one kind, most recently used first.
+
+    ``size`` is a soft limit: more connections may be open at once (with a warning),
+    but no more than ``size`` are kept idle. Idle ones older than ``timeout`` go.
+    """
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.idle: list[tuple[float, Connection]] = []  # (time returned, connection)
+        self.in_use = 0
+
+    def take(self) -> Connection | None:
+        self.in_use += 1
+        return self.idle.pop()[1] if self.idle else None
+
+    def give_back(self, connection: Connection, now: float) -> list[Connection]:
+        """Keep ``connection``; return the connections to discard."""
+        self.in_use -= 1
+        self.idle.append((now, connection))
+        return self._trim(now)
+
+    def _trim(self, now: float) -> list[Connection]:
+        drop = [c for t, c in self.idle if now - t > self.timeout]
+        keep = [(t, c) for t, c in self.idle if now - t <= self.timeout]
+        excess = len(keep) - self.size
+        if excess > 0:
+            drop.extend(c for _, c in keep[:excess])
+            keep = keep[excess:]
+        self.idle = keep
+        return drop
+
+    def clear(self) -> list[Connection]:
+        connections = [c for _, c in self.idle]
+        self.idle = []
+        return connections
+
+
+class DB:
+    """A database: see the module docstring and ``docs/`` for the whole story."""
+
+    def __init__(
+        self,
+        storage: Storage | str | os.PathLike | None = None,
+        *,
+        database_name: str = "unnamed",
+        databases: dict[str, DB] | None = None,
+        xrefs: bool = True,
+        pool_size: int = 7,
+        pool_timeout: float = 1 << 31,
+        cache_size: int = 400,
+        cache_size_bytes: int = 0,
+        historical_pool_size: int = 3,
+        historical_cache_size: int = 1000,
+        historical_cache_size_bytes: int = 0,
+        historical_timeout: float = 300,
+    ) -> None:
+        if databases is None:
+            databases = {}
+        if database_name in databases:
+            raise ValueError(f"database_name {database_name!r} already in databases")
+        opened_here = not isinstance(storage, Storage)
+        if storage is None:
+            from atoll.storage.memory import MemoryStorage
+
+            storage = MemoryStorage()
+        elif opened_here:
+            from atoll.storage.targets import open_storage
+
+            storage = open_storage(storage)
+        self.storage: Storage = storage
+        self.database_name = database_name
+        self.xrefs = xrefs
+        self.cache_size = cache_size
+        self.cache_size_bytes = cache_size_bytes
+        self.historical_cache_size = historical_cache_size
+        self.historical_cache_size_bytes = historical_cache_size_bytes
+        self._lock = threading.RLock()  # guards the pools
+        self._pool = _Pool(pool_size, pool_timeout)
+        self._historical_size = historical_pool_size
+        self._historical_timeout = historical_timeout
+        self._historical: dict[bytes, _Pool] = {}
+        self._closed = False
+        try:
+            self._create_root()
+        except BaseException:
+            if opened_here:
+                storage.close()
+            raise
+        self.databases = databases
+        databases[database_name] = self
+
+    def __repr__(self) -> str:
+        return f"<DB {self.database_name!r} at {id(self):x} on {type(self.storage).__name__}>"
+
+    def _create_root(self) -> None:
+        view = self.storage.open_view()
+        try:
+            try:
+                view.load(ROOT_OID)
+                return
+            except POSKeyError:
+                if self.storage.read_only:
+                    return
+            view.tpc_begin(TransactionMeta(description="initial database creation"))
+            try:
+                view.store(ROOT_OID, z64, make_record(PersistentMapping()))
+                view.tpc_vote()
+                view.tpc_finish()
+            except ConflictError:
+                view.tpc_abort()  # another process created it first
+            except BaseException:
+                view.tpc_abort()
+                raise
+        finally:
+            view.release()
+
+    # -- pool sizes (ZODB spelling kept for config and tools) -----------------------
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool.size
+
+    def setPoolSize(self, size: int) -> None:
+        """Change how many idle connections are kept."""
+        with self._lock:
+            self._pool.size = size
+            self._discard(self._pool._trim(time.time()))
+
+    # -- connections ----------------------------------------------------------------
+
+    def open(
+        self,
+        transaction_manager: Any = None,
+        at: datetime.datetime | bytes | None = None,
+        before: datetime.datetime | bytes | None = None,
+    ) -> Connection:
+        """A connection, from the pool when one is idle.
+
+        ``at``/``before`` (a datetime or 8-byte tid) open a read-only connection to
+        the state at or just before that moment.
+        """
+        return self._open_connection(transaction_manager, _before_tid(at, before), None)
+
+    def _open_connection(
+        self, transaction_manager: Any, before: bytes | None, connections: dict[str, Connection] | None
+    ) -> Connection:
+        if self._closed:
+            raise StorageError(f"database {self.database_name!r} is closed")
+        with self._lock:
+            if before is None:
+                pool = self._pool
+            else:
+                pool = self._historical.setdefault(before, _Pool(self._historical_size, self._historical_timeout))
+            connection = pool.take()
+            if before is None and pool.in_use > pool.size:
+                logger.warning(
+                    "database %r has %d connections open, more than its pool size %d",
+                    self.database_name, pool.in_use, pool.size,
+                )
+        if connection is None:
+            if before is None:
+                connection = Connection(self, self.cache_size, self.cache_size_bytes)
+            else:
+                connection = Connection(self, self.historical_cache_size, self.historical_cache_size_bytes, before)
+        connection._open(transaction_manager or transaction.manager, connections, time.time())
+        return connection
+
+    def _return_connection(self, connection: Connection) -> None:
+        with self._lock:
+            if self._closed:
+                drop = [connection]
+            elif connection.before is None:
+                drop = self._pool.give_back(connection, time.time())
+            else:
+                pool = self._historical[connection.before]
+                drop = pool.give_back(connection, time.time())
+                if not pool.idle and not pool.in_use:
+                    del self._historical[connection.before]
+        self._discard(drop)
+
+    @staticmethod
+    def _discard(connections: list[Connection]) -> None:
+        for connection in connections:
+            connection._release()
+
+    @contextlib.contextmanager
+    def transaction(self, note: str | None = None) -> Iterator[Connection]:
+        """``with db.transaction() as conn:`` commits on a clean exit, aborts on error,
+        and closes the connection."""
+        manager = transaction.TransactionManager()
+        connection = self.open(manager)
+        try:
+            with manager as txn:
+                if note:
+                    txn.note(note)
+                yield connection
+        finally:
+            connection.close()
+
+    # -- whole-database operations ----------------------------------------------------
+
+    def close(self) -> None:
+        """Close every idle connection and the storage. Stays in ``databases``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._pool.clear()
+            for pool in self._historical.values():
+                idle.extend(pool.clear())
+            self._historical.clear()
+        self._discard(idle)
+        self.storage.close()
+
+    def pack(self, t: float | None = None, days: float = 0, *, progress: Progress | None = None) -> PackStats:
+        """Remove revisions older than ``t`` (POSIX time, default now) minus ``days``,
+        and objects no longer reachable from the root.
+
+        In a collection of more than one database only old revisions go: another
+        database may still refer to an object this one cannot see referenced.
+        """
+        when = (time.time() if t is None else t) - days * 86400
+        collect = len(self.databases) <= 1
+        report = progress or (lambda line: logger.info("%s", line))
+        if not collect:
+            report(
+                f"database {self.database_name!r} is one of {len(self.databases)} in a collection: "
+                "pack removes old revisions only, no unreachable objects"
+            )
+        return self.storage.pack(tid_from_time(when), referenced_oids if collect else None, progress=report)
+
+    def history(self, oid: bytes, size: int = 1) -> list[dict]:
+        """Up to ``size`` revisions of an object, newest first, as dicts."""
+        return [entry.as_dict() for entry in self.storage.history(oid, size)]
+
+    def lastTransaction(self) -> bytes:
+        """The tid of the newest committed transaction."""
+        return self.storage.last_transaction()
+
+    def cacheMinimize(self) -> None:
+        """Ghost unmodified objects in the caches of idle connections."""
+        with self._lock:
+            idle = [c for _, c in self._pool.idle]
+            for pool in self._historical.values():
+                idle.extend(c for _, c in pool.idle)
+        for connection in idle:
+            connection.cacheMinimize()
+
+    def new_oid(self) -> bytes:
+        """A fresh oid from the storage."""
+        return self.storage.new_oid()
+
+    def __len__(self) -> int:
+        return len(self.storage)
+
+    def getSize(self) -> int:
+        """Approximate bytes used by the storage."""
+        return self.storage.get_size()
+
+
+def _before_tid(at: Any, before: Any) -> bytes | None:
+    if at is not None and before is not None:
+        raise ValueError("give at most one of 'at' and 'before'")
+    if at is not None:
+        return next_tid(_as_tid(at, "at"))
+    if before is not None:
+        return _as_tid(before, "before")
+    return None
+
+
+def _as_tid(value: Any, name: str) -> bytes:
+    if isinstance(value, datetime.datetime):
+        return tid_from_time(value)
+    if isinstance(value, bytes) and len(value) == 8:
+        return value
+    raise TypeError(f"{name!r} must be a datetime or an 8-byte tid, not {value!r}")
