@@ -10,35 +10,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.systems import BACKENDS
 from bench.workloads import WORKLOADS
 
 
-def plot(document: dict[str, Any], path: str) -> bool:
-    """Write the plot to ``path``; returns False (and writes nothing) without matplotlib."""
+def plot(document: dict[str, Any], path: str) -> str | None:
+    """Write the plot to ``path``; returns None, or why nothing was written."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return "matplotlib is not installed"
     rows = [r for r in document["results"] if r["status"] == "ok"
             and r["layout"] == "mapping" and r["concurrency"] == 1]
     present = {r["backend"] for r in rows}
     pairs = [p for p in document["pairs"] if p[0] in present or p[1] in present]
     if not pairs:
-        return False
+        return "no figures for the mapping layout at concurrency 1"
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (atoll_key, zodb_key) in zip(axes[0], pairs):
-        labels = {}
         for backend, style in ((atoll_key, "-o"), (zodb_key, "--s")):
             for i, workload in enumerate(WORKLOADS):
                 points = sorted((r["count"], r["objects_per_second"]) for r in rows
                                 if r["backend"] == backend and r["workload"] == workload)
                 if not points:
                     continue
-                labels[backend] = next(r["label"] for r in rows if r["backend"] == backend)
                 ax.plot([p[0] for p in points], [p[1] for p in points], style,
                         color=colors[i % len(colors)], markersize=4,
                         label=f"{workload} ({'atoll' if backend == atoll_key else 'ZODB'})")
@@ -46,11 +45,11 @@ def plot(document: dict[str, Any], path: str) -> bool:
         ax.set_yscale("log")
         ax.set_xlabel("objects per transaction / read")
         ax.set_ylabel("objects per second")
-        ax.set_title(f"{labels.get(atoll_key, atoll_key)} (solid)\n"
-                     f"vs {labels.get(zodb_key, zodb_key)} (dashed)", fontsize=9)
+        ax.set_title(f"{BACKENDS[atoll_key].label} (solid)\n"
+                     f"vs {BACKENDS[zodb_key].label} (dashed)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+    return None

@@ -303,6 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     if options.plot:
         from bench import plot
 
-        written = plot.plot(document, options.plot)
-        _log(f"plot saved to {options.plot}" if written else "plot skipped: no matplotlib")
+        problem = plot.plot(document, options.plot)
+        _log(f"plot skipped: {problem}" if problem else f"plot saved to {options.plot}")
     return 0 if all(r["status"] != "error" for r in records) else 1
