@@ -1,0 +1,748 @@
+"""PostgreSQL storage: one atoll database in one PostgreSQL schema, for many processes
+on many machines.
+
+Layout. The tables (see :mod:`atoll.storage.postgresql_sql`, which holds every
+statement) are created on first open in the schema named by ``schema`` (default
+``atoll``), so several atoll databases can share one PostgreSQL database. The schema
+records its version and mode; opening it with the other ``keep_history`` is refused.
+
+Connections. The storage keeps one server session for whole-database work (oids,
+history, pack, recovery) and a small pool from which each view takes its sessions.
+All sessions run in autocommit and open transactions explicitly.
+
+Snapshots (MVCC). A view reads as of ``snapshot``, the newest tid committed when it
+opened or last polled:
+
+* history-preserving: every revision is kept, so a load is "the newest revision of
+  the oid with ``tid <= snapshot``", one statement in its own transaction. Rows with
+  such a tid never change (until pack), so no read transaction is held open;
+* history-free: only the current revision exists, so the view holds a REPEATABLE
+  READ, READ ONLY transaction from one poll to the next and PostgreSQL's own MVCC
+  keeps the old rows readable. Its first statement reads the last tid, which is the
+  snapshot. Commits go through a second session (the read transaction must stay
+  open across the view's own commit). The cost: a long idle view delays VACUUM.
+
+``poll()`` is one statement: the last tid, and the oids others wrote in between.
+Commits also ``NOTIFY`` a channel, so :meth:`PostgreSQLStorage.wait_for_commit`
+wakes idle processes promptly without polling in a loop.
+
+Commits. ``tpc_vote`` opens a transaction and locks the single row of
+``commit_lock`` (``SELECT ... FOR UPDATE``): that row lock is the commit lock of
+every process on every machine. Under it the view reads the current serials of the
+oids it writes, runs :func:`~atoll.storage.base.check_serials`, allocates a tid later
+than the stored last tid, writes every record in one multi-row INSERT, records the
+transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
+prepared transaction keeps its row locks (so the commit lock stays held, whatever
+happens to the session) until ``tpc_finish`` runs ``COMMIT PREPARED`` (or
+``tpc_abort`` ``ROLLBACK PREPARED``). Transaction-level advisory locks are kept
+across PREPARE too; a row lock is used because it needs no key management.
+Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recovery
+(below) and waits again, and gives up with StorageError after
+``commit_lock_timeout``.
+
+Recovery of prepared transactions left by a crashed process. The gid is
+``atoll|<schema>|<owner key>|<txn key>``:
+
+* *owner key*: each pooled session holds a session-level advisory lock on a random
+  key for its whole life. The lock vanishes with the session, so recovery can tell
+  a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
+  and the transaction is left alone).
+* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
+  multi-database transaction shares. Each prepared transaction also inserts
+  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
+  visible exactly when its participant commits. The commit decision is reached when
+  the first participant's ``tpc_finish`` commits, so: a crashed prepared
+  transaction is committed if some partner's decision row is visible, and rolled
+  back otherwise (for a single database: its finish never ran). A crash during the
+  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
+  with no visible row, so all of them end the same way. This needs the participants
+  to share one PostgreSQL database (any schemas); across servers recovery cannot
+  see a partner's decision and rolls back.
+
+Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
+the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`). A server with
+``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
+naming the setting, unless ``two_phase=False`` is passed, which commits in
+``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
+transaction; a crash simply rolls it back, and a multi-database commit is no longer
+atomic against a crash between its participants' finishes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+import uuid
+import weakref
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
+from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.storage import postgresql_sql as SQL
+from atoll.storage.base import (
+    DataRecord,
+    HistoryEntry,
+    PackStats,
+    Progress,
+    References,
+    Resolver,
+    TransactionMeta,
+    TransactionRecord,
+    check_serials,
+)
+
+__all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_BATCH = 5000  # oids per statement when loading many (pack's walk)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _gid_prefix(schema: str) -> str:
+    return f"atoll|{schema}|"
+
+
+def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
+    """Roll back every prepared transaction of ``schema``, live owner or not.
+
+    For tests and for an administrator removing a schema; returns the gids."""
+    gids = [row[0] for row in conn.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(schema),))]
+    for gid in gids:
+        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
+    return gids
+
+
+class _Session:
+    """One server connection, in autocommit, holding its owner lock (see above)."""
+
+    __slots__ = ("conn", "owner_key", "__weakref__")
+
+    def __init__(self, conn: psycopg.Connection, owner_key: int) -> None:
+        self.conn = conn
+        self.owner_key = owner_key  # advisory lock held for the session's life
+
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    def rollback(self) -> None:
+        if not self.conn.closed and self.in_transaction():
+            self.conn.execute("ROLLBACK")
+
+
+class PostgreSQLStorage:
+    """A storage kept in a PostgreSQL schema; see the module docstring for the design.
+
+    ``dsn`` is a libpq connection string or ``postgresql://`` URI. ``schema`` names
+    the PostgreSQL schema of this database (created on first open). ``two_phase``
+    False commits without PREPARE TRANSACTION (for servers that forbid it).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        keep_history: bool = True,
+        schema: str = "atoll",
+        read_only: bool = False,
+        two_phase: bool = True,
+        commit_lock_timeout: float = 60.0,
+        lock_wait: float = 2.0,
+        pool_size: int = 8,
+    ) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _)")
+        self._dsn = dsn
+        self.schema = schema
+        self.keep_history = keep_history
+        self.read_only = read_only
+        self.two_phase = two_phase
+        self.commit_lock_timeout = commit_lock_timeout
+        self.lock_wait = lock_wait
+        self._pool_size = pool_size
+        self._sql = SQL.queries(pg_sql.Identifier(schema).as_string(None))
+        self._channel = "atoll_" + hashlib.sha1(schema.encode()).hexdigest()[:20]
+        self._lock = threading.RLock()  # guards the admin session, pool and oid block
+        self._idle: list[_Session] = []  # pooled sessions, ready for views
+        self._sessions: weakref.WeakSet[_Session] = weakref.WeakSet()  # every open one
+        self._next_oid = 0  # next oid of the current block ...
+        self._oid_limit = 0  # ... and the first oid past it
+        self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
+        self._closed = False
+        self.name = self._safe_name(dsn)
+        self._admin = self._connect()
+        try:
+            info = self._admin.conn.info
+            self.name = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}?schema={schema}"
+            self._sort_key = f"postgresql:{self._server_id()}/{info.dbname}/{schema}"
+            if two_phase:
+                self._check_prepared_allowed()
+            self._open_schema()
+            if not read_only:
+                self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- sessions ------------------------------------------------------------------
+
+    def _safe_name(self, dsn: str) -> str:
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error:
+            return "postgresql (unparsable DSN)"
+        params.pop("password", None)
+        where = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+        return f"postgresql {where} schema={self.schema}"
+
+    def _connect(self) -> _Session:
+        """A new session holding a fresh owner lock; StorageError if unreachable."""
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+        except psycopg.Error as e:
+            raise StorageError(f"cannot connect to {self.name}: {_first_line(e)}") from None
+        key = secrets.randbits(62) + 1
+        conn.execute(SQL.OWNER_LOCK, (key,))
+        conn.execute(f"SET lock_timeout = {int(self.lock_wait * 1000)}")
+        session = _Session(conn, key)
+        self._sessions.add(session)
+        return session
+
+    def _checkout(self) -> _Session:
+        self._check_open()
+        with self._lock:
+            while self._idle:
+                session = self._idle.pop()
+                if not session.conn.closed:
+                    return session
+        return self._connect()
+
+    def _checkin(self, session: _Session | None) -> None:
+        if session is None or session.conn.closed:
+            return
+        try:
+            session.rollback()
+        except psycopg.Error:
+            session.conn.close()
+            return
+        with self._lock:
+            if not self._closed and len(self._idle) < self._pool_size:
+                self._idle.append(session)
+                return
+        session.conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.name} is closed")
+
+    @contextmanager
+    def _admin_conn(self) -> Iterator[psycopg.Connection]:
+        """The storage's own session, for one thread at a time; errors as StorageError."""
+        self._check_open()
+        with self._lock:
+            conn = self._admin.conn
+            try:
+                yield conn
+            except psycopg.Error as e:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"PostgreSQL error in {self.name}: {_first_line(e)}") from None
+
+    def _server_id(self) -> str:
+        """The server's system identifier (same however it is addressed), else host:port."""
+        conn = self._admin.conn
+        try:
+            return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+        except psycopg.Error:
+            return f"{conn.info.host}:{conn.info.port}"
+
+    def _check_prepared_allowed(self) -> None:
+        allowed = int(self._admin.conn.execute(SQL.MAX_PREPARED).fetchone()[0])
+        if allowed == 0:
+            raise StorageError(
+                f"{self.name}: the server has max_prepared_transactions = 0, which disables the "
+                "two-phase commit atoll uses; as a superuser run "
+                "ALTER SYSTEM SET max_prepared_transactions = 10 and restart PostgreSQL "
+                "(or open the storage with two_phase=False)"
+            )
+
+    def _open_schema(self) -> None:
+        """Create the tables on first open, else check mode and version (and migrate)."""
+        q = self._sql
+        with self._admin_conn() as conn:
+            if self.read_only:
+                if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
+                    raise StorageError(f"{self.name}: no atoll database in schema {self.schema!r}")
+            else:
+                with conn.transaction():
+                    conn.execute(SQL.SCHEMA_CREATE_LOCK, (SQL.SHARED_SCHEMA,))
+                    conn.execute(SQL.CREATE_SHARED)
+                    conn.execute(SQL.SCHEMA_CREATE_LOCK, (self.schema,))
+                    if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
+                        conn.execute(q.CREATE_HISTORY_PRESERVING if self.keep_history else q.CREATE_HISTORY_FREE)
+                        for key, value in (
+                            ("schema_version", str(SQL.SCHEMA_VERSION)),
+                            ("keep_history", "1" if self.keep_history else "0"),
+                            ("oid_block", str(SQL.OID_BLOCK)),
+                        ):
+                            conn.execute(q.WRITE_INFO, (key, value))
+                    info = dict(conn.execute(q.READ_INFO).fetchall())
+                    version = int(info["schema_version"])
+                    while version < SQL.SCHEMA_VERSION:
+                        for statement in SQL.MIGRATIONS[version]:
+                            conn.execute(statement.replace("{s}", pg_sql.Identifier(self.schema).as_string(None)))
+                        version += 1
+                        conn.execute(q.WRITE_INFO, ("schema_version", str(version)))
+            info = dict(conn.execute(q.READ_INFO).fetchall())
+        version = int(info["schema_version"])
+        if version > SQL.SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.name}: schema version {version} is newer than this atoll knows "
+                f"({SQL.SCHEMA_VERSION}); upgrade atoll"
+            )
+        stored = info["keep_history"] == "1"
+        if stored != self.keep_history:
+            kind = "history-preserving" if stored else "history-free"
+            raise StorageError(f"{self.name} holds a {kind} database; open it with keep_history={stored}")
+
+    # -- recovery and the commit lock ------------------------------------------------
+
+    def recover(self) -> dict[str, str]:
+        """Resolve prepared transactions of this schema whose owning session is gone.
+
+        Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
+        is alive are left alone. See the module docstring for the rule."""
+        outcome: dict[str, str] = {}
+        with self._admin_conn() as conn:
+            prefix = _gid_prefix(self.schema)
+            for (gid,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
+                try:
+                    owner_key, txn_key = gid[len(prefix) :].split("|")
+                    owner = int(owner_key)
+                except ValueError:
+                    continue  # not one of ours
+                if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
+                    continue  # its session is alive: it will finish or abort itself
+                try:
+                    decided = conn.execute(SQL.DECISION_EXISTS, (txn_key,)).fetchone()[0]
+                    verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
+                    conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(gid)))
+                    outcome[gid] = "committed" if decided else "rolled back"
+                except pg_errors.UndefinedObject:
+                    pass  # another process resolved it first
+                finally:
+                    conn.execute(SQL.OWNER_UNLOCK, (owner,))
+            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
+        return outcome
+
+    def _lock_commit(self, conn: psycopg.Connection) -> int:
+        """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
+        deadline = time.monotonic() + self.commit_lock_timeout
+        while True:
+            conn.execute(SQL.BEGIN)
+            try:
+                return conn.execute(self._sql.LOCK_COMMIT).fetchone()[0]
+            except pg_errors.LockNotAvailable:
+                conn.execute("ROLLBACK")
+            if self.recover():
+                continue  # a crashed committer held it: try again at once
+            if time.monotonic() >= deadline:
+                with self._admin_conn() as admin:
+                    held = [r[0] for r in admin.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(self.schema),))]
+                by = f" (prepared transactions: {', '.join(held)})" if held else ""
+                raise StorageError(
+                    f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by}"
+                )
+
+    # -- the Storage protocol --------------------------------------------------------
+
+    def open_view(self, before: bytes | None = None) -> PostgreSQLView:
+        return PostgreSQLView(self, before)
+
+    def new_oid(self) -> bytes:
+        with self._lock:
+            if self._next_oid >= self._oid_limit:
+                with self._admin_conn() as conn:
+                    start = conn.execute(self._sql.NEW_OID_BLOCK).fetchone()[0]
+                self._next_oid, self._oid_limit = start, start + SQL.OID_BLOCK
+            oid = self._next_oid
+            self._next_oid += 1
+        return p64(oid)
+
+    def last_transaction(self) -> bytes:
+        with self._admin_conn() as conn:
+            return p64(conn.execute(self._sql.LAST_TID).fetchone()[0])
+
+    def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        limit = size if self.keep_history else 1
+        with self._admin_conn() as conn:
+            rows = conn.execute(self._sql.HISTORY, (u64(oid), limit)).fetchall()
+        if not rows:
+            raise POSKeyError(oid)
+        return [HistoryEntry(p64(tid), tid_time(p64(tid)), user or "", desc or "", length) for tid, length, user, desc in rows]
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[TransactionRecord]:
+        low = u64(start) if start is not None else 0
+        high = u64(stop) if stop is not None else 2**63 - 1
+        with self._admin_conn() as conn:
+            transactions = conn.execute(self._sql.ITERATE_TRANSACTIONS, (low, high), binary=True).fetchall()
+        for tid, user, description, extension in transactions:
+            with self._admin_conn() as conn:
+                rows = conn.execute(self._sql.RECORDS_OF, (tid,), binary=True).fetchall()
+            records = [DataRecord(p64(zoid), p64(tid), state) for zoid, state in rows]
+            yield TransactionRecord(p64(tid), user, description, TransactionMeta.extension_from_bytes(extension), records)
+
+    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        stats = PackStats()
+        t = u64(pack_tid)
+        q = self._sql
+        with self._admin_conn() as conn:
+            self._lock_commit(conn)  # commits wait while the pack decides and deletes
+            try:
+                reachable = self._reachable(conn, t, references) if references is not None else None
+                doomed: list[int] = []
+                for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
+                    if reachable is not None and zoid not in reachable and not later:
+                        doomed.append(zoid)
+                        stats.revisions_removed += count
+                if doomed:
+                    conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
+                stats.objects_removed = len(doomed)
+                if self.keep_history:
+                    stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
+                stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
+                conn.execute("COMMIT")
+            finally:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+        if progress is not None:
+            progress(
+                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
+                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
+            )
+        return stats
+
+    def _reachable(self, conn: psycopg.Connection, t: int, references: References) -> set[int]:
+        """Oids reachable from the root over the states current at tid ``t``.
+
+        History-free storages have only current states; those are walked instead,
+        which keeps at least what the states at ``t`` would."""
+        seen = {u64(ROOT_OID)}
+        todo = [u64(ROOT_OID)]
+        while todo:
+            batch, todo = todo[:_BATCH], todo[_BATCH:]
+            if self.keep_history:
+                rows = conn.execute(self._sql.LOAD_MANY_HP, (batch, t), binary=True)
+            else:
+                rows = conn.execute(self._sql.LOAD_MANY_HF, (batch,), binary=True)
+            for _zoid, state, _tid in rows:
+                if state is None:
+                    continue
+                for ref in references(state):
+                    ref_int = u64(ref)
+                    if ref_int not in seen:
+                        seen.add(ref_int)
+                        todo.append(ref_int)
+        return seen
+
+    def __len__(self) -> int:
+        with self._admin_conn() as conn:
+            return conn.execute(self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF).fetchone()[0]
+
+    def get_size(self) -> int:
+        with self._admin_conn() as conn:
+            return conn.execute(SQL.SIZE, (self.schema,)).fetchone()[0]
+
+    def sort_key(self) -> str:
+        return self._sort_key
+
+    def wait_for_commit(self, timeout: float) -> bytes | None:
+        """Block until some process commits to this database, at most ``timeout``
+        seconds; the committed tid, or None on timeout. Uses LISTEN/NOTIFY."""
+        with self._lock:
+            self._check_open()
+            if self._listener is None:
+                self._listener = self._connect().conn
+                self._listener.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(self._channel)))
+            listener = self._listener
+        for notify in listener.notifies(timeout=timeout, stop_after=1):
+            return p64(int(notify.payload))
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sessions = list(self._sessions)
+            self._idle = []
+        for session in sessions:
+            session.conn.close()  # prepared transactions survive; recovery resolves them
+
+    # -- used by views -----------------------------------------------------------
+
+    def _notify(self, conn: psycopg.Connection, tid: int) -> None:
+        conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
+
+
+class PostgreSQLView:
+    """A connection's view of a :class:`PostgreSQLStorage` (see the module docstring)."""
+
+    def __init__(self, storage: PostgreSQLStorage, before: bytes | None) -> None:
+        self._storage = storage
+        self._sql = storage._sql
+        self.before = before
+        self._load_session: _Session | None = storage._checkout()
+        self._store_session: _Session | None = None  # history-free: opened on first commit
+        self._snapshot_open = False  # history-free: a REPEATABLE READ transaction is open
+        self._own: list[int] = []  # tids this view committed since its last poll
+        self._meta: TransactionMeta | None = None
+        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
+        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._tid: int | None = None  # allocated in vote
+        self._gid: str | None = None  # of the prepared transaction, between vote and finish
+        if before is not None:
+            self.snapshot = p64(u64(before) - 1) if before != z64 else z64
+        else:
+            try:
+                with self._errors():
+                    self.snapshot = p64(self._begin_snapshot())
+            except BaseException:
+                self.release()
+                raise
+
+    @property
+    def _conn(self) -> psycopg.Connection:
+        if self._load_session is None:
+            raise StorageError(f"view of {self._storage.name} was released")
+        self._storage._check_open()
+        return self._load_session.conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as e:
+            raise StorageError(f"PostgreSQL error in {self._storage.name}: {_first_line(e)}") from None
+
+    def _begin_snapshot(self) -> int:
+        """Fix the view's snapshot; the tid it stands for."""
+        conn = self._conn
+        if self._storage.keep_history:
+            return conn.execute(self._sql.LAST_TID).fetchone()[0]
+        if self._snapshot_open:
+            conn.execute("COMMIT")
+        conn.execute(SQL.BEGIN_SNAPSHOT)
+        self._snapshot_open = True
+        return conn.execute(self._sql.LAST_TID).fetchone()[0]
+
+    # -- reading ---------------------------------------------------------------
+
+    def poll(self) -> set[bytes] | None:
+        if self.before is not None:
+            return set()
+        conn = self._conn
+        with self._errors():
+            if not self._storage.keep_history:
+                with conn.pipeline():
+                    if self._snapshot_open:
+                        conn.execute("COMMIT")
+                    conn.execute(SQL.BEGIN_SNAPSHOT)
+                    self._snapshot_open = True
+            since = u64(self.snapshot)
+            tid, changed = conn.execute(self._sql.POLL, {"since": since, "own": self._own}).fetchone()
+        self.snapshot, self._own = p64(tid), []
+        return {p64(zoid) for zoid in changed}
+
+    def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        with self._errors():
+            if self._storage.keep_history:
+                row = self._conn.execute(self._sql.LOAD_HP, (u64(oid), u64(self.snapshot)), binary=True).fetchone()
+            else:
+                row = self._conn.execute(self._sql.LOAD_HF, (u64(oid),), binary=True).fetchone()
+        if row is None or row[0] is None:
+            raise POSKeyError(oid)
+        serial = p64(row[1])
+        if serial > self.snapshot:
+            raise ReadConflictError("the revision this snapshot needs was already discarded", oid=oid)
+        return row[0], serial
+
+    def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        wanted = [u64(oid) for oid in oids]
+        if not wanted:
+            return {}
+        with self._errors():
+            if self._storage.keep_history:
+                rows = self._conn.execute(self._sql.LOAD_MANY_HP, (wanted, u64(self.snapshot)), binary=True)
+            else:
+                rows = self._conn.execute(self._sql.LOAD_MANY_HF, (wanted,), binary=True)
+            found = {}
+            for zoid, state, tid in rows:
+                if state is None:
+                    continue
+                serial = p64(tid)
+                if serial > self.snapshot:
+                    raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
+                found[p64(zoid)] = (state, serial)
+        return found
+
+    def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        with self._errors():
+            row = self._conn.execute(self._sql.LOAD_SERIAL, (u64(oid), u64(serial)), binary=True).fetchone()
+        if row is None or row[0] is None:
+            raise POSKeyError(oid)
+        return row[0]
+
+    def new_oid(self) -> bytes:
+        return self._storage.new_oid()
+
+    # -- committing ------------------------------------------------------------
+
+    def _store_conn(self) -> psycopg.Connection:
+        if self._storage.keep_history:
+            return self._conn  # no read transaction to protect: one session does both
+        if self._store_session is None:
+            self._store_session = self._storage._checkout()
+        return self._store_session.conn
+
+    def _store_owner(self) -> int:
+        session = self._load_session if self._storage.keep_history else self._store_session
+        assert session is not None
+        return session.owner_key
+
+    def tpc_begin(self, meta: TransactionMeta) -> None:
+        self._storage._check_open()
+        if self._storage.read_only:
+            raise ReadOnlyError(f"storage {self._storage.name} is read-only")
+        if self.before is not None:
+            raise ReadOnlyError("a historical view cannot commit")
+        if self._meta is not None:
+            raise StorageTransactionError("tpc_begin called twice without finish or abort")
+        self._meta = meta
+
+    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("store outside a commit")
+        self._stores[oid] = (read_serial, data)
+
+    def check_current(self, oid: bytes, serial: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("check_current outside a commit")
+        self._checks[oid] = serial
+
+    def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
+        if self._meta is None:
+            raise StorageTransactionError("tpc_vote outside a commit")
+        if self._tid is not None:
+            raise StorageTransactionError("tpc_vote called twice")
+        storage, q, meta = self._storage, self._sql, self._meta
+        conn = self._store_conn()
+        try:
+            with self._errors():
+                last = storage._lock_commit(conn)
+                oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
+                current_query = q.CURRENT_SERIALS_HP if storage.keep_history else q.CURRENT_SERIALS_HF
+                current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
+
+                def load_current(oid: bytes) -> bytes:
+                    return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
+
+                resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
+                for oid, data in resolved.items():
+                    self._stores[oid] = (current[oid], data)
+                tid = u64(new_tid(max(p64(last), self.snapshot)))
+                txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
+                zoids = [u64(oid) for oid in self._stores]
+                datas = [data for _, data in self._stores.values()]
+                with conn.pipeline():
+                    if zoids:
+                        conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas))
+                    conn.execute(
+                        q.INSERT_TRANSACTION,
+                        (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
+                    )
+                    conn.execute(q.SET_LAST_TID, (tid,))
+                    if storage.two_phase:
+                        gid = f"{_gid_prefix(storage.schema)}{self._store_owner()}|{txn_key}"
+                        conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
+                        conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
+                        self._gid = gid
+        except BaseException:
+            self._rollback(conn)
+            raise
+        self._tid = tid
+        return set(resolved)
+
+    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
+        try:
+            return self.load_serial(oid, serial)
+        except POSKeyError:
+            return None
+
+    def _rollback(self, conn: psycopg.Connection) -> None:
+        try:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()  # the server ends the transaction with the session
+
+    def tpc_finish(self) -> bytes:
+        if self._tid is None or self._meta is None:
+            raise StorageTransactionError("tpc_finish before tpc_vote")
+        tid, conn = self._tid, self._store_conn()
+        with self._errors():
+            with conn.pipeline():
+                if self._gid is not None:
+                    conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                else:
+                    conn.execute("COMMIT")
+                self._storage._notify(conn, tid)
+        self._own.append(tid)
+        self._reset()
+        return p64(tid)
+
+    def tpc_abort(self) -> None:
+        if self._meta is None:
+            return
+        conn = self._store_conn()
+        try:
+            if self._gid is not None:
+                with self._errors():
+                    conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(self._gid)))
+            else:
+                self._rollback(conn)
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._meta = None
+        self._stores = {}
+        self._checks = {}
+        self._tid = None
+        self._gid = None
+
+    def release(self) -> None:
+        if self._meta is not None and not self._storage._closed:
+            self.tpc_abort()
+        self._reset()
+        storage = self._storage
+        for session in (self._load_session, self._store_session):
+            storage._checkin(session)
+        self._load_session = self._store_session = None
+        self._snapshot_open = False

@@ -1,0 +1,258 @@
+"""Every SQL statement of the PostgreSQL storage: the schema and the named queries.
+
+The storage's algorithm lives in :mod:`atoll.storage.postgresql`; this module only
+holds text. Statements are ``str.format`` templates over ``{s}``, the storage's
+quoted schema name, filled once when the storage opens (:func:`queries`), and use
+psycopg ``%s``/``%(name)s`` placeholders for values. Oids and tids are stored as
+``bigint`` (the 8-byte big-endian value read as an integer, always < 2**63).
+
+Schema version 1. One PostgreSQL schema holds one atoll database:
+
+``info(key, value)``
+    ``schema_version``, ``keep_history``, ``oid_block`` (see :data:`OID_BLOCK`).
+``commit_lock(id, tid)``
+    One row (id 0) holding the newest committed tid. Committers lock it
+    ``FOR UPDATE``: that row lock *is* the commit lock, and because a prepared
+    transaction keeps its row locks, it stays held from ``tpc_vote`` until
+    ``COMMIT PREPARED``/``ROLLBACK PREPARED``, in whatever session finishes it.
+``transactions(tid, username, description, extension, txn_key)``
+    One row per commit (kept in both modes; pack removes rows no revision needs).
+``object_state(zoid, tid, state)``
+    History-preserving: every revision, primary key ``(zoid, tid)``.
+    History-free: the current revision only, primary key ``zoid``.
+    Both have an index on ``tid`` for polling. ``state`` NULL would mean deleted.
+``oid_seq``
+    New oids, handed out in blocks of :data:`OID_BLOCK`.
+
+Shared by every atoll schema of the PostgreSQL database: ``atoll_shared.commit_decisions
+(txn_key, schema_name)``. Each prepared transaction inserts its row; the row becomes
+visible exactly when that participant commits, which is how recovery learns that a
+multi-database transaction was decided (see the storage module's docstring).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+SCHEMA_VERSION = 1
+
+#: oids handed out per sequence call: one round trip per OID_BLOCK new objects.
+OID_BLOCK = 100
+
+#: Schema upgrades: version -> statements that turn that version into the next.
+#: Version 1 is the first, so nothing upgrades to it yet; an older schema found on
+#: open is brought up to SCHEMA_VERSION by running these in order.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+SHARED_SCHEMA = "atoll_shared"
+
+CREATE_SHARED = """
+CREATE SCHEMA IF NOT EXISTS atoll_shared;
+CREATE TABLE IF NOT EXISTS atoll_shared.commit_decisions (
+    txn_key text NOT NULL,
+    schema_name text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commit_decisions_txn_key ON atoll_shared.commit_decisions (txn_key);
+"""
+
+_CREATE_COMMON = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE {s}.info (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE {s}.commit_lock (id integer PRIMARY KEY, tid bigint NOT NULL);
+INSERT INTO {s}.commit_lock VALUES (0, 0);
+CREATE TABLE {s}.transactions (
+    tid bigint PRIMARY KEY,
+    username text NOT NULL,
+    description text NOT NULL,
+    extension bytea NOT NULL,
+    txn_key text NOT NULL
+);
+CREATE SEQUENCE {s}.oid_seq INCREMENT BY {block} START WITH 1;
+"""
+
+CREATE_HISTORY_PRESERVING = _CREATE_COMMON + """
+CREATE TABLE {s}.object_state (
+    zoid bigint NOT NULL,
+    tid bigint NOT NULL,
+    state bytea,
+    PRIMARY KEY (zoid, tid)
+);
+CREATE INDEX object_state_tid ON {s}.object_state (tid);
+"""
+
+CREATE_HISTORY_FREE = _CREATE_COMMON + """
+CREATE TABLE {s}.object_state (
+    zoid bigint PRIMARY KEY,
+    tid bigint NOT NULL,
+    state bytea
+);
+CREATE INDEX object_state_tid ON {s}.object_state (tid);
+"""
+
+# Serializes schema creation by concurrent first opens (key: hash of the schema name).
+SCHEMA_CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('atoll schema ' || %s))"
+
+SCHEMA_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+
+READ_INFO = "SELECT key, value FROM {s}.info"
+
+WRITE_INFO = "INSERT INTO {s}.info VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+
+MAX_PREPARED = "SHOW max_prepared_transactions"
+
+# -- reading -------------------------------------------------------------------------
+
+LAST_TID = "SELECT tid FROM {s}.commit_lock WHERE id = 0"
+
+# Polling, in one statement: the newest tid and the oids others wrote since ours.
+POLL = """
+SELECT c.tid, ARRAY(
+    SELECT DISTINCT o.zoid FROM {s}.object_state o
+    WHERE o.tid > %(since)s AND o.tid <= c.tid AND o.tid <> ALL(%(own)s::bigint[])
+) FROM {s}.commit_lock c WHERE c.id = 0
+"""
+
+LOAD_HP = """
+SELECT state, tid FROM {s}.object_state
+WHERE zoid = %s AND tid <= %s ORDER BY tid DESC LIMIT 1
+"""
+
+# One index probe per oid (newest revision at or before the snapshot).
+LOAD_MANY_HP = """
+SELECT z.zoid, r.state, r.tid FROM unnest(%s::bigint[]) AS z(zoid)
+CROSS JOIN LATERAL (
+    SELECT state, tid FROM {s}.object_state o
+    WHERE o.zoid = z.zoid AND o.tid <= %s ORDER BY o.tid DESC LIMIT 1
+) r
+"""
+
+LOAD_HF = "SELECT state, tid FROM {s}.object_state WHERE zoid = %s"
+
+LOAD_MANY_HF = "SELECT zoid, state, tid FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
+
+LOAD_SERIAL = "SELECT state FROM {s}.object_state WHERE zoid = %s AND tid = %s"
+
+# Opens a history-free view's read transaction: its snapshot is fixed by this first
+# statement, and the tid it reads is the newest commit that snapshot contains.
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+NEW_OID_BLOCK = "SELECT nextval('{s}.oid_seq')"
+
+# -- committing ----------------------------------------------------------------------
+
+BEGIN = "BEGIN"
+
+# The commit lock (see the module docstring); returns the last committed tid.
+LOCK_COMMIT = "SELECT tid FROM {s}.commit_lock WHERE id = 0 FOR UPDATE"
+
+# Current serials of the oids a commit writes or checks, read under the lock.
+CURRENT_SERIALS_HP = """
+SELECT z.zoid, r.tid FROM unnest(%s::bigint[]) AS z(zoid)
+CROSS JOIN LATERAL (
+    SELECT tid, state FROM {s}.object_state o
+    WHERE o.zoid = z.zoid ORDER BY o.tid DESC LIMIT 1
+) r WHERE r.state IS NOT NULL
+"""
+
+CURRENT_SERIALS_HF = (
+    "SELECT zoid, tid FROM {s}.object_state WHERE zoid = ANY(%s::bigint[]) AND state IS NOT NULL"
+)
+
+LOAD_CURRENT = "SELECT state FROM {s}.object_state WHERE zoid = %s ORDER BY tid DESC LIMIT 1"
+
+STORE_HP = """
+INSERT INTO {s}.object_state (zoid, tid, state)
+SELECT z, %s, d FROM unnest(%s::bigint[], %s::bytea[]) AS u(z, d)
+"""
+
+STORE_HF = """
+INSERT INTO {s}.object_state (zoid, tid, state)
+SELECT z, %s, d FROM unnest(%s::bigint[], %s::bytea[]) AS u(z, d)
+ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state
+"""
+
+INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
+
+INSERT_DECISION = "INSERT INTO atoll_shared.commit_decisions VALUES (%s, %s)"
+
+SET_LAST_TID = "UPDATE {s}.commit_lock SET tid = %s WHERE id = 0"
+
+NOTIFY = "SELECT pg_notify(%s, %s)"
+
+# The session lock that tells recovery this view's session is alive (key: random).
+OWNER_LOCK = "SELECT pg_advisory_lock(%s)"
+
+# -- recovery ------------------------------------------------------------------------
+
+PREPARED_OF_SCHEMA = """
+SELECT gid FROM pg_prepared_xacts
+WHERE database = current_database() AND starts_with(gid, %s)
+"""
+
+TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s)"
+
+OWNER_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+
+DECISION_EXISTS = "SELECT EXISTS (SELECT 1 FROM atoll_shared.commit_decisions WHERE txn_key = %s)"
+
+# Decision rows matter only while a partner of their transaction is still prepared.
+PRUNE_DECISIONS = """
+DELETE FROM atoll_shared.commit_decisions d WHERE d.schema_name = %s AND NOT EXISTS (
+    SELECT 1 FROM pg_prepared_xacts p WHERE p.gid LIKE '%%|' || d.txn_key
+)
+"""
+
+# -- whole-database work -------------------------------------------------------------
+
+HISTORY = """
+SELECT o.tid, coalesce(length(o.state), 0), t.username, t.description
+FROM {s}.object_state o LEFT JOIN {s}.transactions t ON t.tid = o.tid
+WHERE o.zoid = %s ORDER BY o.tid DESC LIMIT %s
+"""
+
+ITERATE_TRANSACTIONS = """
+SELECT tid, username, description, extension FROM {s}.transactions
+WHERE tid >= %s AND tid <= %s ORDER BY tid
+"""
+
+RECORDS_OF = "SELECT zoid, state FROM {s}.object_state WHERE tid = %s ORDER BY zoid"
+
+COUNT_HP = """
+SELECT count(*) FROM (
+    SELECT DISTINCT ON (zoid) state FROM {s}.object_state ORDER BY zoid, tid DESC
+) c WHERE state IS NOT NULL
+"""
+
+COUNT_HF = "SELECT count(*) FROM {s}.object_state WHERE state IS NOT NULL"
+
+SIZE = """
+SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'
+"""
+
+# Pack: per object, whether it has revisions after the pack tid, and how many it has.
+PACK_OBJECTS = "SELECT zoid, max(tid) > %s, count(*) FROM {s}.object_state GROUP BY zoid"
+
+
+PACK_DELETE_OBJECTS = "DELETE FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
+
+PACK_DELETE_OLD_REVISIONS = """
+DELETE FROM {s}.object_state o USING (
+    SELECT zoid, max(tid) AS keep FROM {s}.object_state WHERE tid <= %s GROUP BY zoid
+) k WHERE o.zoid = k.zoid AND o.tid < k.keep
+"""
+
+PACK_DELETE_TRANSACTIONS = """
+DELETE FROM {s}.transactions t
+WHERE t.tid <> (SELECT tid FROM {s}.commit_lock WHERE id = 0)
+  AND NOT EXISTS (SELECT 1 FROM {s}.object_state o WHERE o.tid = t.tid)
+"""
+
+_TEMPLATES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}
+
+
+def queries(quoted_schema: str) -> SimpleNamespace:
+    """Every statement above with ``{s}`` replaced by the (already quoted) schema."""
+    return SimpleNamespace(
+        **{name: text.replace("{s}", quoted_schema).replace("{block}", str(OID_BLOCK)) for name, text in _TEMPLATES.items()}
+    )
