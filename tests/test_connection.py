@@ -1,0 +1,353 @@
+"""Connection: loading, saving, abort, savepoints, MVCC, conflicts, the jar protocol."""
+
+from __future__ import annotations
+
+import pytest
+import transaction
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+
+import atoll
+from atoll.errors import (
+    ConflictError,
+    ConnectionStateError,
+    POSKeyError,
+    ReadConflictError,
+    ReadOnlyHistoryError,
+)
+from atoll.ids import ROOT_OID, p64
+from atoll.storage import MemoryStorage, MinimalMemoryStorage
+from helpers import Counter, Item, WithArgs
+
+
+@pytest.fixture(params=[MemoryStorage, MinimalMemoryStorage])
+def db(request):
+    database = atoll.DB(request.param(), database_name="main")
+    yield database
+    database.close()
+
+
+def other(db):
+    """A second connection with its own transaction manager."""
+    return db.open(transaction.TransactionManager())
+
+
+def test_root_is_a_persistent_mapping_created_on_first_open(db):
+    conn = db.open()
+    assert isinstance(conn.root(), PersistentMapping)
+    assert conn.root()._p_oid == ROOT_OID
+    assert len(db) == 1
+    conn.close()
+
+
+def test_root_attribute_access(db):
+    conn = db.open()
+    conn.root.answer = 42
+    assert conn.root()["answer"] == 42
+    assert conn.root.answer == 42
+    del conn.root.answer
+    with pytest.raises(AttributeError):
+        conn.root.missing
+    assert "answer" not in conn.root()
+    transaction.abort()
+    conn.close()
+
+
+def test_commit_saves_objects_reachable_from_root(db):
+    conn = db.open()
+    conn.root()["item"] = Item(Item("nested"))
+    transaction.commit()
+    reader = other(db)
+    item = reader.root()["item"]
+    assert item.value.value == "nested"
+    assert item._p_jar is reader
+    assert len(db) == 3
+
+
+def test_loaded_objects_are_ghosts_until_touched(db):
+    conn = db.open()
+    conn.root()["item"] = Item("x")
+    transaction.commit()
+    reader = other(db)
+    item = reader.root()["item"]
+    assert item._p_changed is None
+    assert item.value == "x"
+    assert item._p_changed is False
+
+
+def test_abort_restores_state_and_forgets_new_objects(db):
+    conn = db.open()
+    conn.root()["item"] = Item(1)
+    transaction.commit()
+    item = conn.root()["item"]
+    item.value = 2
+    fresh = Item("new")
+    conn.root()["fresh"] = fresh
+    transaction.abort()
+    assert item.value == 1
+    assert "fresh" not in conn.root()
+    assert fresh._p_jar is None and fresh._p_oid is None
+
+
+def test_get_by_oid_and_missing_oid_names_database(db):
+    conn = db.open()
+    conn.root()["item"] = item = Item(1)
+    transaction.commit()
+    assert conn.get(item._p_oid) is item
+    with pytest.raises(POSKeyError) as info:
+        other(db).get(p64(999))
+    assert "0x3e7" in str(info.value) and "'main'" in str(info.value)
+
+
+def test_add_gives_an_oid_at_once(db):
+    conn = db.open()
+    item = Item(5)
+    conn.add(item)
+    assert item._p_jar is conn and item._p_oid is not None
+    assert conn.get(item._p_oid) is item
+    conn.root()["item"] = item
+    transaction.commit()
+    assert other(db).get(item._p_oid).value == 5
+
+
+def test_add_refuses_non_persistent(db):
+    conn = db.open()
+    with pytest.raises(TypeError):
+        conn.add(object())
+
+
+def test_snapshot_isolation_until_transaction_boundary(db):
+    writer = db.open()
+    writer.root()["item"] = Item(1)
+    transaction.commit()
+    reader = other(db)
+    assert reader.root()["item"].value == 1
+    writer.root()["item"].value = 2
+    transaction.commit()
+    # Same transaction: still the old snapshot, even after ghosting.
+    reader.cacheMinimize()
+    assert reader.root()["item"].value == 1
+    reader.transaction_manager.begin()
+    assert reader.root()["item"].value == 2
+
+
+def test_write_conflict_carries_oid_serials_class_and_database(db):
+    a, b = db.open(), other(db)
+    a.root()["item"] = Item(0)
+    transaction.commit()
+    b.transaction_manager.begin()
+    b.root()["item"].value = "b"
+    a.root()["item"].value = "a"
+    transaction.commit()
+    with pytest.raises(ConflictError) as info:
+        b.transaction_manager.commit()
+    error = info.value
+    assert error.oid == a.root()["item"]._p_oid
+    assert error.class_name == "helpers.Item"
+    assert error.database_name == "main"
+    committed, read = error.serials
+    assert committed == a.root()["item"]._p_serial and read < committed
+    b.transaction_manager.abort()
+    assert b.root()["item"].value == "a"
+
+
+def test_conflict_resolution_merges(db):
+    a, b = db.open(), other(db)
+    a.root()["counter"] = Counter()
+    transaction.commit()
+    b.transaction_manager.begin()
+    b.root()["counter"].value += 5
+    a.root()["counter"].value += 3
+    transaction.commit()
+    b.transaction_manager.commit()
+    transaction.begin()
+    assert a.root()["counter"].value == 8
+    # b's copy was replaced by a merged state it never saw: it reloads.
+    b.transaction_manager.begin()
+    assert b.root()["counter"].value == 8
+
+
+def test_btree_buckets_resolve_concurrent_inserts(db):
+    a, b = db.open(), other(db)
+    a.root()["tree"] = OOBTree()
+    transaction.commit()
+    b.transaction_manager.begin()
+    a.root()["tree"]["x"] = 1
+    b.root()["tree"]["y"] = 2
+    transaction.commit()
+    b.transaction_manager.commit()
+    transaction.begin()
+    assert dict(a.root()["tree"].items()) == {"x": 1, "y": 2}
+
+
+def test_read_current_detects_a_change_to_an_object_only_read(db):
+    a, b = db.open(), other(db)
+    a.root()["rule"] = Item(1)
+    a.root()["out"] = Item(None)
+    transaction.commit()
+    b.transaction_manager.begin()
+    rule = b.root()["rule"]
+    b.readCurrent(rule)
+    b.root()["out"].value = rule.value
+    a.root()["rule"].value = 2
+    transaction.commit()
+    with pytest.raises(ReadConflictError):
+        b.transaction_manager.commit()
+    b.transaction_manager.abort()
+
+
+def test_attempts_loop_retries_conflicts():
+    db = atoll.DB(None)
+    a, b = db.open(), other(db)
+    a.root()["item"] = Item(0)
+    transaction.commit()
+    tries = 0
+    for attempt in b.transaction_manager.attempts():
+        with attempt:
+            tries += 1
+            b.root()["item"].value += 1
+            if tries == 1:
+                a.root()["item"].value += 10
+                transaction.commit()
+    transaction.begin()
+    assert a.root()["item"].value == 11 and tries == 2
+
+
+def test_savepoint_rollback(db):
+    conn = db.open()
+    conn.root()["item"] = Item(1)
+    transaction.commit()
+    item = conn.root()["item"]
+    item.value = 2
+    savepoint = transaction.savepoint()
+    item.value = 3
+    conn.root()["later"] = Item("later")
+    savepoint.rollback()
+    assert item.value == 2 and "later" not in conn.root()
+    item.value = 4
+    savepoint.rollback()  # a savepoint can be rolled back to again
+    assert item.value == 2
+    transaction.commit()
+    assert other(db).root()["item"].value == 2
+
+
+def test_savepoint_taken_before_joining_restores_committed_state(db):
+    conn = db.open()
+    conn.root()["item"] = Item(1)
+    transaction.commit()
+    savepoint = transaction.savepoint()
+    conn.root()["item"].value = 9
+    savepoint.rollback()
+    assert conn.root()["item"].value == 1
+
+
+def test_cache_minimize_ghosts_unmodified_and_keeps_changes(db):
+    conn = db.open()
+    conn.root()["a"] = Item(1)
+    conn.root()["b"] = Item(2)
+    transaction.commit()
+    a, b = conn.root()["a"], conn.root()["b"]
+    a.value = 10
+    conn.cacheMinimize()
+    assert b._p_changed is None
+    assert a._p_changed is True and a.value == 10
+    transaction.commit()
+    assert other(db).root()["a"].value == 10
+
+
+def test_cache_gc_respects_cache_size():
+    db = atoll.DB(None, cache_size=10)
+    conn = db.open()
+    for i in range(100):
+        conn.root()[i] = Item(i)
+    transaction.commit()
+    conn.cacheGC()
+    assert len(conn._cache) <= 20
+    assert sum(conn.root()[i].value for i in range(100)) == 4950
+
+
+def test_prefetch_loads_records_in_one_batch(db):
+    conn = db.open()
+    for i in range(20):
+        conn.root()[i] = Item(i)
+    transaction.commit()
+    reader = other(db)
+    items = [reader.root()[i] for i in range(20)]
+    batches = []
+    original_many = reader._view.load_many
+
+    def counting_many(oids):
+        batches.append(list(oids))
+        return original_many(oids)
+
+    reader._view.load_many = counting_many
+    reader.prefetch(items)
+    assert len(batches) == 1 and len(batches[0]) == 20
+    singles = []
+    original_load = reader._view.load
+    reader._view.load = lambda oid: singles.append(oid) or original_load(oid)
+    assert [item.value for item in items] == list(range(20))
+    assert singles == []  # every state came from the prefetched batch
+
+
+def test_new_object_with_getnewargs_round_trips(db):
+    conn = db.open()
+    conn.root()["k"] = WithArgs("key1")
+    transaction.commit()
+    reader = other(db)
+    assert reader.root()["k"].key == "key1"
+
+
+def test_historical_connection_reads_the_past_and_refuses_writes(db):
+    conn = db.open()
+    conn.root()["item"] = Item("old")
+    transaction.commit()
+    then = db.lastTransaction()
+    conn.root()["item"].value = "new"
+    transaction.commit()
+    past = db.open(at=then)
+    assert past.isReadOnly()
+    assert past.root()["item"].value == "old"
+    with pytest.raises(ReadOnlyHistoryError):
+        past.root()["item"].value = "changed"
+    past.close()
+
+
+def test_closed_connection_refuses_use(db):
+    conn = db.open()
+    conn.close()
+    with pytest.raises(ConnectionStateError):
+        conn.root()
+
+
+def test_closing_with_pending_changes_is_refused(db):
+    conn = db.open()
+    conn.root()["x"] = 1
+    with pytest.raises(ConnectionStateError):
+        conn.close()
+    transaction.abort()
+    conn.close()
+
+
+def test_transaction_metadata_reaches_history(db):
+    conn = db.open()
+    txn = transaction.get()
+    txn.note("first note")
+    txn.setUser("alice")
+    conn.root()["x"] = 1
+    transaction.commit()
+    entry = db.history(ROOT_OID, size=5)[0]
+    assert entry["description"] == "first note"
+    assert "alice" in entry["user_name"]
+    assert entry["tid"] == db.lastTransaction()
+
+
+def test_history_returns_at_most_size_newest_first():
+    db = atoll.DB(MemoryStorage())
+    conn = db.open()
+    for i in range(4):
+        conn.root()["x"] = i
+        transaction.commit()
+    history = db.history(ROOT_OID, size=3)
+    assert len(history) == 3
+    assert history[0]["tid"] > history[1]["tid"] > history[2]["tid"]

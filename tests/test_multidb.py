@@ -1,0 +1,165 @@
+"""Cross-database references in a collection, with ZODB's semantics."""
+
+from __future__ import annotations
+
+import pytest
+import transaction
+from BTrees.OOBTree import OOBTree
+
+import atoll
+from atoll.errors import InvalidObjectReference
+from atoll.serialize import references
+from atoll.storage import MemoryStorage
+from helpers import Item
+
+
+@pytest.fixture
+def collection():
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases)
+    second = atoll.DB(MemoryStorage(), database_name="second", databases=databases)
+    yield first, second
+    for db in databases.values():
+        db.close()
+
+
+def test_reference_across_databases_loads_into_the_group(collection):
+    first, second = collection
+    conn = first.open()
+    other = conn.get_connection("second")
+    target = Item("in second")
+    other.root()["target"] = target
+    transaction.commit()
+    conn.root()["link"] = target
+    transaction.commit()
+    record = first.storage.open_view().load(conn.root()._p_oid)[0]
+    assert ("second", target._p_oid) in references(record)
+
+    reader = first.open(transaction.TransactionManager())
+    linked = reader.root()["link"]
+    assert linked.value == "in second"
+    assert linked._p_jar.db() is second
+    assert linked._p_jar is reader.get_connection("second")
+    assert linked is reader.get_connection("second").root()["target"]
+
+
+def test_one_commit_covers_both_databases(collection):
+    first, second = collection
+    conn = first.open()
+    conn.root()["a"] = Item(1)
+    conn.get_connection("second").root()["b"] = Item(2)
+    transaction.commit()
+    assert len(first) == 2 and len(second) == 2
+    assert first.lastTransaction() and second.lastTransaction()
+
+
+def test_new_object_reachable_from_two_databases_is_refused(collection):
+    first, _ = collection
+    conn = first.open()
+    shared = Item("shared")
+    conn.root()["x"] = shared
+    conn.get_connection("second").root()["x"] = shared
+    with pytest.raises(InvalidObjectReference, match="reachable from multiple databases"):
+        transaction.commit()
+    transaction.abort()
+
+
+def test_add_disambiguates_a_new_shared_object(collection):
+    first, second = collection
+    conn = first.open()
+    shared = Item("shared")
+    conn.get_connection("second").add(shared)
+    conn.root()["x"] = shared
+    conn.get_connection("second").root()["x"] = shared
+    transaction.commit()
+    assert shared._p_jar.db() is second
+    reader = first.open(transaction.TransactionManager())
+    assert reader.root()["x"] is reader.get_connection("second").root()["x"]
+
+
+def test_reference_to_a_database_outside_the_collection_is_refused(collection):
+    first, _ = collection
+    stranger = atoll.DB(MemoryStorage(), database_name="stranger")
+    conn = first.open()
+    outside = stranger.open(transaction.TransactionManager())
+    outside.root()["obj"] = obj = Item(1)
+    outside.transaction_manager.commit()
+    conn.root()["bad"] = obj
+    with pytest.raises(InvalidObjectReference, match="not in the collection"):
+        transaction.commit()
+    transaction.abort()
+    stranger.close()
+
+
+def test_reference_to_another_connection_of_the_same_database_is_refused(collection):
+    first, _ = collection
+    conn = first.open()
+    conn.root()["obj"] = Item(1)
+    transaction.commit()
+    separate = first.open(transaction.TransactionManager())
+    foreign_obj = separate.root()["obj"]
+    conn.root()["copy"] = foreign_obj
+    with pytest.raises(InvalidObjectReference, match="another connection"):
+        transaction.commit()
+    transaction.abort()
+
+
+def test_xrefs_false_forbids_references_from_that_database():
+    databases: dict = {}
+    strict = atoll.DB(MemoryStorage(), database_name="strict", databases=databases, xrefs=False)
+    atoll.DB(MemoryStorage(), database_name="open", databases=databases)
+    conn = strict.open()
+    target = Item(1)
+    conn.get_connection("open").root()["t"] = target
+    transaction.commit()
+    conn.root()["t"] = target
+    with pytest.raises(InvalidObjectReference, match="does not allow cross-database"):
+        transaction.commit()
+    transaction.abort()
+    # References into the strict database from the permissive one are allowed.
+    conn.root()["mine"] = mine = Item(2)
+    transaction.commit()
+    conn.get_connection("open").root()["into_strict"] = mine
+    transaction.commit()
+
+
+def test_btrees_as_values_and_across_databases(collection):
+    first, second = collection
+    conn = first.open()
+    tree = OOBTree()
+    for i in range(500):
+        tree[f"k{i:04d}"] = Item(i)
+    conn.get_connection("second").root()["tree"] = tree
+    transaction.commit()
+    conn.root()["tree"] = tree
+    transaction.commit()
+    reader = first.open(transaction.TransactionManager())
+    loaded = reader.root()["tree"]
+    assert loaded._p_jar.db() is second
+    assert len(loaded) == 500 and loaded["k0499"].value == 499
+
+
+def test_closing_the_first_connection_closes_the_group(collection):
+    first, _ = collection
+    conn = first.open()
+    other = conn.get_connection("second")
+    conn.close()
+    assert other.opened is None
+    again = first.open()
+    assert list(again.connections) == ["first"]
+
+
+def test_unknown_database_in_a_record_is_reported(collection):
+    first, second = collection
+    conn = first.open()
+    conn.get_connection("second").root()["t"] = target = Item(1)
+    transaction.commit()
+    conn.root()["t"] = target
+    transaction.commit()
+    conn.close()
+    del first.databases["second"]
+    reader = first.open()
+    reader.cacheMinimize()  # the pooled connection still holds the old objects
+    with pytest.raises(InvalidObjectReference, match="'second'"):
+        reader.root()["t"]
+    first.databases["second"] = second

@@ -1,0 +1,115 @@
+"""Record format: two pickles, ZODB's reference forms, reference scanning."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import transaction
+from persistent.mapping import PersistentMapping
+
+import atoll
+from atoll.ids import p64
+from atoll.serialize import PersistentReference, dump_state, record_class, record_state, referenced_oids, references
+from atoll.storage import MemoryStorage
+from helpers import Item, WithArgs
+
+
+def _persistent_ids(record: bytes) -> tuple[object, list]:
+    """The class pickle and every persistent id of a record, read with plain pickle."""
+    found: list = []
+    unpickler = pickle.Unpickler(io.BytesIO(record))
+    unpickler.persistent_load = lambda ref: found.append(ref) or None
+    meta = unpickler.load()
+    unpickler.load()
+    return meta, found
+
+
+def _record(db, oid: bytes) -> bytes:
+    view = db.storage.open_view()
+    try:
+        return view.load(oid)[0]
+    finally:
+        view.release()
+
+
+def test_record_is_class_then_state_with_oid_class_references():
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        conn.root()["item"] = item = Item("v")
+    meta, refs = _persistent_ids(_record(db, p64(0)))
+    assert meta is PersistentMapping
+    assert refs == [(item._p_oid, Item)]
+    meta, refs = _persistent_ids(_record(db, item._p_oid))
+    assert meta is Item and refs == []
+
+
+def test_class_with_getnewargs_is_written_with_its_args_and_referenced_by_oid():
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        conn.root()["k"] = obj = WithArgs("key")
+    meta, _ = _persistent_ids(_record(db, obj._p_oid))
+    assert meta == (WithArgs, ("key",))
+    _, refs = _persistent_ids(_record(db, p64(0)))
+    assert refs == [obj._p_oid]
+
+
+def test_cross_database_reference_form():
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases)
+    atoll.DB(MemoryStorage(), database_name="second", databases=databases)
+    conn = first.open()
+    conn.get_connection("second").root()["t"] = target = Item(1)
+    transaction.commit()
+    conn.root()["t"] = target
+    transaction.commit()
+    _, refs = _persistent_ids(_record(first, p64(0)))
+    assert refs == [["m", ("second", target._p_oid, Item)]]
+
+
+def test_references_scan_needs_no_importable_class():
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, 3)
+    pickler.persistent_id = lambda obj: obj.ref if isinstance(obj, PersistentReference) else None
+    pickler.dump(("nowhere.module", "Missing"))
+    pickler.dump({"a": PersistentReference((p64(5), None)), "b": PersistentReference(["m", ("db2", p64(7), None)])})
+    record = buf.getvalue()
+    assert sorted(references(record), key=repr) == sorted([(None, p64(5)), ("db2", p64(7))], key=repr)
+    assert list(referenced_oids(record)) == [p64(5)]
+
+
+def test_references_of_a_record_with_an_unknown_global():
+    # A class pickled as a global that no longer exists must not stop the scan.
+    class Gone:
+        pass
+
+    Gone.__module__, Gone.__qualname__ = "atoll_tests_missing", "Gone"
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, 3)
+    pickler.persistent_id = lambda obj: (p64(9), None) if obj == "ref" else None
+    pickler.dump(PersistentMapping)
+    pickler.dump({"data": {"x": "ref"}})
+    assert list(referenced_oids(buf.getvalue())) == [p64(9)]
+
+
+def test_record_state_and_dump_state_round_trip_references():
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        conn.root()["item"] = Item("v")
+    record = _record(db, p64(0))
+    offset, state = record_state(record)
+    assert record_class(record) is PersistentMapping
+    assert record_state(record[:offset] + dump_state(state))[1] == state
+    (ref,) = state["data"].values()
+    assert isinstance(ref, PersistentReference) and ref == PersistentReference((ref.key[1], None))
+
+
+def test_fresh_pickler_per_record_gives_identical_bytes_for_identical_objects():
+    # A pickler reused across records would memoize the class and write a
+    # back-reference the second time; each record must stand alone.
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        conn.root()["a"] = a = Item("same")
+        conn.root()["b"] = b = Item("same")
+    assert _record(db, a._p_oid) == _record(db, b._p_oid)
+    assert pickle.loads(_record(db, a._p_oid)) is Item
