@@ -1,0 +1,751 @@
+"""SQLiteStorage: a database in one SQLite file, the embedded default.
+
+The file format and every statement are in :mod:`atoll.storage.sqlite_sql`. How the
+storage protocol maps onto SQLite:
+
+Connections
+    Each view (one per atoll Connection) has its own sqlite3 connection, so readers
+    never wait for each other or for a writer (WAL mode). The storage has two more: one
+    for whole-database reads (history, iteration, ``len``) and one *writer* that every
+    commit, oid reservation and pack of this process goes through, under
+    ``_commit_lock``.
+Snapshots
+    A view's snapshot is a committed tid and a load returns the newest revision with
+    ``tid <= snapshot``. ``poll()`` reads the newest tid and what changed since the old
+    snapshot in one read transaction. The first load after a poll opens a read
+    transaction that stays open until the next poll, so a transaction's loads share
+    one SQLite snapshot (about twice as fast as a transaction per statement); a view
+    idle in a pool after its last poll holds none and never keeps the WAL from being
+    checkpointed.
+History-free files (``keep_history=False``)
+    A commit deletes the revisions its new ones replace. A view whose read transaction
+    started at its snapshot still sees them (SQLite's own MVCC); a view whose read
+    transaction started later (first load after another process committed) finds the
+    revision it needs gone and gets :class:`ReadConflictError`, a transient error the
+    transaction is retried after. Nothing ever reads a wrong revision.
+Commits
+    ``tpc_vote`` takes the in-process commit lock, then SQLite's write lock (``BEGIN
+    IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
+    the next tid from the stored last tid (so tids increase across processes) and
+    writes the rows; ``tpc_finish`` commits; ``tpc_abort`` rolls back.
+Oids
+    Reserved from the file's counter in blocks that grow from 32 to 4096 per storage
+    instance; a reservation is its own committed write, so two processes never get the
+    same oid, even after a crash (a crashed process only leaves a gap).
+Durability
+    ``synchronous="full"`` (the default) fsyncs the WAL at every commit, as ZODB's
+    FileStorage does: an acknowledged commit survives power loss.
+    ``synchronous="normal"`` skips that fsync: commits survive a crash of the process,
+    and the file stays consistent after power loss, but the last commits may be gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import weakref
+from typing import Iterable, Iterator, Literal
+from urllib.parse import quote
+
+from atoll.errors import (
+    POSKeyError,
+    ReadConflictError,
+    ReadOnlyError,
+    StorageError,
+    StorageTransactionError,
+)
+from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import sqlite_sql as sql
+from atoll.storage.base import (
+    DataRecord,
+    HistoryEntry,
+    PackStats,
+    Progress,
+    References,
+    Resolver,
+    TransactionMeta,
+    TransactionRecord,
+    check_serials,
+)
+
+__all__ = ["SQLiteStorage", "SQLiteView"]
+
+#: Seconds a connection waits for another one's lock (another process's commit).
+BUSY_TIMEOUT = 60.0
+#: Oids per JSON batch in load_many, conflict checks and the pack's walk.
+BATCH = 1000
+#: The largest tid/oid SQLite can hold (signed 64 bits): "no upper bound".
+MAX_ID = 2**63 - 1
+#: Oid reservations grow from the first size to the last, doubling.
+OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
+#: Transactions per page of the iterator (one read transaction each).
+ITERATOR_PAGE = 100
+
+Synchronous = Literal["full", "normal"]
+
+
+def _json_ids(ids: Iterable[int]) -> str:
+    return "[" + ",".join(map(str, ids)) + "]"
+
+
+class SQLiteStorage:
+    """A storage in one SQLite file; see the module docstring.
+
+    ``path`` is created (with its tables) when missing, unless ``read_only``.
+    ``keep_history`` must match the file's mode. ``synchronous`` chooses durability:
+    ``"full"`` survives power loss, ``"normal"`` only process crashes.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        keep_history: bool = True,
+        synchronous: Synchronous = "full",
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.name = self.path
+        self.read_only = read_only
+        self.keep_history = keep_history
+        self.synchronous = synchronous
+        self._closed = False
+        self._lock = threading.Lock()  # guards self._conn (whole-database reads)
+        # Held from tpc_vote to tpc_finish/tpc_abort, and by oid reservations and pack:
+        # it guards self._writer, whose SQLite write lock serializes across processes.
+        self._commit_lock = threading.Lock()
+        self._oid_lock = threading.Lock()  # guards the two oid counters below
+        self._next_oid = 0  # next oid to hand out from the reserved block
+        self._oid_limit = 0  # end of the reserved block (exclusive)
+        self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
+        self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
+        self._conn: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        creating = self._check_path()
+        try:
+            self._conn = self._connect(create=creating)
+            self._open_schema()
+            if not read_only:
+                self._writer = self._connect()
+                self._writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        except BaseException:
+            self._close_connections()
+            raise
+
+    def __repr__(self) -> str:
+        mode = ", read-only" if self.read_only else ""
+        return f"<SQLiteStorage {self.path!r}{mode}>"
+
+    # -- opening --------------------------------------------------------------
+
+    def _check_path(self) -> bool:
+        """Refuse a path that cannot be this storage's file; True if it must be created."""
+        path = self.path
+        if os.path.isdir(path):
+            raise StorageError(f"{path} is a directory, not an SQLite database file")
+        if os.path.exists(path):
+            if not os.path.isfile(path):
+                raise StorageError(f"{path} is not a regular file")
+            if not self.read_only and not self._writable(path):
+                raise StorageError(f"{path} is read-only; open it with read_only=True")
+            return False
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            raise StorageError(f"cannot create {path}: folder {folder} does not exist")
+        if self.read_only:
+            raise StorageError(f"{path} does not exist (read-only mode creates nothing)")
+        if not os.access(folder, os.W_OK):
+            raise StorageError(f"cannot create {path}: folder {folder} is not writable")
+        return True
+
+    @staticmethod
+    def _writable(path: str) -> bool:
+        # A file without any write bit counts as read-only even for root, who could
+        # write it: the owner has said it must not change.
+        mode = os.stat(path).st_mode
+        return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+    def _connect(self, create: bool = False) -> sqlite3.Connection:
+        """A new sqlite3 connection to the file, in autocommit mode (we BEGIN ourselves)."""
+        mode = "ro" if self.read_only else ("rwc" if create else "rw")
+        uri = f"file:{quote(self.path)}?mode={mode}"
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open {self.path}: {e}") from None
+        return conn
+
+    def _open_schema(self) -> None:
+        """Check the file is an atoll database this code can use, creating the tables in
+        a new (empty) one. Nothing is written to a file that is refused."""
+        conn = self._conn
+        assert conn is not None
+        path = self.path
+        try:
+            tables = conn.execute(sql.COUNT_TABLES).fetchone()[0]
+            app_id = conn.execute(sql.SELECT_APPLICATION_ID).fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{path} is not an SQLite database ({e})") from None
+        if app_id not in (0, sql.APPLICATION_ID):
+            raise StorageError(
+                f"{path} belongs to another application (SQLite application_id {app_id:#x}, atoll's is "
+                f"{sql.APPLICATION_ID:#x})"
+            )
+        if tables == 0:
+            if self.read_only:
+                raise StorageError(f"{path} is an empty SQLite database, not an atoll database")
+            self._create_schema()
+        meta = self._read_meta()
+        version = int(meta.get("schema_version", 0))
+        if version > sql.SCHEMA_VERSION:
+            raise StorageError(
+                f"{path} has atoll schema version {version}, newer than this atoll supports "
+                f"({sql.SCHEMA_VERSION}): upgrade atoll to open it"
+            )
+        if version < 1:
+            raise StorageError(f"{path} has an invalid atoll schema version {meta.get('schema_version')!r}")
+        file_history = bool(int(meta.get("keep_history", 1)))
+        if file_history != self.keep_history:
+            raise StorageError(
+                f"{path} was created with keep_history={file_history}; open it with keep_history={file_history}"
+            )
+        if not self.read_only and conn.execute(sql.SELECT_JOURNAL_MODE).fetchone()[0].lower() != "wal":
+            conn.execute(sql.SET_WAL)
+
+    def _read_meta(self) -> dict[str, object]:
+        conn = self._conn
+        assert conn is not None
+        if not conn.execute(sql.HAS_META_TABLE).fetchone()[0]:
+            raise StorageError(f"{self.path} is an SQLite database of another application (it has no atoll tables)")
+        meta = dict(conn.execute(sql.SELECT_META).fetchall())
+        if meta.get("application") != sql.APPLICATION_NAME:
+            raise StorageError(f"{self.path} is an SQLite database of another application")
+        return meta
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute(sql.SET_WAL)  # persistent in the file; must be outside a transaction
+        conn.execute(sql.BEGIN_WRITE)
+        try:
+            # Another process may have created the tables since we looked.
+            if conn.execute(sql.COUNT_TABLES).fetchone()[0] == 0:
+                for statement in sql.CREATE_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany(
+                    sql.INSERT_META,
+                    [
+                        ("application", sql.APPLICATION_NAME),
+                        ("schema_version", sql.SCHEMA_VERSION),
+                        ("keep_history", int(self.keep_history)),
+                        ("next_oid", 1),  # 0 is the root
+                    ],
+                )
+            conn.execute(sql.COMMIT)
+        except BaseException:
+            conn.execute(sql.ROLLBACK)
+            raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.path} is closed")
+
+    def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
+        if self._closed:
+            return StorageError(f"storage {self.path} is closed")
+        return StorageError(f"{doing} on {self.path} failed: {e}")
+
+    # -- the Storage protocol ---------------------------------------------------
+
+    def open_view(self, before: bytes | None = None) -> SQLiteView:
+        self._check_open()
+        view = SQLiteView(self, before)
+        self._views.add(view)
+        return view
+
+    def new_oid(self) -> bytes:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        with self._oid_lock:
+            if self._next_oid >= self._oid_limit:
+                self._reserve_oids()
+            oid = self._next_oid
+            self._next_oid += 1
+        return p64(oid)
+
+    def _reserve_oids(self) -> None:
+        """Take the next block of oids from the file's counter (under _oid_lock)."""
+        size = self._oid_block
+        with self._commit_lock:
+            writer = self._writer
+            assert writer is not None
+            try:
+                writer.execute(sql.BEGIN_WRITE)
+                try:
+                    first = int(writer.execute(sql.SELECT_NEXT_OID).fetchone()[0])
+                    writer.execute(sql.UPDATE_NEXT_OID, (first + size,))
+                    writer.execute(sql.COMMIT)
+                except BaseException:
+                    writer.execute(sql.ROLLBACK)
+                    raise
+            except sqlite3.Error as e:
+                raise self._error(e, "reserving oids") from None
+        self._next_oid, self._oid_limit = first, first + size
+        self._oid_block = min(size * 2, OID_BLOCK_MAX)
+
+    def last_transaction(self) -> bytes:
+        self._check_open()
+        with self._lock:
+            try:
+                last = self._conn.execute(sql.SELECT_LAST_TID).fetchone()[0]  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise self._error(e, "reading the last transaction") from None
+        return p64(last) if last else z64
+
+    def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        self._check_open()
+        with self._lock:
+            try:
+                rows = self._conn.execute(sql.HISTORY, (u64(oid), size)).fetchall()  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise self._error(e, "reading history") from None
+        if not rows:
+            raise POSKeyError(oid)
+        return [
+            HistoryEntry(p64(tid), tid_time(p64(tid)), user or "", description or "", length)
+            for tid, length, user, description in rows
+        ]
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[TransactionRecord]:
+        self._check_open()
+        after = u64(start) - 1 if start is not None else -1
+        upto = u64(stop) if stop is not None else MAX_ID
+        while True:
+            page = self._transactions_page(after, upto)
+            if not page:
+                return
+            yield from page
+            after = u64(page[-1].tid)
+
+    def _transactions_page(self, after: int, upto: int) -> list[TransactionRecord]:
+        """Up to ITERATOR_PAGE transactions with tids in (after, upto], from one snapshot."""
+        self._check_open()
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.execute(sql.BEGIN_READ)
+                try:
+                    page = []
+                    for tid, user, description, extension in conn.execute(
+                        sql.TRANSACTIONS_PAGE, (after, upto, ITERATOR_PAGE)
+                    ).fetchall():
+                        btid = p64(tid)
+                        records = [
+                            DataRecord(p64(zoid), btid, state)
+                            for zoid, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (tid,))
+                        ]
+                        meta = TransactionMeta.extension_from_bytes(extension)
+                        page.append(TransactionRecord(btid, user, description, meta, records))
+                finally:
+                    conn.execute(sql.COMMIT)
+            except sqlite3.Error as e:
+                raise self._error(e, "iterating transactions") from None
+        return page
+
+    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
+        """See :meth:`Storage.pack`. The reachability walk runs without the commit lock
+        (commits go on meanwhile); the deletions run under it, after walking from the
+        references of whatever was committed during the walk."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        return _Packer(self, u64(pack_tid), references).run(progress)
+
+    def __len__(self) -> int:
+        self._check_open()
+        with self._lock:
+            try:
+                return self._conn.execute(sql.COUNT_OBJECTS).fetchone()[0]  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise self._error(e, "counting objects") from None
+
+    def get_size(self) -> int:
+        self._check_open()
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
+    def sort_key(self) -> str:
+        return f"sqlite:{os.path.realpath(self.path)}"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for view in list(self._views):
+            view._close()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        for conn in (self._conn, self._writer):
+            if conn is not None:
+                conn.close()
+        self._conn = self._writer = None
+
+
+class SQLiteView:
+    """A connection's view of an :class:`SQLiteStorage`, with its own sqlite3 connection."""
+
+    def __init__(self, storage: SQLiteStorage, before: bytes | None) -> None:
+        self._storage = storage
+        self.before = before
+        self._conn: sqlite3.Connection | None = storage._connect()
+        self._reading = False  # a read transaction is open (from first load to poll)
+        if before is None:
+            self._snap = self._newest()
+        else:
+            self._snap = max(u64(before) - 1, 0)
+        self.snapshot = p64(self._snap)
+        self._own: set[int] = set()  # tids this view committed since its last poll
+        self._meta: TransactionMeta | None = None  # set between tpc_begin and finish/abort
+        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
+        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._tid: int | None = None  # allocated in vote
+        self._locked = False  # we hold the storage's commit lock and SQLite's write lock
+
+    def __repr__(self) -> str:
+        return f"<SQLiteView of {self._storage.path!r} at {self.snapshot.hex()}>"
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            self._storage._check_open()
+            conn = self._conn = self._storage._connect()
+        return conn
+
+    def _newest(self) -> int:
+        try:
+            last = self._connection().execute(sql.SELECT_LAST_TID).fetchone()[0]
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "reading the last transaction") from None
+        return last or 0
+
+    def _end_read(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._conn.execute(sql.COMMIT)  # type: ignore[union-attr]
+
+    def _begin_read(self) -> sqlite3.Connection:
+        conn = self._connection()
+        conn.execute(sql.BEGIN_READ)
+        self._reading = True
+        return conn
+
+    # -- reads ----------------------------------------------------------------
+
+    def poll(self) -> set[bytes] | None:
+        if self.before is not None:
+            return set()
+        try:
+            self._end_read()
+            conn = self._connection()
+            conn.execute(sql.BEGIN_READ)
+            try:
+                last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
+                rows = conn.execute(sql.CHANGED_SINCE, (self._snap, last)).fetchall() if last != self._snap else []
+            finally:
+                conn.execute(sql.COMMIT)
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "polling") from None
+        own = self._own
+        changed = {p64(zoid) for zoid, tid in rows if tid not in own}
+        self._snap, self.snapshot, self._own = last, p64(last), set()
+        return changed
+
+    def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        try:
+            conn = self._conn if self._reading else self._begin_read()
+            row = conn.execute(sql.LOAD_AT, (u64(oid), self._snap)).fetchone()  # type: ignore[union-attr]
+            if row is None:
+                self._missing(conn, oid)  # type: ignore[arg-type]
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "loading") from None
+        return row[0], p64(row[1])
+
+    def _missing(self, conn: sqlite3.Connection, oid: bytes) -> None:
+        """Raise the right error for an oid with no revision at the snapshot."""
+        if not self._storage.keep_history and conn.execute(sql.HAS_REVISION, (u64(oid),)).fetchone():
+            raise ReadConflictError(
+                "the revision this snapshot needs was replaced by a history-free commit", oid=oid
+            )
+        raise POSKeyError(oid)
+
+    def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        wanted = [u64(oid) for oid in oids]
+        found: dict[bytes, tuple[bytes, bytes]] = {}
+        try:
+            conn = self._conn if self._reading else self._begin_read()
+            for i in range(0, len(wanted), BATCH):
+                ids = _json_ids(wanted[i : i + BATCH])
+                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
+                    found[p64(zoid)] = (state, p64(tid))
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "loading") from None
+        if not self._storage.keep_history and len(found) < len(wanted):
+            for zoid in wanted:  # a replaced revision must not pass for a missing object
+                oid = p64(zoid)
+                if oid not in found and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
+                    self._missing(conn, oid)  # type: ignore[arg-type]
+        return found
+
+    def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        try:
+            conn = self._conn if self._reading else self._begin_read()
+            row = conn.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "loading") from None
+        if row is None:
+            raise POSKeyError(oid)
+        return row[0]
+
+    def new_oid(self) -> bytes:
+        return self._storage.new_oid()
+
+    # -- two-phase commit -----------------------------------------------------
+
+    def tpc_begin(self, meta: TransactionMeta) -> None:
+        storage = self._storage
+        storage._check_open()
+        if storage.read_only:
+            raise ReadOnlyError(f"storage {storage.path} is read-only")
+        if self.before is not None:
+            raise ReadOnlyError("a historical view cannot commit")
+        if self._meta is not None:
+            raise StorageTransactionError("tpc_begin called twice without finish or abort")
+        self._meta = meta
+
+    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("store outside a commit")
+        self._stores[oid] = (read_serial, data)
+
+    def check_current(self, oid: bytes, serial: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("check_current outside a commit")
+        self._checks[oid] = serial
+
+    def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
+        if self._meta is None:
+            raise StorageTransactionError("tpc_vote outside a commit")
+        if self._locked:
+            raise StorageTransactionError("tpc_vote called twice")
+        storage = self._storage
+        storage._check_open()
+        storage._commit_lock.acquire()
+        self._locked = True
+        writer = storage._writer
+        assert writer is not None
+        try:
+            try:
+                writer.execute(sql.BEGIN_WRITE)
+            except sqlite3.OperationalError as e:
+                raise StorageError(
+                    f"could not lock {storage.path} for commit within {BUSY_TIMEOUT:.0f} s: {e}"
+                ) from None
+            resolved = self._write(writer, resolve)
+        except BaseException:
+            self._abort_write()
+            raise
+        return resolved
+
+    def _write(self, writer: sqlite3.Connection, resolve: Resolver | None) -> set[bytes]:
+        """Check conflicts and insert this commit's rows (inside the write transaction)."""
+        current = self._current_serials(writer, set(self._stores) | set(self._checks))
+
+        def load_serial(oid: bytes, serial: bytes) -> bytes | None:
+            row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
+            return row[0] if row else None
+
+        def load_current(oid: bytes) -> bytes:
+            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
+
+        resolved = check_serials(self._stores, self._checks, current, load_serial, load_current, resolve)
+        for oid, data in resolved.items():
+            self._stores[oid] = (current[oid], data)
+        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
+        tid = self._tid = u64(new_tid(p64(last) if last else None))
+        meta = self._meta
+        assert meta is not None
+        writer.execute(
+            sql.INSERT_TRANSACTION, (tid, meta.user, meta.description, meta.extension_bytes(), meta.id)
+        )
+        writer.executemany(sql.INSERT_STATE, ((u64(oid), tid, data) for oid, (_, data) in self._stores.items()))
+        if not self._storage.keep_history:
+            replaced = [(u64(oid), tid) for oid in self._stores if oid in current]
+            writer.executemany(sql.DELETE_OLDER_REVISIONS, replaced)
+        return set(resolved)
+
+    @staticmethod
+    def _current_serials(conn: sqlite3.Connection, oids: set[bytes]) -> dict[bytes, bytes]:
+        """oid -> its newest serial, for the oids that have one."""
+        ids = [u64(oid) for oid in oids]
+        current = {}
+        for i in range(0, len(ids), BATCH):
+            for zoid, tid in conn.execute(sql.CURRENT_SERIALS, (_json_ids(ids[i : i + BATCH]),)):
+                if tid is not None:
+                    current[p64(zoid)] = p64(tid)
+        return current
+
+    def tpc_finish(self) -> bytes:
+        if self._tid is None or self._meta is None or not self._locked:
+            raise StorageTransactionError("tpc_finish before tpc_vote")
+        storage = self._storage
+        tid = self._tid
+        try:
+            storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            self._abort_write()
+            raise storage._error(e, "committing") from None
+        self._own.add(tid)
+        self._locked = False
+        storage._commit_lock.release()
+        self._reset()
+        return p64(tid)
+
+    def tpc_abort(self) -> None:
+        self._abort_write()
+
+    def _abort_write(self) -> None:
+        """Roll back the write transaction, if any, release the locks, forget the commit."""
+        if self._locked:
+            self._locked = False
+            try:
+                writer = self._storage._writer
+                if writer is not None and writer.in_transaction:
+                    writer.execute(sql.ROLLBACK)
+            finally:
+                self._storage._commit_lock.release()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._meta = None
+        self._stores = {}
+        self._checks = {}
+        self._tid = None
+
+    # -- giving back ------------------------------------------------------------
+
+    def release(self) -> None:
+        """End the read transaction and any commit; the view stays usable (its next
+        load or poll opens what it needs)."""
+        self._abort_write()
+        if self._conn is not None:
+            try:
+                self._end_read()
+            except sqlite3.Error as e:
+                raise self._storage._error(e, "releasing a view") from None
+
+    def _close(self) -> None:
+        """Close the sqlite3 connection (the storage is closing)."""
+        self._abort_write()
+        self._reading = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Packer:
+    """One pack of an :class:`SQLiteStorage` (see :meth:`SQLiteStorage.pack`).
+
+    The garbage collector's roots are the root object and every object referenced by a
+    revision written after the pack tid (such a commit may have linked an object that
+    was unreachable at the pack tid). It walks the states current at the pack tid (at
+    the newest state in a history-free file, which keeps no older ones) and removes
+    the objects it did not reach that nobody wrote after the pack tid.
+    """
+
+    def __init__(self, storage: SQLiteStorage, pack_tid: int, references: References | None) -> None:
+        self.storage = storage
+        self.pack_tid = pack_tid
+        self.references = references
+        self.walk_tid = pack_tid if storage.keep_history else MAX_ID  # states the walk reads
+        self.reachable: set[int] = set()  # oids reached so far
+        self.scanned_upto = pack_tid  # revisions after the pack tid whose references are roots
+
+    def run(self, progress: Progress | None) -> PackStats:
+        storage = self.storage
+        stats = PackStats()
+        reader = storage._connect()
+        try:
+            if self.references is not None:
+                reader.execute(sql.BEGIN_READ)
+                try:
+                    self._walk(reader, self._roots(reader) | {0})
+                finally:
+                    reader.execute(sql.COMMIT)
+            with storage._commit_lock:
+                writer = storage._writer
+                assert writer is not None
+                writer.execute(sql.BEGIN_WRITE)
+                try:
+                    self._delete(writer, stats)
+                    writer.execute(sql.COMMIT)
+                except BaseException:
+                    writer.execute(sql.ROLLBACK)
+                    raise
+        except sqlite3.Error as e:
+            raise storage._error(e, "packing") from None
+        finally:
+            reader.close()
+        if progress is not None:
+            progress(
+                f"packed {storage.path}: removed {stats.revisions_removed} revisions, "
+                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
+            )
+        return stats
+
+    def _roots(self, conn: sqlite3.Connection) -> set[int]:
+        """Oids referenced by revisions written after ``scanned_upto``; moves it on."""
+        roots = set()
+        for tid, state in conn.execute(sql.STATES_AFTER, (self.scanned_upto,)):
+            roots.update(u64(ref) for ref in self.references(state))  # type: ignore[misc]
+            self.scanned_upto = max(self.scanned_upto, tid)
+        return roots
+
+    def _walk(self, conn: sqlite3.Connection, roots: set[int]) -> None:
+        todo = [oid for oid in roots if oid not in self.reachable]
+        self.reachable.update(todo)
+        references = self.references
+        assert references is not None
+        while todo:
+            batch, todo = todo[:BATCH], todo[BATCH:]
+            for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_json_ids(batch), self.walk_tid)):
+                for ref in references(state):
+                    oid = u64(ref)
+                    if oid not in self.reachable:
+                        self.reachable.add(oid)
+                        todo.append(oid)
+
+    def _delete(self, writer: sqlite3.Connection, stats: PackStats) -> None:
+        """Under the write lock: finish the walk with what was committed during it, then
+        delete old revisions, garbage and empty transactions."""
+        if self.storage.keep_history:
+            stats.revisions_removed += writer.execute(sql.DELETE_OLD_REVISIONS, (self.pack_tid,)).rowcount
+        if self.references is not None:
+            self._walk(writer, self._roots(writer))
+            garbage = [
+                (zoid,)
+                for (zoid,) in writer.execute(sql.OBJECTS_NOT_WRITTEN_AFTER, (self.pack_tid,)).fetchall()
+                if zoid not in self.reachable
+            ]
+            if garbage:
+                stats.objects_removed = len(garbage)
+                stats.revisions_removed += writer.executemany(sql.DELETE_OBJECT, garbage).rowcount
+        stats.transactions_removed = writer.execute(sql.DELETE_EMPTY_TRANSACTIONS).rowcount

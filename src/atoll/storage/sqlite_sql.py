@@ -1,0 +1,188 @@
+"""Every SQL statement of :mod:`atoll.storage.sqlite`, in one place.
+
+The file format (schema version 1)
+----------------------------------
+
+``PRAGMA application_id`` is :data:`APPLICATION_ID` ("ATOL") and ``PRAGMA
+user_version`` the schema version, so ``file(1)`` and other tools can tell an atoll
+file at a glance; the ``atoll_meta`` table repeats both (plus the history mode and
+the oid counter) where a query can see them.
+
+Oids and tids are stored as INTEGER: the 8-byte big-endian values read as unsigned
+numbers (:func:`atoll.ids.u64`). Every oid handed out and every tid of the next few
+thousand years is below 2**63, so they fit SQLite's signed 64-bit integers and keep
+their order.
+
+``object_state``
+    One row per revision: ``(zoid, tid, state)``. A history-preserving file keeps
+    every revision until pack; a history-free file deletes the older revisions of an
+    object in the transaction that writes a new one. The primary key clusters an
+    object's revisions, so "the newest revision at or before a snapshot" is a single
+    b-tree seek. ``object_state_by_tid`` finds what a transaction wrote (poll,
+    iteration, pack).
+``transactions``
+    One row per committed transaction with its metadata; ``extension`` is
+    :meth:`TransactionMeta.extension_bytes`, ``txn_id`` the id shared by the storages
+    of one multi-database commit. Pack removes rows whose revisions are all gone,
+    except the newest, which holds the last tid.
+``atoll_meta``
+    ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
+    ``next_oid``, the first oid no storage instance has been given yet.
+
+A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
+files whose version is lower; a file whose version is higher is refused.
+"""
+
+from __future__ import annotations
+
+#: "ATOL" as a big-endian 32-bit integer: PRAGMA application_id of every atoll file.
+APPLICATION_ID = 0x41544F4C
+#: The schema version this code reads and writes.
+SCHEMA_VERSION = 1
+#: The value of the ``application`` row in ``atoll_meta``.
+APPLICATION_NAME = "atoll"
+
+# -- schema ------------------------------------------------------------------
+
+CREATE_SCHEMA = f"""
+CREATE TABLE atoll_meta (
+    key   TEXT PRIMARY KEY,
+    value NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE transactions (
+    tid         INTEGER PRIMARY KEY,
+    username    TEXT NOT NULL,
+    description TEXT NOT NULL,
+    extension   BLOB NOT NULL,
+    txn_id      TEXT NOT NULL
+);
+
+CREATE TABLE object_state (
+    zoid  INTEGER NOT NULL,
+    tid   INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (zoid, tid)
+) WITHOUT ROWID;
+
+CREATE INDEX object_state_by_tid ON object_state (tid);
+
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+INSERT_META = "INSERT INTO atoll_meta (key, value) VALUES (?, ?)"
+SELECT_META = "SELECT key, value FROM atoll_meta"
+#: Tables in the file: an empty file (no tables) becomes a new atoll database.
+COUNT_TABLES = "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+HAS_META_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'atoll_meta'"
+SELECT_APPLICATION_ID = "PRAGMA application_id"
+SELECT_JOURNAL_MODE = "PRAGMA journal_mode"
+SET_WAL = "PRAGMA journal_mode = WAL"
+
+# -- oids --------------------------------------------------------------------
+
+SELECT_NEXT_OID = "SELECT value FROM atoll_meta WHERE key = 'next_oid'"
+UPDATE_NEXT_OID = "UPDATE atoll_meta SET value = ? WHERE key = 'next_oid'"
+
+# -- reads at a snapshot -----------------------------------------------------
+
+SELECT_LAST_TID = "SELECT max(tid) FROM transactions"
+
+#: (state, tid) of the newest revision of an oid at or before a snapshot.
+LOAD_AT = """
+SELECT state, tid FROM object_state
+WHERE zoid = ? AND tid <= ?
+ORDER BY tid DESC LIMIT 1
+"""
+
+#: Like LOAD_AT for a JSON array of oids: one statement for a whole batch.
+LOAD_MANY_AT = """
+SELECT s.zoid, s.state, s.tid
+FROM json_each(?1) AS j
+JOIN object_state AS s
+  ON s.zoid = j.value
+ AND s.tid = (SELECT max(tid) FROM object_state WHERE zoid = j.value AND tid <= ?2)
+"""
+
+#: Does the oid have any revision at all (to tell "not yet/never" from "gone")?
+HAS_REVISION = "SELECT 1 FROM object_state WHERE zoid = ? LIMIT 1"
+
+LOAD_SERIAL = "SELECT state FROM object_state WHERE zoid = ? AND tid = ?"
+
+#: What transactions after a snapshot wrote, up to the newest one.
+CHANGED_SINCE = "SELECT zoid, tid FROM object_state WHERE tid > ? AND tid <= ?"
+
+# -- commit ------------------------------------------------------------------
+
+BEGIN_READ = "BEGIN DEFERRED"
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+
+#: The current serial of each oid of a JSON array (NULL for an oid with none).
+CURRENT_SERIALS = """
+SELECT j.value, (SELECT max(tid) FROM object_state WHERE zoid = j.value)
+FROM json_each(?) AS j
+"""
+
+LOAD_CURRENT = "SELECT state FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1"
+
+INSERT_TRANSACTION = """
+INSERT INTO transactions (tid, username, description, extension, txn_id)
+VALUES (?, ?, ?, ?, ?)
+"""
+
+INSERT_STATE = "INSERT INTO object_state (zoid, tid, state) VALUES (?, ?, ?)"
+
+#: History-free commits drop the revisions their new ones replace.
+DELETE_OLDER_REVISIONS = "DELETE FROM object_state WHERE zoid = ? AND tid < ?"
+
+# -- whole-storage reads -----------------------------------------------------
+
+HISTORY = """
+SELECT s.tid, length(s.state), t.username, t.description
+FROM object_state AS s
+LEFT JOIN transactions AS t ON t.tid = s.tid
+WHERE s.zoid = ?
+ORDER BY s.tid DESC
+LIMIT ?
+"""
+
+#: A page of transactions for the iterator: tids after the last one seen.
+TRANSACTIONS_PAGE = """
+SELECT tid, username, description, extension FROM transactions
+WHERE tid > ? AND tid <= ?
+ORDER BY tid
+LIMIT ?
+"""
+
+RECORDS_OF_TRANSACTION = "SELECT zoid, state FROM object_state WHERE tid = ? ORDER BY zoid"
+
+COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
+
+# -- pack --------------------------------------------------------------------
+
+#: Every revision written after the pack tid: their references are roots too, since
+#: a commit after the pack tid may point at an object that was unreachable at it.
+STATES_AFTER = "SELECT tid, state FROM object_state WHERE tid > ? ORDER BY tid"
+
+#: Objects whose newest revision is at or before the pack tid: candidates for GC.
+OBJECTS_NOT_WRITTEN_AFTER = "SELECT zoid FROM object_state GROUP BY zoid HAVING max(tid) <= ?"
+
+DELETE_OBJECT = "DELETE FROM object_state WHERE zoid = ?"
+
+#: Revisions older than their object's newest revision at the pack tid.
+DELETE_OLD_REVISIONS = """
+DELETE FROM object_state
+WHERE tid < ?1
+  AND tid < (SELECT max(s.tid) FROM object_state AS s
+             WHERE s.zoid = object_state.zoid AND s.tid <= ?1)
+"""
+
+#: Transactions none of whose revisions remain, except the newest one.
+DELETE_EMPTY_TRANSACTIONS = """
+DELETE FROM transactions
+WHERE tid < (SELECT max(tid) FROM transactions)
+  AND NOT EXISTS (SELECT 1 FROM object_state WHERE object_state.tid = transactions.tid)
+"""
