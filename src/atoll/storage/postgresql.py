@@ -291,8 +291,11 @@ class PostgreSQLStorage:
                     raise StorageError(f"{self.name}: no atoll database in schema {self.schema!r}")
             else:
                 with conn.transaction():
-                    conn.execute(SQL.SCHEMA_CREATE_LOCK, (SQL.SHARED_SCHEMA,))
-                    conn.execute(SQL.CREATE_SHARED)
+                    # Only when missing: CREATE ... IF NOT EXISTS would still lock the
+                    # table against the rows prepared transactions hold.
+                    if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.DECISIONS_TABLE,)).fetchone()[0]:
+                        conn.execute(SQL.SCHEMA_CREATE_LOCK, (SQL.SHARED_SCHEMA,))
+                        conn.execute(SQL.CREATE_SHARED)
                     conn.execute(SQL.SCHEMA_CREATE_LOCK, (self.schema,))
                     if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
                         conn.execute(q.CREATE_HISTORY_PRESERVING if self.keep_history else q.CREATE_HISTORY_FREE)

@@ -45,6 +45,7 @@ OID_BLOCK = 100
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
 SHARED_SCHEMA = "atoll_shared"
+DECISIONS_TABLE = "atoll_shared.commit_decisions"
 
 CREATE_SHARED = """
 CREATE SCHEMA IF NOT EXISTS atoll_shared;
