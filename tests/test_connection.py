@@ -351,3 +351,15 @@ def test_history_returns_at_most_size_newest_first():
     history = db.history(ROOT_OID, size=3)
     assert len(history) == 3
     assert history[0]["tid"] > history[1]["tid"] > history[2]["tid"]
+
+
+def test_a_view_that_cannot_tell_what_changed_makes_the_cache_forget_everything(db):
+    conn = db.open()
+    conn.root()["item"] = Item(1)
+    transaction.commit()
+    item = conn.root()["item"]
+    assert item._p_changed is False
+    conn._view.poll = lambda: None
+    transaction.begin()
+    assert item._p_changed is None
+    assert item.value == 1
