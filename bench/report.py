@@ -107,6 +107,25 @@ def scaling_table(records: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def format_header(document: dict[str, Any]) -> str:
+    """Where, when and how the figures were measured, as a Markdown paragraph list."""
+    m = document["machine"]
+    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items()
+                         if version)
+    settings = document["settings"]
+    return "\n".join([
+        f"- Command: `{document['command']}`",
+        f"- Run: {document['started']} to {document['finished']}",
+        f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB RAM; {m['platform']}",
+        f"- Software: Python {m['python']}, SQLite {m['sqlite']}, "
+        f"PostgreSQL {m['postgresql'] or 'not used'}; {packages}",
+        f"- Durability: SQLite synchronous={settings['sqlite_synchronous']} for atoll "
+        "(its default) and RelStorage (set to match); FileStorage fsyncs every commit",
+        f"- Figures: {settings['figure']} ({settings['repetitions']} repetitions); "
+        f"memory: {settings['memory']}",
+    ])
+
+
 def format_report(document: dict[str, Any]) -> str:
     """All tables of a results document, as Markdown."""
     records = document["results"]

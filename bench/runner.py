@@ -35,6 +35,8 @@ from bench.workloads import LAYOUTS, WORKLOADS, Session
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_COUNTS = [1000, 10000]
+DOCS_START = "<!-- bench results: start -->"
+DOCS_END = "<!-- bench results: end -->"
 
 
 def _csv(kind: type, choices: list | None = None):
@@ -78,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep results of --json for configurations this run does not measure")
     p.add_argument("--plot", default=str(HERE / "results" / "latest.png"),
                    help="PNG plot ('' for none; skipped if matplotlib is missing)")
+    p.add_argument("--docs", default="",
+                   help="also write the tables into this Markdown file, between the "
+                        f"lines {DOCS_START!r} and {DOCS_END!r}")
+    p.add_argument("--from-json", default="",
+                   help="measure nothing: print (and plot, and --docs) a saved results file")
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds one run may take before it is stopped")
     options = p.parse_args(argv)
@@ -218,8 +225,8 @@ def run_matrix(options: argparse.Namespace) -> list[dict[str, Any]]:
                     _log("    " + "  ".join(f"{n} {f['objects_per_second']:,.0f}/s"
                                            for n, f in outcome["figures"].items()))
                 else:
-                    errors[b.key] = outcome["error"]
-                    failed[b.key, layout, c] = outcome["error"]
+                    errors[b.key] = _one_line(outcome["error"])
+                    failed[b.key, layout, c] = errors[b.key]
                     _log(f"    failed: {outcome['error']}")
                     if outcome.get("traceback"):
                         _log(outcome["traceback"])
@@ -246,6 +253,12 @@ def run_matrix(options: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
+def _one_line(message: str, limit: int = 160) -> str:
+    """The first line of an error message, shortened for a table."""
+    line = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def _run_in_place(b: Backend, options: argparse.Namespace, layout: str, count: int,
                   c: int, tag: str) -> dict[str, Any]:
     place = new_place(options.tmpdir, options.pg_dsn, tag)
@@ -270,9 +283,19 @@ def _key(record: dict) -> tuple:
             record["workload"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the tables; save JSON and the plot. Returns 0 or 1."""
-    options = parse_args(argv)
+def write_docs(path: str, document: dict[str, Any]) -> None:
+    """Replace the results section of the Markdown file ``path`` with this run's."""
+    text = Path(path).read_text()
+    start, end = text.find(DOCS_START), text.find(DOCS_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no {DOCS_START!r} ... {DOCS_END!r} section to replace")
+    body = report.format_header(document) + "\n\n" + report.format_report(document)
+    Path(path).write_text(text[:start + len(DOCS_START)] + "\n\n" + body + "\n\n"
+                          + text[end:])
+
+
+def measure(options: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """Run the matrix and return the results document (merged if --merge)."""
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     records = run_matrix(options)
     if options.merge and options.json and os.path.exists(options.json):
@@ -281,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = {_key(r) for r in records}
         records = [r for r in old if _key(r) not in fresh] + records
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    document = {
+    return {
         "command": command.strip(),
         "started": started,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -294,8 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": PAIRS,
         "results": records,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the tables; save JSON, plot, docs. Returns 0 or 1."""
+    options = parse_args(argv)
+    if options.from_json:
+        with open(options.from_json) as f:
+            document = json.load(f)
+    else:
+        document = measure(options, argv)
     print(report.format_report(document))
-    if options.json:
+    if options.json and not options.from_json:
         os.makedirs(os.path.dirname(os.path.abspath(options.json)), exist_ok=True)
         with open(options.json, "w") as f:
             json.dump(document, f, indent=1)
@@ -305,4 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
         problem = plot.plot(document, options.plot)
         _log(f"plot skipped: {problem}" if problem else f"plot saved to {options.plot}")
-    return 0 if all(r["status"] != "error" for r in records) else 1
+    if options.docs:
+        write_docs(options.docs, document)
+        _log(f"tables written into {options.docs}")
+    return 0 if all(r["status"] != "error" for r in document["results"]) else 1
