@@ -254,7 +254,8 @@ def test_release_gives_back_a_commit_in_progress(storage):
     view.release()
     tid = commit(other, {oid: (z64, b"x")})  # the commit lock was released
     assert storage.last_transaction() == tid
-    assert other.load_serial(oid, tid) == b"x"
+    assert other.poll() == set()
+    assert other.load(oid) == (b"x", tid)
 
 
 # -- two-phase commit ------------------------------------------------------------------------
