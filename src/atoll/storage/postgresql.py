@@ -379,6 +379,7 @@ class PostgreSQLStorage:
         return PostgreSQLView(self, before)
 
     def new_oid(self) -> bytes:
+        self._check_open()
         with self._lock:
             if self._next_oid >= self._oid_limit:
                 with self._admin_conn() as conn:
@@ -444,19 +445,23 @@ class PostgreSQLStorage:
         return stats
 
     def _reachable(self, conn: psycopg.Connection, t: int, references: References) -> set[int]:
-        """Oids reachable from the root over the states current at tid ``t``.
+        """Oids that must survive a pack at tid ``t``: the root, every object written
+        after ``t``, and everything their states reference, transitively.
 
-        History-free storages have only current states; those are walked instead,
-        which keeps at least what the states at ``t`` would."""
-        seen = {u64(ROOT_OID)}
-        todo = [u64(ROOT_OID)]
+        History-preserving: an object's references are read from its state at ``t``
+        and from each later revision, so an object linked only after ``t`` is kept.
+        History-free: only current states exist, and those are followed."""
+        q = self._sql
+        seen = {u64(ROOT_OID)} | {row[0] for row in conn.execute(q.WRITTEN_AFTER, (t,))}
+        todo = list(seen)
         while todo:
             batch, todo = todo[:_BATCH], todo[_BATCH:]
             if self.keep_history:
-                rows = conn.execute(self._sql.LOAD_MANY_HP, (batch, t), binary=True)
+                rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
             else:
-                rows = conn.execute(self._sql.LOAD_MANY_HF, (batch,), binary=True)
-            for _zoid, state, _tid in rows:
+                rows = conn.execute(q.LOAD_MANY_HF, (batch,), binary=True)
+            for row in rows:
+                state = row[1]
                 if state is None:
                     continue
                 for ref in references(state):
@@ -532,9 +537,15 @@ class PostgreSQLView:
 
     @property
     def _conn(self) -> psycopg.Connection:
-        if self._load_session is None:
-            raise StorageError(f"view of {self._storage.name} was released")
+        """The reading session; a released view takes a new one on its next use."""
         self._storage._check_open()
+        if self._load_session is None:
+            self._load_session = self._storage._checkout()
+        if not (self._snapshot_open or self._storage.keep_history or self.before is not None):
+            # History-free, after release: a new read transaction. It can be newer than
+            # the snapshot; load() then reports revisions it cannot see as conflicts.
+            self._load_session.conn.execute(SQL.BEGIN_SNAPSHOT)
+            self._snapshot_open = True
         return self._load_session.conn
 
     @contextmanager
@@ -546,28 +557,18 @@ class PostgreSQLView:
 
     def _begin_snapshot(self) -> int:
         """Fix the view's snapshot; the tid it stands for."""
-        conn = self._conn
-        if self._storage.keep_history:
-            return conn.execute(self._sql.LAST_TID).fetchone()[0]
-        if self._snapshot_open:
-            conn.execute("COMMIT")
-        conn.execute(SQL.BEGIN_SNAPSHOT)
-        self._snapshot_open = True
-        return conn.execute(self._sql.LAST_TID).fetchone()[0]
+        return self._conn.execute(self._sql.LAST_TID).fetchone()[0]
 
     # -- reading ---------------------------------------------------------------
 
     def poll(self) -> set[bytes] | None:
         if self.before is not None:
             return set()
-        conn = self._conn
         with self._errors():
-            if not self._storage.keep_history:
-                with conn.pipeline():
-                    if self._snapshot_open:
-                        conn.execute("COMMIT")
-                    conn.execute(SQL.BEGIN_SNAPSHOT)
-                    self._snapshot_open = True
+            if self._snapshot_open:
+                self._conn.execute("COMMIT")  # the next statement starts a new snapshot
+                self._snapshot_open = False
+            conn = self._conn
             since = u64(self.snapshot)
             tid, changed = conn.execute(self._sql.POLL, {"since": since, "own": self._own}).fetchone()
         self.snapshot, self._own = p64(tid), []
@@ -606,8 +607,12 @@ class PostgreSQLView:
         return found
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        params = (u64(oid), u64(serial))
         with self._errors():
-            row = self._conn.execute(self._sql.LOAD_SERIAL, (u64(oid), u64(serial)), binary=True).fetchone()
+            row = self._conn.execute(self._sql.LOAD_SERIAL, params, binary=True).fetchone()
+            if row is None and not self._storage.keep_history:
+                # Not in this view's snapshot (history-free): it may be newer than it.
+                row = self._store_conn().execute(self._sql.LOAD_SERIAL, params, binary=True).fetchone()
         if row is None or row[0] is None:
             raise POSKeyError(oid)
         return row[0]

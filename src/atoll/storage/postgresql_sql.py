@@ -235,6 +235,14 @@ JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind
 PACK_OBJECTS = "SELECT zoid, max(tid) > %s, count(*) FROM {s}.object_state GROUP BY zoid"
 
 
+WRITTEN_AFTER = "SELECT DISTINCT zoid FROM {s}.object_state WHERE tid > %s"
+
+# The revision current at the pack tid and every later one, of each oid asked for.
+STATES_FROM = """
+SELECT o.zoid, o.state FROM {s}.object_state o WHERE o.zoid = ANY(%(oids)s::bigint[]) AND o.tid >= coalesce(
+    (SELECT max(i.tid) FROM {s}.object_state i WHERE i.zoid = o.zoid AND i.tid <= %(t)s), 0)
+"""
+
 PACK_DELETE_OBJECTS = "DELETE FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
 
 PACK_DELETE_OLD_REVISIONS = """
