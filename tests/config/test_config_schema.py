@@ -65,7 +65,7 @@ def test_database_is_a_list_of_factories_in_file_order(tmp_path):
         PostgreSQLStorageFactory,
     ]
     assert storages[1].section.path == f"{tmp_path}/catalog.db"
-    assert storages[1].arguments() == {"read_only": False, "keep_history": True}
+    assert storages[1].arguments() == {}  # SQLiteStorage's defaults apply
     assert storages[2].section.dsn == "dbname=test host=127.0.0.1"
     assert storages[2].arguments() == {"keep_history": False}
     assert list(tmp_path.iterdir()) == []  # parsing opened nothing
@@ -91,6 +91,7 @@ def test_every_zodb_key_maps_onto_a_db_argument():
           pool-timeout 10m
           historical-pool-size 2
           historical-cache-size 100
+          historical-cache-size-bytes 1KB
           historical-timeout 30s
           allow-implicit-cross-references false
         </zodb>
@@ -104,6 +105,7 @@ def test_every_zodb_key_maps_onto_a_db_argument():
         "pool_timeout": 600,
         "historical_pool_size": 2,
         "historical_cache_size": 100,
+        "historical_cache_size_bytes": 1024,
         "historical_timeout": 30,
         "xrefs": False,
     }
@@ -111,6 +113,46 @@ def test_every_zodb_key_maps_onto_a_db_argument():
     assert isinstance(storage, MemoryStorageFactory)
     assert storage.arguments() == {"name": "scratch"}
     assert storage.section.keep_history is False
+
+
+def test_every_storage_key_maps_onto_an_argument(tmp_path):
+    sqlite, postgresql = (
+        f.section.storage
+        for f in load(
+            f"""
+            <zodb a>
+              <sqlitestorage>
+                path {tmp_path}/a.db
+                read-only yes
+                keep-history no
+                synchronous Normal
+              </sqlitestorage>
+            </zodb>
+            <zodb b>
+              <postgresqlstorage>
+                dsn postgresql://me@db.example/app
+                schema app_b
+                read-only on
+                keep-history off
+                two-phase false
+                commit-lock-timeout 2m
+                lock-wait 5
+                pool-size 2
+              </postgresqlstorage>
+            </zodb>
+            """
+        ).database
+    )
+    assert sqlite.arguments() == {"read_only": True, "keep_history": False, "synchronous": "normal"}
+    assert postgresql.arguments() == {
+        "schema": "app_b",
+        "read_only": True,
+        "keep_history": False,
+        "two_phase": False,
+        "commit_lock_timeout": 120,
+        "lock_wait": 5,
+        "pool_size": 2,
+    }
 
 
 def bad(text: str) -> str:
@@ -164,6 +206,21 @@ def test_two_storage_sections():
 def test_wrong_type_names_value_and_line(line, words):
     message = bad(f"<zodb>\n  <mappingstorage/>\n  {line}\n</zodb>\n")
     assert "(line 3" in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("synchronous off", ["synchronous must be full or normal, not 'off'"]),
+        ("keep-history maybe", ["maybe"]),
+    ],
+)
+def test_wrong_storage_key_type_names_value_and_line(line, words, tmp_path):
+    message = bad(f"<zodb>\n<sqlitestorage>\n  path {tmp_path}/x.db\n  {line}\n</sqlitestorage>\n</zodb>\n")
+    assert list(tmp_path.iterdir()) == []
+    assert "(line 4" in message
     for word in words:
         assert word in message
 

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from atoll.storage.memory import MemoryStorage, MinimalMemoryStorage
+from atoll.storage.sqlite import SQLiteStorage
 from atoll.storage.targets import is_uri, open_storage
 
 
@@ -49,15 +50,20 @@ def test_paths_are_not_uris(target):
     "target, words",
     [
         ("mysql://host/db", ["unknown storage URI scheme 'mysql'", "mysql://host/db"]),
-        ("memory://?size=3", ["unknown storage URI option 'size'", "allowed: keep_history"]),
+        ("memory://?size=3", ["unknown storage URI option 'size'", "(allowed: keep_history)"]),
         ("memory://somewhere", ["memory URI names no host or path"]),
-        ("sqlite:///tmp/x.db?journal=wal", ["unknown storage URI option 'journal'"]),
+        ("sqlite:///tmp/x.db?journal=wal", ["unknown storage URI option 'journal'", "synchronous"]),
+        ("sqlite:///tmp/x.db?synchronous=off", ["synchronous='off' is not full or normal"]),
         ("sqlite:///tmp/x.db?keep_history=perhaps", ["keep_history='perhaps'", "true or false"]),
         ("sqlite:///tmp/x.db?read_only=1&read_only=0", ["'read_only' given twice"]),
         ("sqlite://host/x.db", ["SQLite URI has no host", "sqlite:///absolute/path.db"]),
         ("sqlite://", ["SQLite URI needs a file path"]),
         ("postgresql://u@h/db?keep_history=maybe", ["keep_history='maybe'"]),
         ("postgresql://u@h/db?bogus=1", ["bad PostgreSQL URI", "bogus"]),
+        ("postgresql://u@h/db?lock_wait=soon", ["lock_wait='soon' is not a number of seconds"]),
+        ("postgresql://u@h/db?lock_wait=nan", ["lock_wait='nan'"]),
+        ("postgres://u@h/db?pool_size=-1", ["pool_size='-1' is not an integer >= 0"]),
+        ("postgres://u@h/db?schema=a&schema=b", ["'schema' given twice"]),
     ],
 )
 def test_bad_uris_fail_with_one_line_naming_the_problem(target, words, tmp_path, monkeypatch):
@@ -93,16 +99,11 @@ def test_bytes_pathlike_is_rejected():
         open_storage(BytesPath())
 
 
-def _sqlite_storage_class():
-    return pytest.importorskip("atoll.storage.sqlite").SQLiteStorage
-
-
 @pytest.mark.parametrize("as_path", [str, pathlib.Path])
 def test_a_path_is_an_sqlite_file(tmp_path, as_path):
-    cls = _sqlite_storage_class()
     storage = open_storage(as_path(tmp_path / "data.db"))
     try:
-        assert type(storage) is cls
+        assert type(storage) is SQLiteStorage
         assert storage.keep_history and not storage.read_only
     finally:
         storage.close()
@@ -110,17 +111,18 @@ def test_a_path_is_an_sqlite_file(tmp_path, as_path):
 
 
 def test_sqlite_uri_with_options(tmp_path):
-    cls = _sqlite_storage_class()
     path = tmp_path / "with space.db"
     storage = open_storage(f"sqlite://{str(path).replace(' ', '%20')}?keep_history=false")
     try:
-        assert type(storage) is cls
+        assert type(storage) is SQLiteStorage
         assert not storage.keep_history
     finally:
         storage.close()
     assert path.exists()
-    storage = open_storage(f"sqlite://{str(path).replace(' ', '%20')}?read_only=true&keep_history=no")
+    storage = open_storage(
+        f"sqlite://{str(path).replace(' ', '%20')}?read_only=true&keep_history=no&synchronous=NORMAL"
+    )
     try:
-        assert storage.read_only
+        assert storage.read_only and not storage.keep_history
     finally:
         storage.close()

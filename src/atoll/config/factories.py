@@ -32,6 +32,7 @@ __all__ = [
     "DatabaseFactory",
     "DatabaseFactories",
     "non_negative_int",
+    "synchronous",
     "database_schema_root",
 ]
 
@@ -42,6 +43,24 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def synchronous(text: str) -> str:
+    """ZConfig datatype: SQLite's durability setting, ``full`` or ``normal``."""
+    value = text.lower()
+    if value not in ("full", "normal"):
+        raise ValueError(f"synchronous must be full or normal, not {text!r}")
+    return value
+
+
+def _given(section: SectionValue, keys: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments for the keys of ``section`` that the file sets."""
+    kwargs = {}
+    for key, argument in keys.items():
+        value = getattr(section, key)
+        if value is not None:
+            kwargs[argument] = value
+    return kwargs
 
 
 def already_there(name: str) -> ValueError:
@@ -57,9 +76,13 @@ class StorageFactory(ABC):
         self.section = section  # the parsed section; read by open()
         self.name: str | None = section.getSectionName()
 
+    #: The section's optional keys (as ZConfig attributes) and the storage
+    #: class's keyword argument each one sets; keys left out are not passed.
+    keys: dict[str, str] = {}
+
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments ``open()`` passes to the storage class."""
-        return {}
+        return _given(self.section, self.keys)
 
     @abstractmethod
     def open(self) -> Storage:
@@ -74,8 +97,7 @@ class MappingStorageFactory(StorageFactory):
     :class:`~atoll.storage.MemoryStorage` (history-preserving, which a ZODB
     MappingStorage user does not notice)."""
 
-    def arguments(self) -> dict[str, Any]:
-        return {} if self.section.name is None else {"name": self.section.name}
+    keys = {"name": "name"}
 
     def open(self) -> Storage:
         from atoll.storage.memory import MemoryStorage
@@ -91,15 +113,15 @@ class MemoryStorageFactory(MappingStorageFactory):
     def open(self) -> Storage:
         from atoll.storage.memory import MemoryStorage, MinimalMemoryStorage
 
-        cls = MemoryStorage if self.section.keep_history else MinimalMemoryStorage
+        keep_history = self.section.keep_history is not False
+        cls = MemoryStorage if keep_history else MinimalMemoryStorage
         return cls(**self.arguments())
 
 
 class SQLiteStorageFactory(StorageFactory):
     """``<sqlitestorage>``: :class:`atoll.storage.SQLiteStorage`."""
 
-    def arguments(self) -> dict[str, Any]:
-        return {"read_only": self.section.read_only, "keep_history": self.section.keep_history}
+    keys = {"read_only": "read_only", "keep_history": "keep_history", "synchronous": "synchronous"}
 
     def open(self) -> Storage:
         from atoll.storage.sqlite import SQLiteStorage
@@ -110,8 +132,15 @@ class SQLiteStorageFactory(StorageFactory):
 class PostgreSQLStorageFactory(StorageFactory):
     """``<postgresqlstorage>``: :class:`atoll.storage.PostgreSQLStorage`."""
 
-    def arguments(self) -> dict[str, Any]:
-        return {"keep_history": self.section.keep_history}
+    keys = {
+        "schema": "schema",
+        "read_only": "read_only",
+        "keep_history": "keep_history",
+        "two_phase": "two_phase",
+        "commit_lock_timeout": "commit_lock_timeout",
+        "lock_wait": "lock_wait",
+        "pool_size": "pool_size",
+    }
 
     def open(self) -> Storage:
         from atoll.storage.postgresql import PostgreSQLStorage
@@ -127,6 +156,7 @@ _DB_ARGUMENTS = {
     "pool_timeout": "pool_timeout",
     "historical_pool_size": "historical_pool_size",
     "historical_cache_size": "historical_cache_size",
+    "historical_cache_size_bytes": "historical_cache_size_bytes",
     "historical_timeout": "historical_timeout",
     "allow_implicit_cross_references": "xrefs",
 }
@@ -147,12 +177,7 @@ class DatabaseFactory:
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments for :class:`atoll.DB`, besides storage and databases:
         only the keys the file sets, so that DB's defaults apply to the rest."""
-        kwargs: dict[str, Any] = {"database_name": self.database_name}
-        for key, argument in _DB_ARGUMENTS.items():
-            value = getattr(self.section, key)
-            if value is not None:
-                kwargs[argument] = value
-        return kwargs
+        return {"database_name": self.database_name, **_given(self.section, _DB_ARGUMENTS)}
 
     def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
         """Open the storage and a DB on it, registered in ``databases`` if given.

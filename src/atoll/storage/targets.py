@@ -11,11 +11,14 @@ A target is one of:
   - ``memory://``: a new :class:`~atoll.storage.MemoryStorage`;
     ``memory://?keep_history=false``: a :class:`~atoll.storage.MinimalMemoryStorage`;
   - ``sqlite:///abs/path.db?keep_history=false&read_only=true``: an SQLite file
-    (the path is absolute: ``/abs/path.db``);
+    (the path is absolute: ``/abs/path.db``); options ``keep_history``,
+    ``read_only``, ``synchronous``;
   - ``postgresql://user@host/db?keep_history=false`` (or ``postgres://``): a
-    :class:`~atoll.storage.PostgreSQLStorage`. The query's atoll options are taken
-    out; the rest of the URI goes to libpq as the DSN, which may carry libpq's own
-    parameters (``?sslmode=require``).
+    :class:`~atoll.storage.PostgreSQLStorage`; options ``keep_history``,
+    ``read_only``, ``schema``, ``two_phase``, ``commit_lock_timeout``, ``lock_wait``
+    (seconds), ``pool_size``. These are taken out of the query; the rest of the URI
+    goes to libpq as the DSN, which may carry libpq's own parameters
+    (``?sslmode=require``).
 
 An unknown scheme or option raises a one-line ValueError naming it. Storage classes
 are imported only when needed, so a PostgreSQL driver is loaded only for PostgreSQL.
@@ -111,6 +114,32 @@ def _boolean(uri: str, name: str, value: str) -> bool:
     raise ValueError(f"storage URI option {name}={value!r} is not true or false in {uri!r}")
 
 
+def _seconds(uri: str, name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also rejects nan
+        raise ValueError(f"storage URI option {name}={value!r} is not a number of seconds in {uri!r}")
+    return seconds
+
+
+def _count(uri: str, name: str, value: str) -> int:
+    if not value.isdigit():
+        raise ValueError(f"storage URI option {name}={value!r} is not an integer >= 0 in {uri!r}")
+    return int(value)
+
+
+def _text(uri: str, name: str, value: str) -> str:
+    return value
+
+
+def _synchronous(uri: str, name: str, value: str) -> str:
+    if value.lower() not in ("full", "normal"):
+        raise ValueError(f"storage URI option {name}={value!r} is not full or normal in {uri!r}")
+    return value.lower()
+
+
 def _options(uri: str, query: str, known: dict[str, Callable[[str, str, str], Any]]) -> dict:
     """The query's options, converted; ValueError naming an unknown or repeated one."""
     options: dict[str, Any] = {}
@@ -145,14 +174,30 @@ def _open_sqlite(uri: str) -> Storage:
     path = unquote(parts.path)
     if path in ("", "/"):
         raise ValueError(f"an SQLite URI needs a file path: sqlite:///absolute/path.db, not {uri!r}")
-    options = _options(uri, parts.query, {"keep_history": _boolean, "read_only": _boolean})
+    options = _options(uri, parts.query, _SQLITE_OPTIONS)
     from atoll.storage.sqlite import SQLiteStorage
 
     return SQLiteStorage(path, **options)
 
 
-# Options of PostgreSQL URIs that are atoll's; any other goes to libpq.
-_POSTGRESQL_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {"keep_history": _boolean}
+# The options of SQLite URIs: SQLiteStorage's keyword arguments.
+_SQLITE_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
+    "keep_history": _boolean,
+    "read_only": _boolean,
+    "synchronous": _synchronous,
+}
+
+# The options of PostgreSQL URIs that are atoll's (PostgreSQLStorage's keyword
+# arguments); any other goes to libpq.
+_POSTGRESQL_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
+    "keep_history": _boolean,
+    "read_only": _boolean,
+    "schema": _text,
+    "two_phase": _boolean,
+    "commit_lock_timeout": _seconds,
+    "lock_wait": _seconds,
+    "pool_size": _count,
+}
 
 
 def _open_postgresql(uri: str) -> Storage:
