@@ -256,3 +256,32 @@ def test_include_and_define(tmp_path):
         assert (tmp_path / "main.db").exists()
     finally:
         close_all(db)
+
+
+def test_atoll_open_takes_a_conf_file_and_uris(tmp_path):
+    import atoll
+
+    path = tmp_path / "app.conf"
+    path.write_text(
+        f"<zodb main>\n<sqlitestorage>\npath {tmp_path}/main.db\n</sqlitestorage>\n</zodb>\n"
+        "<zodb catalog>\n<memorystorage/>\n</zodb>\n"
+    )
+    db = atoll.open(path)
+    try:
+        assert db.database_name == "main"
+        assert sorted(db.databases) == ["catalog", "main"]
+    finally:
+        close_all(db)
+
+    db = atoll.open(f"sqlite://{tmp_path}/other.db?keep_history=false")
+    try:
+        assert isinstance(db.storage, SQLiteStorage) and not db.storage.keep_history
+    finally:
+        db.close()
+    db = atoll.open("memory://?keep_history=false")
+    try:
+        assert type(db.storage) is MinimalMemoryStorage
+    finally:
+        db.close()
+    with pytest.raises(ValueError, match="unknown storage URI scheme 'redis'"):
+        atoll.open("redis://localhost/0")
