@@ -31,6 +31,11 @@ def postgres_dsn() -> str:
     return os.environ.get("ATOLL_TEST_POSTGRES_DSN") or DEFAULT_DSN
 
 
+def _shown_dsn(dsn: str) -> str:
+    """The DSN for messages, its password (if any) masked."""
+    return re.sub(r"(password=|://[^:/@]*:)[^ @]*", r"\1***", dsn)
+
+
 def _required() -> bool:
     return os.environ.get("ATOLL_REQUIRE_POSTGRES", "") not in ("", "0")
 
@@ -64,10 +69,10 @@ def _probe() -> tuple[bool, str]:
             prepared = int(conn.execute("SHOW max_prepared_transactions").fetchone()[0])
     except psycopg.Error as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return False, f"PostgreSQL unreachable at {dsn!r}: {first_line}"
+        return False, f"PostgreSQL unreachable at {_shown_dsn(dsn)!r}: {first_line}"
     if prepared == 0:
         return False, (
-            f"PostgreSQL at {dsn!r} has max_prepared_transactions = 0; run "
+            f"PostgreSQL at {_shown_dsn(dsn)!r} has max_prepared_transactions = 0; run "
             "ALTER SYSTEM SET max_prepared_transactions = 10 and restart the server"
         )
     return True, ""

@@ -105,6 +105,7 @@ __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _BATCH = 5000  # oids per statement when loading many (pack's walk)
+_PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
 
 
 def _first_line(error: BaseException) -> str:
@@ -181,6 +182,7 @@ class PostgreSQLStorage:
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
+        self._commits_since_prune = 0  # commits finished since decision rows were pruned
         self._closed = False
         self.name = self._safe_name(dsn)
         self._admin = self._connect()
@@ -505,6 +507,17 @@ class PostgreSQLStorage:
 
     # -- used by views -----------------------------------------------------------
 
+    def _finished(self) -> None:
+        """Count a commit; every PRUNE_EVERY, drop decision rows nothing needs any more
+        (else they would only go at the next open or pack)."""
+        with self._lock:
+            self._commits_since_prune += 1
+            if self._commits_since_prune < _PRUNE_EVERY:
+                return
+            self._commits_since_prune = 0
+        with self._admin_conn() as conn:
+            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
+
     def _notify(self, conn: psycopg.Connection, tid: int) -> None:
         conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
 
@@ -723,6 +736,7 @@ class PostgreSQLView:
                 self._storage._notify(conn, tid)
         self._own.append(tid)
         self._reset()
+        self._storage._finished()
         return p64(tid)
 
     def tpc_abort(self) -> None:
