@@ -420,25 +420,28 @@ class PostgreSQLStorage:
         stats = PackStats()
         t = u64(pack_tid)
         q = self._sql
-        with self._admin_conn() as conn:
+        # A session of its own, so that new_oid() and friends do not wait for the pack.
+        session = self._checkout()
+        conn = session.conn
+        try:
             self._lock_commit(conn)  # commits wait while the pack decides and deletes
-            try:
-                reachable = self._reachable(conn, t, references) if references is not None else None
-                doomed: list[int] = []
-                for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
-                    if reachable is not None and zoid not in reachable and not later:
-                        doomed.append(zoid)
-                        stats.revisions_removed += count
-                if doomed:
-                    conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
-                stats.objects_removed = len(doomed)
-                if self.keep_history:
-                    stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
-                stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
-                conn.execute("COMMIT")
-            finally:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    conn.execute("ROLLBACK")
+            reachable = self._reachable(conn, t, references) if references is not None else None
+            doomed: list[int] = []
+            for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
+                if reachable is not None and zoid not in reachable and not later:
+                    doomed.append(zoid)
+                    stats.revisions_removed += count
+            if doomed:
+                conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
+            stats.objects_removed = len(doomed)
+            if self.keep_history:
+                stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
+            stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
+            conn.execute("COMMIT")
+        except psycopg.Error as e:
+            raise StorageError(f"PostgreSQL error in {self.name} during pack: {_first_line(e)}") from None
+        finally:
+            self._checkin(session)  # rolls back whatever is left open
         if progress is not None:
             progress(
                 f"packed {self.name}: removed {stats.revisions_removed} revisions, "
