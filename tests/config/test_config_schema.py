@@ -12,7 +12,14 @@ import textwrap
 import pytest
 import ZConfig
 
-from atoll.config import ConfigError, databaseFromFile, databaseFromString, getDbSchema, getStorageSchema, storageFromString
+from atoll.config import (
+    ConfigError,
+    databaseFromFile,
+    databaseFromString,
+    getDbSchema,
+    getStorageSchema,
+    storageFromString,
+)
 from atoll.config.factories import (
     DatabaseFactories,
     DatabaseFactory,
