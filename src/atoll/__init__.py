@@ -26,13 +26,13 @@ def open(target: Any = None, **db_kwargs: Any) -> DB:  # noqa: A001 - the API's 
 
         if db_kwargs:
             raise TypeError(f"a .conf file configures its databases itself; got {sorted(db_kwargs)}")
-        with builtins_open(os.fspath(target)) as f:
-            return databaseFromFile(f)
+        return databaseFromFile(target)
     return DB(target, **db_kwargs)
 
 
 def connect(target: Any = None, **db_kwargs: Any) -> Connection:
-    """Open a database and a connection to it; closing the connection closes both.
+    """Open a database and a connection to it; closing the connection closes both
+    (every database of the collection, when ``target`` is a config file).
 
     As a context manager the connection commits on a clean exit, aborts on an
     error, and closes.
@@ -47,5 +47,3 @@ def connect(target: Any = None, **db_kwargs: Any) -> Connection:
     connection._commit_on_exit = True
     return connection
 
-
-from builtins import open as builtins_open  # noqa: E402 - shadowed above by atoll.open

@@ -105,7 +105,7 @@ class Connection:
         self.connections: dict[str, Connection] = {}
         self.opened: float | None = None  # time of open; None while closed
         self._commit_on_exit = False  # set by atoll.connect()
-        self._closes_db = False  # set by atoll.connect()
+        self._closes_db = False  # set by atoll.connect(): close() closes the collection
         # Per-transaction state, emptied at every transaction boundary:
         self._joined = False  # this connection is a resource of the current transaction
         self._registered: list[Persistent] = []  # changed objects, to store at commit
@@ -154,7 +154,8 @@ class Connection:
         self._db._return_connection(self)
         if self._closes_db:
             self._closes_db = False
-            self._db.close()
+            for db in list(self._db.databases.values()):
+                db.close()
 
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""

@@ -196,7 +196,8 @@ class StorageView(Protocol):
         """Several loads in one round trip; oids that do not exist are left out."""
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
-        """The revision of ``oid`` written by ``serial``; POSKeyError if gone."""
+        """The revision of ``oid`` written by ``serial``, even one newer than the
+        snapshot (conflict resolution reads the committed state); POSKeyError if gone."""
 
     def new_oid(self) -> bytes:
         """An oid never used before (same as the storage's)."""
@@ -268,9 +269,10 @@ class Storage(Protocol):
         """Remove revisions that nothing can read any more.
 
         For each object, revisions older than its newest revision at ``pack_tid``
-        go. When ``references`` is given, objects not reachable from the root oid
-        (following ``references`` over the states current at ``pack_tid``) and not
-        written after it go too. Without it, no object is removed: the caller
+        go. When ``references`` is given, objects not reachable (following
+        ``references`` over the states current at ``pack_tid``) from the root oid or
+        from any revision written after ``pack_tid``, and not written after it
+        themselves, go too. Without it, no object is removed: the caller
         passes None when another database may reference this one's objects.
         """
 

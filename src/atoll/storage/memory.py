@@ -164,10 +164,17 @@ class MemoryStorage:
     # -- used by views, under self._lock -------------------------------------
 
     def _reachable(self, pack_tid: bytes, references: References) -> set[bytes]:
-        seen = {ROOT_OID}
-        todo = [ROOT_OID]
+        """Oids reachable from the root as of ``pack_tid`` or from any later revision."""
+        todo = [(ROOT_OID, pack_tid)]
+        for revisions in self._objects.values():
+            for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
+                if tid <= pack_tid:
+                    break
+                if data is not None:
+                    todo.extend((ref, pack_tid) for ref in references(data))
+        seen = {oid for oid, _ in todo}
         while todo:
-            oid = todo.pop()
+            oid, _ = todo.pop()
             revisions = self._objects.get(oid)
             if revisions is None:
                 continue
@@ -177,7 +184,7 @@ class MemoryStorage:
             for ref in references(revisions.datas[i]):
                 if ref not in seen:
                     seen.add(ref)
-                    todo.append(ref)
+                    todo.append((ref, pack_tid))
         return seen
 
     def _forget_empty_transactions(self, stats: PackStats) -> None:
