@@ -46,6 +46,7 @@ import sqlite3
 import stat
 import threading
 import weakref
+from operator import itemgetter
 from typing import Iterable, Iterator, Literal
 from urllib.parse import quote
 
@@ -87,7 +88,13 @@ Synchronous = Literal["full", "normal"]
 
 
 def _json_ids(ids: Iterable[int]) -> str:
+    """A JSON array of integers: how a batch of oids reaches a query (``json_each``)."""
     return "[" + ",".join(map(str, ids)) + "]"
+
+
+def _split_oids(packed: bytes) -> list[bytes]:
+    """The oids of a ``transactions.oids`` value (concatenated 8-byte oids)."""
+    return [packed[i : i + 8] for i in range(0, len(packed), 8)]
 
 
 class SQLiteStorage:
@@ -345,13 +352,14 @@ class SQLiteStorage:
                 conn.execute(sql.BEGIN_READ)
                 try:
                     page = []
-                    for tid, user, description, extension in conn.execute(
+                    for tid, user, description, extension, oids in conn.execute(
                         sql.TRANSACTIONS_PAGE, (after, upto, ITERATOR_PAGE)
                     ).fetchall():
                         btid = p64(tid)
-                        records = [
-                            DataRecord(p64(zoid), btid, state)
-                            for zoid, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (tid,))
+                        ids = _json_ids(u64(oid) for oid in _split_oids(oids))
+                        states = dict(conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall())
+                        records = [  # in the order the commit stored them; gone ones left out
+                            DataRecord(oid, btid, states[u64(oid)]) for oid in _split_oids(oids) if u64(oid) in states
                         ]
                         meta = TransactionMeta.extension_from_bytes(extension)
                         page.append(TransactionRecord(btid, user, description, meta, records))
@@ -465,7 +473,10 @@ class SQLiteView:
         except sqlite3.Error as e:
             raise self._storage._error(e, "polling") from None
         own = self._own
-        changed = {p64(zoid) for zoid, tid in rows if tid not in own}
+        changed = set()
+        for tid, oids in rows:
+            if tid not in own:
+                changed.update(_split_oids(oids))
         self._snap, self.snapshot, self._own = last, p64(last), set()
         return changed
 
@@ -567,7 +578,49 @@ class SQLiteView:
 
     def _write(self, writer: sqlite3.Connection, resolve: Resolver | None) -> set[bytes]:
         """Check conflicts and insert this commit's rows (inside the write transaction)."""
-        current = self._current_serials(writer, set(self._stores) | set(self._checks))
+        stores = self._stores
+        # (oid, read serial, data) as integers, in oid order: the b-tree takes inserts in
+        # key order fastest (and a commit's oids are often in order already).
+        rows = sorted(((u64(oid), u64(read), data) for oid, (read, data) in stores.items()), key=itemgetter(0))
+        checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
+        resolved: dict[bytes, bytes] = {}
+        if rows or checks:
+            pairs = "[" + ",".join([f"[{z},{r}]" for z, r, _ in rows] + [f"[{z},{r}]" for z, r in checks]) + "]"
+            mismatched = {
+                p64(zoid): (p64(tid) if tid else None)
+                for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
+            }
+            if mismatched:
+                resolved = self._resolve(writer, mismatched, resolve)
+                rows = sorted(((u64(oid), u64(read), data) for oid, (read, data) in stores.items()), key=itemgetter(0))
+        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
+        tid = self._tid = u64(new_tid(p64(last) if last else None))
+        meta = self._meta
+        assert meta is not None
+        writer.execute(
+            sql.INSERT_TRANSACTION,
+            (tid, meta.user, meta.description, meta.extension_bytes(), meta.id, b"".join(stores)),
+        )
+        writer.executemany(sql.INSERT_STATE, [(zoid, tid, data) for zoid, _, data in rows])
+        if not self._storage.keep_history:
+            writer.executemany(sql.DELETE_OLDER_REVISIONS, [(zoid, tid) for zoid, read, _ in rows if read])
+        return set(resolved)
+
+    def _resolve(
+        self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
+    ) -> dict[bytes, bytes]:
+        """The shared conflict check, over the oids whose serial moved (``mismatched``:
+        oid -> current serial or None); replaces merged records in ``self._stores``."""
+        stores = self._stores
+        conflicting = {oid: stores[oid] for oid in mismatched if oid in stores}
+        checks = {oid: serial for oid, serial in self._checks.items() if oid not in stores}
+        # A read check that did not mismatch is current at its serial.
+        current = {oid: serial for oid, serial in checks.items() if serial != z64}
+        for oid, serial in mismatched.items():
+            if serial is None:
+                current.pop(oid, None)
+            else:
+                current[oid] = serial
 
         def load_serial(oid: bytes, serial: bytes) -> bytes | None:
             row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
@@ -576,32 +629,10 @@ class SQLiteView:
         def load_current(oid: bytes) -> bytes:
             return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
 
-        resolved = check_serials(self._stores, self._checks, current, load_serial, load_current, resolve)
+        resolved = check_serials(conflicting, checks, current, load_serial, load_current, resolve)
         for oid, data in resolved.items():
-            self._stores[oid] = (current[oid], data)
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
-        tid = self._tid = u64(new_tid(p64(last) if last else None))
-        meta = self._meta
-        assert meta is not None
-        writer.execute(
-            sql.INSERT_TRANSACTION, (tid, meta.user, meta.description, meta.extension_bytes(), meta.id)
-        )
-        writer.executemany(sql.INSERT_STATE, ((u64(oid), tid, data) for oid, (_, data) in self._stores.items()))
-        if not self._storage.keep_history:
-            replaced = [(u64(oid), tid) for oid in self._stores if oid in current]
-            writer.executemany(sql.DELETE_OLDER_REVISIONS, replaced)
-        return set(resolved)
-
-    @staticmethod
-    def _current_serials(conn: sqlite3.Connection, oids: set[bytes]) -> dict[bytes, bytes]:
-        """oid -> its newest serial, for the oids that have one."""
-        ids = [u64(oid) for oid in oids]
-        current = {}
-        for i in range(0, len(ids), BATCH):
-            for zoid, tid in conn.execute(sql.CURRENT_SERIALS, (_json_ids(ids[i : i + BATCH]),)):
-                if tid is not None:
-                    current[p64(zoid)] = p64(tid)
-        return current
+            stores[oid] = (current[oid], data)
+        return resolved
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None or not self._locked:
@@ -713,10 +744,14 @@ class _Packer:
 
     def _roots(self, conn: sqlite3.Connection) -> set[int]:
         """Oids referenced by revisions written after ``scanned_upto``; moves it on."""
+        references = self.references
+        assert references is not None
         roots = set()
-        for tid, state in conn.execute(sql.STATES_AFTER, (self.scanned_upto,)):
-            roots.update(u64(ref) for ref in self.references(state))  # type: ignore[misc]
-            self.scanned_upto = max(self.scanned_upto, tid)
+        for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
+            ids = _json_ids(u64(oid) for oid in _split_oids(oids))
+            for _, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)):
+                roots.update(u64(ref) for ref in references(state))
+            self.scanned_upto = tid
         return roots
 
     def _walk(self, conn: sqlite3.Connection, roots: set[int]) -> None:
@@ -748,4 +783,9 @@ class _Packer:
             if garbage:
                 stats.objects_removed = len(garbage)
                 stats.revisions_removed += writer.executemany(sql.DELETE_OBJECT, garbage).rowcount
-        stats.transactions_removed = writer.execute(sql.DELETE_EMPTY_TRANSACTIONS).rowcount
+        # Transactions none of whose revisions remain go, except the newest (the last tid).
+        live = {tid for (tid,) in writer.execute(sql.LIVE_TIDS)}
+        tids = [tid for (tid,) in writer.execute(sql.ALL_TIDS)]
+        empty = [(tid,) for tid in tids[:-1] if tid not in live]
+        writer.executemany(sql.DELETE_TRANSACTION, empty)
+        stats.transactions_removed = len(empty)

@@ -18,13 +18,14 @@ their order.
     every revision until pack; a history-free file deletes the older revisions of an
     object in the transaction that writes a new one. The primary key clusters an
     object's revisions, so "the newest revision at or before a snapshot" is a single
-    b-tree seek. ``object_state_by_tid`` finds what a transaction wrote (poll,
-    iteration, pack).
+    b-tree seek. There is no index by tid: it would cost every commit a second
+    b-tree insert per object, and ``transactions.oids`` answers the same questions.
 ``transactions``
     One row per committed transaction with its metadata; ``extension`` is
     :meth:`TransactionMeta.extension_bytes`, ``txn_id`` the id shared by the storages
-    of one multi-database commit. Pack removes rows whose revisions are all gone,
-    except the newest, which holds the last tid.
+    of one multi-database commit, ``oids`` the oids it wrote, as concatenated 8-byte
+    big-endian values (what ``poll()`` reports and iteration reads). Pack removes rows
+    whose revisions are all gone, except the newest, which holds the last tid.
 ``atoll_meta``
     ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
     ``next_oid``, the first oid no storage instance has been given yet.
@@ -55,7 +56,8 @@ CREATE TABLE transactions (
     username    TEXT NOT NULL,
     description TEXT NOT NULL,
     extension   BLOB NOT NULL,
-    txn_id      TEXT NOT NULL
+    txn_id      TEXT NOT NULL,
+    oids        BLOB NOT NULL
 );
 
 CREATE TABLE object_state (
@@ -64,8 +66,6 @@ CREATE TABLE object_state (
     state BLOB NOT NULL,
     PRIMARY KEY (zoid, tid)
 ) WITHOUT ROWID;
-
-CREATE INDEX object_state_by_tid ON object_state (tid);
 
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -111,7 +111,7 @@ HAS_REVISION = "SELECT 1 FROM object_state WHERE zoid = ? LIMIT 1"
 LOAD_SERIAL = "SELECT state FROM object_state WHERE zoid = ? AND tid = ?"
 
 #: What transactions after a snapshot wrote, up to the newest one.
-CHANGED_SINCE = "SELECT zoid, tid FROM object_state WHERE tid > ? AND tid <= ?"
+CHANGED_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? AND tid <= ?"
 
 # -- commit ------------------------------------------------------------------
 
@@ -120,17 +120,25 @@ BEGIN_WRITE = "BEGIN IMMEDIATE"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
-#: The current serial of each oid of a JSON array (NULL for an oid with none).
-CURRENT_SERIALS = """
-SELECT j.value, (SELECT max(tid) FROM object_state WHERE zoid = j.value)
-FROM json_each(?) AS j
+#: Given a JSON array of [oid, expected serial] pairs (0: no revision), the pairs
+#: whose oid's current serial is another: (oid, current serial or NULL). Conflicts
+#: are rare, so the common answer is no row at all.
+SERIAL_MISMATCHES = """
+SELECT oid, current FROM (
+    SELECT json_extract(j.value, '$[0]') AS oid,
+           json_extract(j.value, '$[1]') AS expected,
+           (SELECT max(tid) FROM object_state
+            WHERE zoid = json_extract(j.value, '$[0]')) AS current
+    FROM json_each(?) AS j
+)
+WHERE coalesce(current, 0) != expected
 """
 
 LOAD_CURRENT = "SELECT state FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1"
 
 INSERT_TRANSACTION = """
-INSERT INTO transactions (tid, username, description, extension, txn_id)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
+VALUES (?, ?, ?, ?, ?, ?)
 """
 
 INSERT_STATE = "INSERT INTO object_state (zoid, tid, state) VALUES (?, ?, ?)"
@@ -151,21 +159,26 @@ LIMIT ?
 
 #: A page of transactions for the iterator: tids after the last one seen.
 TRANSACTIONS_PAGE = """
-SELECT tid, username, description, extension FROM transactions
+SELECT tid, username, description, extension, oids FROM transactions
 WHERE tid > ? AND tid <= ?
 ORDER BY tid
 LIMIT ?
 """
 
-RECORDS_OF_TRANSACTION = "SELECT zoid, state FROM object_state WHERE tid = ? ORDER BY zoid"
+#: The revisions a transaction wrote that are still there, given its oids (JSON).
+RECORDS_OF_TRANSACTION = """
+SELECT s.zoid, s.state
+FROM json_each(?1) AS j
+JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
+"""
 
 COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
 
 # -- pack --------------------------------------------------------------------
 
-#: Every revision written after the pack tid: their references are roots too, since
-#: a commit after the pack tid may point at an object that was unreachable at it.
-STATES_AFTER = "SELECT tid, state FROM object_state WHERE tid > ? ORDER BY tid"
+#: Transactions after the pack tid: the references of what they wrote are roots too,
+#: since a commit after the pack tid may link an object unreachable at it.
+TRANSACTIONS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 
 #: Objects whose newest revision is at or before the pack tid: candidates for GC.
 OBJECTS_NOT_WRITTEN_AFTER = "SELECT zoid FROM object_state GROUP BY zoid HAVING max(tid) <= ?"
@@ -180,9 +193,7 @@ WHERE tid < ?1
              WHERE s.zoid = object_state.zoid AND s.tid <= ?1)
 """
 
-#: Transactions none of whose revisions remain, except the newest one.
-DELETE_EMPTY_TRANSACTIONS = """
-DELETE FROM transactions
-WHERE tid < (SELECT max(tid) FROM transactions)
-  AND NOT EXISTS (SELECT 1 FROM object_state WHERE object_state.tid = transactions.tid)
-"""
+#: The tids that still have a revision (one pass over the table).
+LIVE_TIDS = "SELECT DISTINCT tid FROM object_state"
+ALL_TIDS = "SELECT tid FROM transactions ORDER BY tid"
+DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
