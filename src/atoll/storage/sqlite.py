@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import struct
 import threading
 import weakref
 from operator import itemgetter
@@ -85,6 +86,11 @@ OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
 ITERATOR_PAGE = 100
 
 Synchronous = Literal["full", "normal"]
+
+# The hot paths convert oids and tids with these directly (ids.p64/u64 add a call).
+_pack64 = struct.Struct(">Q").pack
+_unpack64 = struct.Struct(">Q").unpack
+_first = itemgetter(0)
 
 
 def _json_ids(ids: Iterable[int]) -> str:
@@ -278,15 +284,16 @@ class SQLiteStorage:
         return view
 
     def new_oid(self) -> bytes:
-        self._check_open()
-        if self.read_only:
+        if self._closed or self.read_only:
+            self._check_open()
             raise ReadOnlyError(f"storage {self.path} is read-only")
         with self._oid_lock:
-            if self._next_oid >= self._oid_limit:
-                self._reserve_oids()
             oid = self._next_oid
-            self._next_oid += 1
-        return p64(oid)
+            if oid >= self._oid_limit:
+                self._reserve_oids()
+                oid = self._next_oid
+            self._next_oid = oid + 1
+        return _pack64(oid)
 
     def _reserve_oids(self) -> None:
         """Take the next block of oids from the file's counter (under _oid_lock)."""
@@ -483,12 +490,12 @@ class SQLiteView:
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_AT, (u64(oid), self._snap)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], self._snap)).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
-        return row[0], p64(row[1])
+        return row[0], _pack64(row[1])
 
     def _missing(self, conn: sqlite3.Connection, oid: bytes) -> None:
         """Raise the right error for an oid with no revision at the snapshot."""
@@ -499,14 +506,14 @@ class SQLiteView:
         raise POSKeyError(oid)
 
     def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        wanted = [u64(oid) for oid in oids]
+        wanted = [_unpack64(oid)[0] for oid in oids]
         found: dict[bytes, tuple[bytes, bytes]] = {}
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = _json_ids(wanted[i : i + BATCH])
                 for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
-                    found[p64(zoid)] = (state, p64(tid))
+                    found[_pack64(zoid)] = (state, _pack64(tid))
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
         if not self._storage.keep_history and len(found) < len(wanted):
@@ -581,7 +588,7 @@ class SQLiteView:
         stores = self._stores
         # (oid, read serial, data) as integers, in oid order: the b-tree takes inserts in
         # key order fastest (and a commit's oids are often in order already).
-        rows = sorted(((u64(oid), u64(read), data) for oid, (read, data) in stores.items()), key=itemgetter(0))
+        rows = sorted([(_unpack64(oid)[0], _unpack64(read)[0], data) for oid, (read, data) in stores.items()], key=_first)
         checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
         resolved: dict[bytes, bytes] = {}
         if rows or checks:
@@ -592,7 +599,7 @@ class SQLiteView:
             }
             if mismatched:
                 resolved = self._resolve(writer, mismatched, resolve)
-                rows = sorted(((u64(oid), u64(read), data) for oid, (read, data) in stores.items()), key=itemgetter(0))
+                rows = sorted([(u64(oid), u64(read), data) for oid, (read, data) in stores.items()], key=_first)
         last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
