@@ -13,16 +13,19 @@ Snapshots
     A view's snapshot is a committed tid and a load returns the newest revision with
     ``tid <= snapshot``. ``poll()`` reads the newest tid and what changed since the old
     snapshot in one read transaction. The first load after a poll opens a read
-    transaction that stays open until the next poll, so a transaction's loads share
-    one SQLite snapshot (about twice as fast as a transaction per statement); a view
-    idle in a pool after its last poll holds none and never keeps the WAL from being
-    checkpointed.
+    transaction that stays open until the next poll (or ``release()``), so a
+    transaction's loads share one SQLite snapshot (about twice as fast as a
+    transaction per statement). Connections poll when their transaction ends, so a
+    view idle in a pool holds no read transaction and does not keep the WAL from
+    being checkpointed.
 History-free files (``keep_history=False``)
     A commit deletes the revisions its new ones replace. A view whose read transaction
     started at its snapshot still sees them (SQLite's own MVCC); a view whose read
-    transaction started later (first load after another process committed) finds the
+    transaction started later (first load after another commit) finds the
     revision it needs gone and gets :class:`ReadConflictError`, a transient error the
-    transaction is retried after. Nothing ever reads a wrong revision.
+    transaction is retried after. That takes a commit to that very object between
+    the view's poll and its first load; in exchange, no idle view pins the WAL.
+    Nothing ever reads a wrong revision.
 Commits
     ``tpc_vote`` takes the in-process commit lock, then SQLite's write lock (``BEGIN
     IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
@@ -76,7 +79,7 @@ __all__ = ["SQLiteStorage", "SQLiteView"]
 
 #: Seconds a connection waits for another one's lock (another process's commit).
 BUSY_TIMEOUT = 60.0
-#: Oids per JSON batch in load_many, conflict checks and the pack's walk.
+#: Oids per JSON batch in load_many and the pack's walk.
 BATCH = 1000
 #: The largest tid/oid SQLite can hold (signed 64 bits): "no upper bound".
 MAX_ID = 2**63 - 1
@@ -406,7 +409,8 @@ class SQLiteStorage:
         self._closed = True
         for view in list(self._views):
             view._close()
-        self._close_connections()
+        with self._lock:
+            self._close_connections()
 
     def _close_connections(self) -> None:
         for conn in (self._conn, self._writer):
@@ -439,11 +443,9 @@ class SQLiteView:
         return f"<SQLiteView of {self._storage.path!r} at {self.snapshot.hex()}>"
 
     def _connection(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
-            self._storage._check_open()
-            conn = self._conn = self._storage._connect()
-        return conn
+        if self._conn is None:  # closed with the storage
+            raise StorageError(f"storage {self._storage.path} is closed")
+        return self._conn
 
     def _newest(self) -> int:
         try:
