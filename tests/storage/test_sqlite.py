@@ -358,3 +358,31 @@ def test_db_on_sqlite(path):
     db.pack()
     assert len(db) == 11
     db.close()
+
+
+def test_pack_keeps_an_object_linked_while_it_walks(path):
+    """A commit that lands during pack's reachability walk (here: from another
+    instance, as another process would) is taken into account before deleting."""
+    import pickle
+
+    storage, other = SQLiteStorage(path), SQLiteStorage(path)
+    orphan, garbage = storage.new_oid(), storage.new_oid()
+    t1 = commit(
+        storage.open_view(),
+        {ROOT_OID: (z64, pickle.dumps([])), orphan: (z64, pickle.dumps([])), garbage: (z64, pickle.dumps([]))},
+    )
+    linked = []
+
+    def references(data: bytes) -> list[bytes]:
+        if not linked:  # first call, in the middle of the walk
+            linked.append(commit(other.open_view(), {ROOT_OID: (t1, pickle.dumps([orphan]))}))
+        return pickle.loads(data)
+
+    stats = storage.pack(t1, references)
+    assert linked and stats.objects_removed == 1
+    view = storage.open_view()
+    assert view.load(orphan)[1] == t1
+    with pytest.raises(POSKeyError):
+        view.load(garbage)
+    storage.close()
+    other.close()
