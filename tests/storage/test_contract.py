@@ -462,15 +462,7 @@ def test_pack_removes_old_revisions_and_garbage(storage):
     assert [t.tid for t in storage.iterator()][-1] == t4
 
 
-#: Storages whose pack still follows base.py's letter (reachability at the pack tid
-#: only) and so drops an object that a later commit linked: reported to their owners.
-#: Remove a kind from here when its pack treats later revisions' references as roots.
-PACK_LOSES_LATER_LINKS = {"memory", "minimal"}
-
-
-def test_pack_keeps_objects_referenced_after_the_pack_tid(storage, request):
-    if request.node.callspec.params["storage"] in PACK_LOSES_LATER_LINKS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="pack ignores references written after the pack tid"))
+def test_pack_keeps_objects_referenced_after_the_pack_tid(storage):
     view = storage.open_view()
     orphan = storage.new_oid()
     t1 = commit(view, {ROOT_OID: (z64, record("root")), orphan: (z64, record("o"))})
