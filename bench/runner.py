@@ -298,14 +298,18 @@ def measure(options: argparse.Namespace, argv: list[str] | None) -> dict[str, An
     """Run the matrix and return the results document (merged if --merge)."""
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     records = run_matrix(options)
+    command = ("python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    commands = [command]
     if options.merge and options.json and os.path.exists(options.json):
         with open(options.json) as f:
-            old = json.load(f)["results"]
+            old = json.load(f)
         fresh = {_key(r) for r in records}
-        records = [r for r in old if _key(r) not in fresh] + records
-    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        records = [r for r in old["results"] if _key(r) not in fresh] + records
+        commands = old.get("commands", [old["command"]]) + commands
+        started = old["started"]
     return {
-        "command": command.strip(),
+        "command": command,
+        "commands": commands,  # every run whose figures this document holds, in order
         "started": started,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_info(options.pg_dsn),

@@ -122,3 +122,14 @@ def test_every_pair_names_one_atoll_and_one_zodb_backend():
     for atoll_key, zodb_key in PAIRS:
         assert BACKENDS[atoll_key].system == "atoll"
         assert BACKENDS[zodb_key].system == "zodb"
+
+
+def test_targets_table_says_whether_each_target_is_met():
+    records = []
+    for backend, rates in (("atoll-sqlite", (90.0, 30.0)), ("zodb-filestorage", (30.0, 31.0))):
+        for workload, rate in zip(("add", "read_hot"), rates):
+            records.append(dict(_record(backend, rate, 10_000), workload=workload))
+    table = report.targets_table(records)
+    assert "| mapping | 10,000 | add | >= 3.0x | 3.00x | yes |" in table
+    assert "| mapping | 10,000 | read_hot | >= 1.0x | 0.97x | within 5% (noise) |" in table
+    assert report.targets_table(records[:1]) is None
