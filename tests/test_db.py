@@ -9,7 +9,7 @@ import pytest
 import transaction
 
 import atoll
-from atoll.errors import POSKeyError, ReadOnlyError
+from atoll.errors import ConnectionStateError, POSKeyError, ReadOnlyError
 from atoll.ids import ROOT_OID
 from atoll.storage import MemoryStorage
 from helpers import Item
@@ -221,3 +221,17 @@ def test_threads_with_own_connections_lose_no_update():
     assert errors == []
     with db.transaction() as conn:
         assert [conn.root()[key].value for key in "abcd"] == [200] * 4
+
+
+def test_close_shuts_connections_still_in_use_and_unregisters_them():
+    db = atoll.DB(None)
+    conn = db.open()
+    conn.root()["x"] = 1
+    db.close()
+    assert conn.opened is None
+    with pytest.raises(ConnectionStateError):
+        conn.root()
+    with pytest.raises(ConnectionStateError, match="closed"):
+        transaction.commit()  # its change cannot be saved any more, and says why
+    transaction.abort()
+    transaction.commit()  # no synchronizer of the closed database is called

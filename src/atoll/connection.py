@@ -31,7 +31,7 @@ from atoll.errors import (
     ReadOnlyHistoryError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
-from atoll.serialize import ObjectReader, ObjectWriter
+from atoll.serialize import ObjectReader, ObjectWriter, needs_args
 from atoll.storage.base import TransactionMeta
 
 if TYPE_CHECKING:
@@ -76,6 +76,21 @@ class RootConvenience:
         return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
 
 
+# Read-ahead bounds: ghosts remembered per connection, and records per batch.
+_SIBLINGS_LIMIT = 1_000_000
+_SIBLINGS_MAX_WINDOW = 256
+
+
+class _Siblings:
+    """The oids of ghosts created by one record, in reference order."""
+
+    __slots__ = ("oids", "window")
+
+    def __init__(self, oids: list[bytes]) -> None:
+        self.oids = oids
+        self.window = 8  # records the next miss loads; doubles with each miss
+
+
 class _Savepoint:
     """A connection's state at a savepoint: the records of everything changed."""
 
@@ -115,8 +130,13 @@ class Connection:
         self._pending: list[Persistent] = []  # objects still to serialize (commit/savepoint)
         self._stored: dict[bytes, Persistent] = {}  # objects written in the commit in progress
         self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
-        # Records loaded ahead of their objects (get(), prefetch()); valid for one snapshot.
+        # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
+        # for one snapshot, so emptied whenever the snapshot moves.
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
+        # Read-ahead: ghosts created together (the references of one record) are
+        # likely touched together, so a miss on one loads the next few in one batch.
+        self._siblings: dict[bytes, tuple[_Siblings, int]] = {}  # ghost oid -> (group, index)
+        self._new_ghosts: list[bytes] | None = None  # ghosts created by the set_state running
 
     def __repr__(self) -> str:
         extra = f" (before {self.before.hex()})" if self.before is not None else ""
@@ -151,6 +171,8 @@ class Connection:
         self.opened = None
         self.connections = {}
         self._commit_on_exit = False
+        if not self._db._closed:
+            self._poll()  # ends any read transaction the view holds while idle
         self._db._return_connection(self)
         if self._closes_db:
             self._closes_db = False
@@ -161,7 +183,18 @@ class Connection:
         """Drop the cache and the view for good (the pool discards this connection)."""
         self._cache.minimize()
         self._prefetched.clear()
+        self._siblings.clear()
         self._view.release()
+
+    def _shut(self) -> None:
+        """Close for good because the database closes, whatever state it is in."""
+        if self.transaction_manager is not None:
+            self.transaction_manager.unregisterSynch(self)
+            self.transaction_manager = None
+        self.opened = None
+        self.connections = {}
+        self._clear_transaction()
+        self._release()
 
     def __enter__(self) -> Connection:
         return self
@@ -291,10 +324,39 @@ class Connection:
                 f"cannot load object {oid_repr(oid)} of {self._db.database_name!r}: the connection is closed"
             )
         record = self._prefetched.pop(oid, None)
-        data, serial = record if record is not None else self._load(oid)
-        self._reader.set_state(obj, data)
+        data, serial = record if record is not None else self._load_ahead(oid)
+        outer, self._new_ghosts = self._new_ghosts, []
+        try:
+            self._reader.set_state(obj, data)
+            created = self._new_ghosts
+        finally:
+            self._new_ghosts = outer
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
+        if len(created) > 1 and len(self._siblings) < _SIBLINGS_LIMIT:
+            group = _Siblings(created)
+            siblings = self._siblings
+            for index, sibling in enumerate(created):
+                siblings[sibling] = (group, index)
+
+    def _load_ahead(self, oid: bytes) -> tuple[bytes, bytes]:
+        """Load ``oid``, and with it the next siblings it was created with."""
+        entry = self._siblings.pop(oid, None)
+        if entry is None:
+            return self._load(oid)
+        group, index = entry
+        batch = [oid]
+        cache, prefetched, siblings = self._cache, self._prefetched, self._siblings
+        for sibling in group.oids[index + 1 : index + group.window]:
+            if siblings.pop(sibling, None) is None or sibling in prefetched:
+                continue
+            obj = cache.get(sibling)
+            if obj is not None and obj._p_changed is None:
+                batch.append(sibling)
+        group.window = min(group.window * 2, _SIBLINGS_MAX_WINDOW)
+        prefetched.update(self._view.load_many(batch))
+        record = prefetched.pop(oid, None)
+        return record if record is not None else self._load(oid)
 
     def register(self, obj: Persistent) -> None:
         """Note a changed object (called by persistent on its first change)."""
@@ -318,10 +380,12 @@ class Connection:
         obj = self._creating.get(oid)
         if obj is not None:
             return obj
-        if klass is None or hasattr(klass, "__getnewargs__"):
+        if klass is None or needs_args(klass):
             return self.get(oid)
         obj = klass.__new__(klass)
         self._cache.new_ghost(oid, obj)
+        if self._new_ghosts is not None:
+            self._new_ghosts.append(oid)
         return obj
 
     def _foreign_ghost(self, database_name: str, oid: bytes, klass: type | None) -> Persistent:
@@ -525,6 +589,7 @@ class Connection:
     def _poll(self) -> None:
         changed = self._view.poll()
         self._prefetched.clear()
+        self._siblings.clear()
         if changed is None:
             self._cache.invalidate(list(self._cache.cache_data.keys()))
         elif changed:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 import transaction
@@ -113,6 +114,7 @@ class DB:
         self._historical_size = historical_pool_size
         self._historical_timeout = historical_timeout
         self._historical: dict[bytes, _Pool] = {}
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()  # every one made
         self._closed = False
         try:
             self._create_root()
@@ -196,6 +198,8 @@ class DB:
                 connection = Connection(self, self.cache_size, self.cache_size_bytes)
             else:
                 connection = Connection(self, self.historical_cache_size, self.historical_cache_size_bytes, before)
+            with self._lock:
+                self._connections.add(connection)
         connection._open(transaction_manager or transaction.manager, connections, time.time())
         return connection
 
@@ -234,16 +238,20 @@ class DB:
     # -- whole-database operations ----------------------------------------------------
 
     def close(self) -> None:
-        """Close every idle connection and the storage. Stays in ``databases``."""
+        """Close every connection (in use or idle) and the storage.
+
+        A connection still in use is closed under its user: using it afterwards
+        raises ConnectionStateError. The database stays in ``databases``.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            idle = self._pool.clear()
-            for pool in self._historical.values():
-                idle.extend(pool.clear())
+            self._pool.clear()
             self._historical.clear()
-        self._discard(idle)
+            connections = list(self._connections)
+        for connection in connections:
+            connection._shut()
         self.storage.close()
 
     def pack(self, t: float | None = None, days: float = 0, *, progress: Progress | None = None) -> PackStats:

@@ -25,9 +25,14 @@ forms:
 ``['n', (database_name, oid)]``
     the same without the class (read, never written).
 
-The writer makes a fresh pickler for every record. A pickler reused across records
-keeps its memo table at its largest size, and clearing it costs that size each
-time: committing 100,000 new objects then becomes quadratic.
+Both pickles are written by separate picklers (the class part is cached per
+class), so the state part never refers to the class part's memo; one unpickler
+reading both, as ZODB's does, gets the same objects.
+
+The writer reuses one pickler, clearing its memo between records, and replaces it
+after a large record: a pickler's memo table keeps its largest size, and clearing
+costs that size, so a reused pickler that once wrote a 100,000-entry mapping would
+make every later record pay for it, and a big commit quadratic.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ __all__ = [
     "referenced_oids",
     "class_name",
     "make_record",
+    "class_pickle",
+    "needs_args",
 ]
 
 FORMAT_VERSION = 1
@@ -66,6 +73,9 @@ class ObjectWriter:
     database name to write or raises InvalidObjectReference.
     """
 
+    #: Records longer than this replace the pickler (see the module docstring).
+    LARGE_RECORD = 1 << 16
+
     def __init__(
         self,
         jar: Connection,
@@ -75,6 +85,13 @@ class ObjectWriter:
         self._jar = jar
         self._new_object = new_object
         self._cross_reference = cross_reference
+        self._buffer = io.BytesIO()
+        self._pickler = self._new_pickler()
+
+    def _new_pickler(self) -> pickle.Pickler:
+        pickler = pickle.Pickler(self._buffer, PROTOCOL)
+        pickler.persistent_id = self._persistent_id
+        return pickler
 
     def _persistent_id(self, obj: Any) -> Any:
         if not isinstance(obj, Persistent) or isinstance(obj, type):
@@ -86,34 +103,56 @@ class ObjectWriter:
         klass = type(obj)
         if jar is not self._jar:
             return ["m", (self._cross_reference(obj), obj._p_oid, klass)]
-        if hasattr(klass, "__getnewargs__"):
+        if needs_args(klass):
             return obj._p_oid
         return obj._p_oid, klass
 
     def serialize(self, obj: Persistent) -> bytes:
         """The record of ``obj`` (which must have its oid already)."""
         klass = type(obj)
-        meta: Any = (klass, obj.__getnewargs__()) if hasattr(klass, "__getnewargs__") else klass
-        return self.dump(meta, obj.__getstate__())
+        if needs_args(klass):
+            meta = pickle.dumps((klass, obj.__getnewargs__()), PROTOCOL)
+        else:
+            meta = class_pickle(klass)
+        return meta + self.dump_state(obj.__getstate__())
 
-    def dump(self, meta: Any, state: Any) -> bytes:
-        """Pickle a class part and a state part into one record."""
-        buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, PROTOCOL)
-        pickler.persistent_id = self._persistent_id
-        pickler.dump(meta)
+    def dump_state(self, state: Any) -> bytes:
+        """Pickle a state, its persistent objects written as references."""
+        buffer, pickler = self._buffer, self._pickler
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.clear_memo()
         pickler.dump(state)
-        return buf.getvalue()
+        data = buffer.getvalue()
+        if len(data) > self.LARGE_RECORD:
+            self._pickler = self._new_pickler()
+        return data
+
+
+_class_pickles: dict[type, bytes] = {}
+_needs_args_cache: dict[type, bool] = {}
+
+
+def class_pickle(klass: type) -> bytes:
+    """The class part of a record for a class without ``__getnewargs__`` (cached)."""
+    data = _class_pickles.get(klass)
+    if data is None:
+        data = _class_pickles[klass] = pickle.dumps(klass, PROTOCOL)
+    return data
+
+
+def needs_args(klass: type) -> bool:
+    """Whether ghosts of ``klass`` need ``__getnewargs__`` (cached per class)."""
+    needs = _needs_args_cache.get(klass)
+    if needs is None:
+        needs = _needs_args_cache[klass] = hasattr(klass, "__getnewargs__")
+    return needs
 
 
 def make_record(obj: Persistent) -> bytes:
     """The record of an object that refers to no other persistent object (the root
     of a new database)."""
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, PROTOCOL)
-    pickler.dump(type(obj))
-    pickler.dump(obj.__getstate__())
-    return buf.getvalue()
+    return class_pickle(type(obj)) + pickle.dumps(obj.__getstate__(), PROTOCOL)
 
 
 def _resolve_class(meta: Any) -> tuple[type, tuple | None]:
@@ -165,16 +204,25 @@ class ObjectReader:
         klass, args = _resolve_class(pickle.loads(data))
         return klass.__new__(klass, *args) if args else klass.__new__(klass)
 
-    def load_state(self, data: bytes) -> Any:
-        """The state part of a record, with references resolved."""
-        unpickler = pickle.Unpickler(io.BytesIO(data))
+    def load_state(self, data: bytes, klass: type | None = None) -> Any:
+        """The state part of a record, with references resolved.
+
+        ``klass``, the class the record is expected to name, lets the class part be
+        skipped when it is the one this module writes.
+        """
+        stream = io.BytesIO(data)
+        unpickler = pickle.Unpickler(stream)
         unpickler.persistent_load = self._persistent_load
-        unpickler.load()
+        prefix = _class_pickles.get(klass) if klass is not None else None
+        if prefix is not None and data.startswith(prefix):
+            stream.seek(len(prefix))
+        else:
+            unpickler.load()
         return unpickler.load()
 
     def set_state(self, obj: Persistent, data: bytes) -> None:
         """Give ``obj`` the state stored in ``data``."""
-        obj.__setstate__(self.load_state(data))
+        obj.__setstate__(self.load_state(data, type(obj)))
 
 
 def record_class(data: bytes) -> type:
