@@ -363,3 +363,46 @@ def test_a_view_that_cannot_tell_what_changed_makes_the_cache_forget_everything(
     transaction.begin()
     assert item._p_changed is None
     assert item.value == 1
+
+
+def test_read_ahead_loads_sibling_ghosts_in_growing_batches(db):
+    conn = db.open()
+    conn.root()["items"] = PersistentMapping({i: Item(i) for i in range(300)})
+    transaction.commit()
+    reader = other(db)
+    items = reader.root()["items"]
+    assert len(items) == 300  # the mapping itself is loaded alone
+    singles, batches, in_batch = [], [], []
+    view = reader._view
+    load, load_many = view.load, view.load_many
+
+    def counting_load(oid):
+        if not in_batch:  # a backend's load_many may use load itself
+            singles.append(oid)
+        return load(oid)
+
+    def counting_load_many(oids):
+        batches.append(len(oids))
+        in_batch.append(True)
+        try:
+            return load_many(oids)
+        finally:
+            in_batch.pop()
+
+    view.load, view.load_many = counting_load, counting_load_many
+    assert sum(item.value for item in items.values()) == sum(range(300))
+    assert singles == []
+    assert batches[:4] == [8, 16, 32, 64] and sum(batches) == 300
+
+
+def test_a_large_record_does_not_leave_its_pickler_memo_to_later_records(db):
+    conn = db.open()
+    conn.root()["big"] = PersistentMapping({i: Item(i) for i in range(20000)})
+    writer = conn._writer
+    before = writer._pickler
+    transaction.commit()
+    assert writer._pickler is not before  # replaced after the large mapping record
+    small = writer._pickler
+    conn.root()["big"][0].value = "changed"
+    transaction.commit()
+    assert writer._pickler is small  # small records keep reusing it
