@@ -34,7 +34,9 @@ Commits
 Oids
     Reserved from the file's counter in blocks that grow from 32 to 4096 per storage
     instance; a reservation is its own committed write, so two processes never get the
-    same oid, even after a crash (a crashed process only leaves a gap).
+    same oid, even after a crash (a crashed process only leaves a gap). Reservations
+    are not fsynced: a WAL fsync makes every earlier frame durable too, so no commit
+    that uses a reserved oid can survive power loss without its reservation.
 Durability
     ``synchronous="full"`` (the default) fsyncs the WAL at every commit, as ZODB's
     FileStorage does: an acknowledged commit survives power loss.
@@ -147,7 +149,7 @@ class SQLiteStorage:
             self._open_schema()
             if not read_only:
                 self._writer = self._connect()
-                self._writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                self._writer.execute(sql.SET_SYNCHRONOUS.format(mode=synchronous.upper()))
         except BaseException:
             self._close_connections()
             raise
@@ -305,14 +307,18 @@ class SQLiteStorage:
             writer = self._writer
             assert writer is not None
             try:
-                writer.execute(sql.BEGIN_WRITE)
+                writer.execute(sql.SET_SYNCHRONOUS.format(mode="NORMAL"))  # see "Oids" above
                 try:
-                    first = int(writer.execute(sql.SELECT_NEXT_OID).fetchone()[0])
-                    writer.execute(sql.UPDATE_NEXT_OID, (first + size,))
-                    writer.execute(sql.COMMIT)
-                except BaseException:
-                    writer.execute(sql.ROLLBACK)
-                    raise
+                    writer.execute(sql.BEGIN_WRITE)
+                    try:
+                        first = int(writer.execute(sql.SELECT_NEXT_OID).fetchone()[0])
+                        writer.execute(sql.UPDATE_NEXT_OID, (first + size,))
+                        writer.execute(sql.COMMIT)
+                    except BaseException:
+                        writer.execute(sql.ROLLBACK)
+                        raise
+                finally:
+                    writer.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
             except sqlite3.Error as e:
                 raise self._error(e, "reserving oids") from None
         self._next_oid, self._oid_limit = first, first + size

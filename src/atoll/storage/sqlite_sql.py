@@ -84,6 +84,8 @@ HAS_META_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND na
 SELECT_APPLICATION_ID = "PRAGMA application_id"
 SELECT_JOURNAL_MODE = "PRAGMA journal_mode"
 SET_WAL = "PRAGMA journal_mode = WAL"
+#: Durability of the writer's commits: "FULL" or "NORMAL" (see sqlite.py's "Durability").
+SET_SYNCHRONOUS = "PRAGMA synchronous = {mode}"
 
 # -- oids --------------------------------------------------------------------
 
