@@ -124,10 +124,11 @@ def test_sqlite_keys_reach_the_storage(tmp_path):
         storage.close()
     storage = storageFromString(
         f"<sqlitestorage>\npath {path}\nread-only true\nkeep-history false\n"
-        "synchronous NORMAL\n</sqlitestorage>"
+        "synchronous NORMAL\ncache-size-bytes 1MB\n</sqlitestorage>"
     )
     try:
         assert storage.read_only and not storage.keep_history
+        assert storage._records.max_bytes == 1 << 20
     finally:
         storage.close()
 

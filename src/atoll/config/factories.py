@@ -121,7 +121,12 @@ class MemoryStorageFactory(MappingStorageFactory):
 class SQLiteStorageFactory(StorageFactory):
     """``<sqlitestorage>``: :class:`atoll.storage.SQLiteStorage`."""
 
-    keys = {"read_only": "read_only", "keep_history": "keep_history", "synchronous": "synchronous"}
+    keys = {
+        "read_only": "read_only",
+        "keep_history": "keep_history",
+        "synchronous": "synchronous",
+        "cache_size_bytes": "cache_size_bytes",
+    }
 
     def open(self) -> Storage:
         from atoll.storage.sqlite import SQLiteStorage
@@ -140,6 +145,7 @@ class PostgreSQLStorageFactory(StorageFactory):
         "commit_lock_timeout": "commit_lock_timeout",
         "lock_wait": "lock_wait",
         "pool_size": "pool_size",
+        "cache_size_bytes": "cache_size_bytes",
     }
 
     def open(self) -> Storage:

@@ -89,6 +89,7 @@ from psycopg.pq import TransactionStatus
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
     DataRecord,
     HistoryEntry,
@@ -163,6 +164,7 @@ class PostgreSQLStorage:
         commit_lock_timeout: float = 60.0,
         lock_wait: float = 2.0,
         pool_size: int = 8,
+        cache_size_bytes: int = 16 << 20,
     ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _)")
@@ -182,6 +184,7 @@ class PostgreSQLStorage:
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
+        self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
         self._closed = False
         self.name = self._safe_name(dsn)
@@ -417,6 +420,12 @@ class PostgreSQLStorage:
     def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
         if self.read_only:
             raise ReadOnlyError(f"storage {self.name} is read-only")
+        try:
+            return self._pack(pack_tid, references, progress)
+        finally:
+            self._records.clear()  # objects collected by the pack may be cached
+
+    def _pack(self, pack_tid: bytes, references: References | None, progress: Progress | None) -> PackStats:
         stats = PackStats()
         t = u64(pack_tid)
         q = self._sql
@@ -547,6 +556,11 @@ class PostgreSQLView:
             try:
                 with self._errors():
                     self.snapshot = p64(self._begin_snapshot())
+                cached_through = storage._records.tid
+                if cached_through is None or cached_through < self.snapshot:
+                    # Poll from the record cache's tid, so that the cache advances too.
+                    self.snapshot = cached_through or self.snapshot
+                    self.poll()
             except BaseException:
                 self.release()
                 raise
@@ -587,10 +601,17 @@ class PostgreSQLView:
             conn = self._conn
             since = u64(self.snapshot)
             tid, changed = conn.execute(self._sql.POLL, {"since": since, "own": self._own}).fetchone()
+        start = self.snapshot
         self.snapshot, self._own = p64(tid), []
-        return {p64(zoid) for zoid in changed}
+        changed_oids = {p64(zoid) for zoid in changed}
+        self._storage._records.advance(start, self.snapshot, changed_oids)
+        return changed_oids
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        records = self._storage._records
+        cached = records.get(oid, self.snapshot)
+        if cached is not None:
+            return cached
         with self._errors():
             if self._storage.keep_history:
                 row = self._conn.execute(self._sql.LOAD_HP, (u64(oid), u64(self.snapshot)), binary=True).fetchone()
@@ -601,12 +622,15 @@ class PostgreSQLView:
         serial = p64(row[1])
         if serial > self.snapshot:
             raise ReadConflictError("the revision this snapshot needs was already discarded", oid=oid)
+        records.put(oid, row[0], serial, self.snapshot)
         return row[0], serial
 
     def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        wanted = [u64(oid) for oid in oids]
+        records = self._storage._records
+        cached, missing = records.get_many(oids, self.snapshot)
+        wanted = [u64(oid) for oid in missing]
         if not wanted:
-            return {}
+            return cached
         with self._errors():
             if self._storage.keep_history:
                 rows = self._conn.execute(self._sql.LOAD_MANY_HP, (wanted, u64(self.snapshot)), binary=True)
@@ -620,6 +644,8 @@ class PostgreSQLView:
                 if serial > self.snapshot:
                     raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
                 found[p64(zoid)] = (state, serial)
+        records.put_many(found, self.snapshot)
+        found.update(cached)
         return found
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
@@ -738,6 +764,7 @@ class PostgreSQLView:
                     conn.execute("COMMIT")
                 self._storage._notify(conn, tid)
         self._own.append(tid)
+        self._storage._records.invalidate(self._stores, p64(tid))
         self._reset()
         self._storage._finished()
         return p64(tid)

@@ -76,6 +76,7 @@ from atoll.storage.base import (
     TransactionRecord,
     check_serials,
 )
+from atoll.storage.cache import RecordCache
 
 __all__ = ["SQLiteStorage", "SQLiteView"]
 
@@ -123,6 +124,7 @@ class SQLiteStorage:
         read_only: bool = False,
         keep_history: bool = True,
         synchronous: Synchronous = "full",
+        cache_size_bytes: int = 16 << 20,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
@@ -141,6 +143,7 @@ class SQLiteStorage:
         self._oid_limit = 0  # end of the reserved block (exclusive)
         self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
         self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
+        self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._conn: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         creating = self._check_path()
@@ -392,7 +395,10 @@ class SQLiteStorage:
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"storage {self.path} is read-only")
-        return _Packer(self, u64(pack_tid), references).run(progress)
+        try:
+            return _Packer(self, u64(pack_tid), references).run(progress)
+        finally:
+            self._records.clear()
 
     def __len__(self) -> int:
         self._check_open()
@@ -433,17 +439,22 @@ class SQLiteView:
         self.before = before
         self._conn: sqlite3.Connection | None = storage._connect()
         self._reading = False  # a read transaction is open (from first load to poll)
-        if before is None:
-            self._snap = self._newest()
-        else:
-            self._snap = max(u64(before) - 1, 0)
-        self.snapshot = p64(self._snap)
         self._own: set[int] = set()  # tids this view committed since its last poll
         self._meta: TransactionMeta | None = None  # set between tpc_begin and finish/abort
         self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
         self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
         self._tid: int | None = None  # allocated in vote
         self._locked = False  # we hold the storage's commit lock and SQLite's write lock
+        cached_through = storage._records.tid
+        if before is not None:
+            self._snap = max(u64(before) - 1, 0)
+        elif cached_through is not None:
+            self._snap = u64(cached_through)  # poll from there, so the record cache advances too
+        else:
+            self._snap = self._newest()
+        self.snapshot = p64(self._snap)
+        if before is None:
+            self.poll()
 
     def __repr__(self) -> str:
         return f"<SQLiteView of {self._storage.path!r} at {self.snapshot.hex()}>"
@@ -492,10 +503,16 @@ class SQLiteView:
         for tid, oids in rows:
             if tid not in own:
                 changed.update(_split_oids(oids))
+        start = self.snapshot
         self._snap, self.snapshot, self._own = last, p64(last), set()
+        self._storage._records.advance(start, self.snapshot, changed)
         return changed
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        records = self._storage._records
+        cached = records.get(oid, self.snapshot)
+        if cached is not None:
+            return cached
         try:
             conn = self._conn if self._reading else self._begin_read()
             row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], self._snap)).fetchone()  # type: ignore[union-attr]
@@ -503,7 +520,9 @@ class SQLiteView:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
-        return row[0], _pack64(row[1])
+        serial = _pack64(row[1])
+        records.put(oid, row[0], serial, self.snapshot)
+        return row[0], serial
 
     def _missing(self, conn: sqlite3.Connection, oid: bytes) -> None:
         """Raise the right error for an oid with no revision at the snapshot."""
@@ -514,7 +533,11 @@ class SQLiteView:
         raise POSKeyError(oid)
 
     def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        wanted = [_unpack64(oid)[0] for oid in oids]
+        records = self._storage._records
+        cached, missing = records.get_many(oids, self.snapshot)
+        if not missing:
+            return cached
+        wanted = [_unpack64(oid)[0] for oid in missing]
         found: dict[bytes, tuple[bytes, bytes]] = {}
         try:
             conn = self._conn if self._reading else self._begin_read()
@@ -529,6 +552,8 @@ class SQLiteView:
                 oid = p64(zoid)
                 if oid not in found and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
                     self._missing(conn, oid)  # type: ignore[arg-type]
+        records.put_many(found, self.snapshot)
+        found.update(cached)
         return found
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
@@ -662,6 +687,7 @@ class SQLiteView:
         self._own.add(tid)
         self._locked = False
         storage._commit_lock.release()
+        storage._records.invalidate(self._stores, p64(tid))
         self._reset()
         return p64(tid)
 

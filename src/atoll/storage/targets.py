@@ -12,11 +12,11 @@ A target is one of:
     ``memory://?keep_history=false``: a :class:`~atoll.storage.MinimalMemoryStorage`;
   - ``sqlite:///abs/path.db?keep_history=false&read_only=true``: an SQLite file
     (the path is absolute: ``/abs/path.db``); options ``keep_history``,
-    ``read_only``, ``synchronous``;
+    ``read_only``, ``synchronous``, ``cache_size_bytes``;
   - ``postgresql://user@host/db?keep_history=false`` (or ``postgres://``): a
     :class:`~atoll.storage.PostgreSQLStorage`; options ``keep_history``,
     ``read_only``, ``schema``, ``two_phase``, ``commit_lock_timeout``, ``lock_wait``
-    (seconds), ``pool_size``. These are taken out of the query; the rest of the URI
+    (seconds), ``pool_size``, ``cache_size_bytes``. These are taken out of the query; the rest of the URI
     goes to libpq as the DSN, which may carry libpq's own parameters
     (``?sslmode=require``).
 
@@ -185,6 +185,7 @@ _SQLITE_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "keep_history": _boolean,
     "read_only": _boolean,
     "synchronous": _synchronous,
+    "cache_size_bytes": _count,
 }
 
 # The options of PostgreSQL URIs that are atoll's (PostgreSQLStorage's keyword
@@ -197,6 +198,7 @@ _POSTGRESQL_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "commit_lock_timeout": _seconds,
     "lock_wait": _seconds,
     "pool_size": _count,
+    "cache_size_bytes": _count,
 }
 
 

@@ -1,0 +1,153 @@
+"""A process-wide cache of records, shared by all views of one storage.
+
+A connection's own cache forgets objects when it is emptied or when another
+connection is opened; this cache keeps their records, so reading them again costs a
+dictionary lookup instead of a query. It is what lets a warm process read from a
+server-backed storage at memory speed.
+
+Correctness rests on one tid, ``tid`` (C): every entry is the revision of its oid
+current as of C. Such an entry, written at ``serial``, is also current for any
+snapshot S with ``serial <= S <= C`` (nothing replaced it up to C). To move C
+forward, the storage reports every oid changed between C and the new tid
+(:meth:`advance`). A view's poll leaves its own commits out, so commits made
+through this process's views are reported as they finish (:meth:`invalidate`):
+their oids are dropped at once, and again when C passes their tid, because until
+then a reader at C may put back the revision the commit replaced, which is
+current at C but not after.
+A record loaded from the database enters the cache only if it was read at
+snapshot C exactly (:meth:`put`), so a slow reader cannot store a stale revision
+after C moved on.
+
+Entries are evicted least recently used first once their bytes exceed
+``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Iterable
+
+__all__ = ["RecordCache"]
+
+
+class RecordCache:
+    """Records current as of one tid; see the module docstring."""
+
+    def __init__(self, max_bytes: int = 16 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.tid: bytes | None = None  # C: entries are current as of this tid
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # oid -> (data, serial)
+        self._bytes = 0
+        self._own: dict[bytes, list[bytes]] = {}  # tid -> oids of our commits C has not passed
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, oid: bytes, snapshot: bytes) -> tuple[bytes, bytes] | None:
+        """``(data, serial)`` of ``oid`` as of ``snapshot``, if cached."""
+        with self._lock:
+            entry = self._entries.get(oid)
+            tid = self.tid
+            if entry is None or tid is None or not entry[1] <= snapshot <= tid:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(oid)
+            self.hits += 1
+            return entry
+
+    def get_many(self, oids: Iterable[bytes], snapshot: bytes) -> tuple[dict[bytes, tuple[bytes, bytes]], list[bytes]]:
+        """The cached records of ``oids`` as of ``snapshot``, and the oids missing."""
+        found: dict[bytes, tuple[bytes, bytes]] = {}
+        missing: list[bytes] = []
+        with self._lock:
+            tid, entries = self.tid, self._entries
+            usable = tid is not None and snapshot <= tid
+            for oid in oids:
+                entry = entries.get(oid) if usable else None
+                if entry is not None and entry[1] <= snapshot:
+                    entries.move_to_end(oid)
+                    found[oid] = entry
+                else:
+                    missing.append(oid)
+            self.hits += len(found)
+            self.misses += len(missing)
+        return found, missing
+
+    def put(self, oid: bytes, data: bytes, serial: bytes, snapshot: bytes) -> None:
+        """Remember a record that was read at ``snapshot``; ignored unless that is C."""
+        size = len(data)
+        if size > self.max_bytes // 8:
+            return
+        with self._lock:
+            if snapshot != self.tid:
+                return
+            self._store(oid, data, serial, size)
+            self._evict()
+
+    def put_many(self, records: dict[bytes, tuple[bytes, bytes]], snapshot: bytes) -> None:
+        """:meth:`put` for several records read at one snapshot."""
+        limit = self.max_bytes // 8
+        with self._lock:
+            if snapshot != self.tid:
+                return
+            for oid, (data, serial) in records.items():
+                if len(data) <= limit:
+                    self._store(oid, data, serial, len(data))
+            self._evict()
+
+    def _store(self, oid: bytes, data: bytes, serial: bytes, size: int) -> None:
+        old = self._entries.pop(oid, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        self._entries[oid] = (data, serial)
+        self._bytes += size
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while self._bytes > self.max_bytes and entries:
+            _, (data, _) = entries.popitem(last=False)
+            self._bytes -= len(data)
+
+    def advance(self, start: bytes, end: bytes, changed: set[bytes] | None) -> None:
+        """A view saw the oids changed by others between ``start`` and ``end``.
+
+        Moves C to ``end`` when that report covers everything after C (``start``
+        is not after C); None for ``changed`` means unknown, and empties the cache.
+        """
+        with self._lock:
+            if changed is None or (self.tid is not None and end > self.tid and start > self.tid):
+                self._clear()  # unknown changes, or a gap after C we know nothing about
+            else:
+                self._drop(changed)
+            if self.tid is None or end > self.tid:
+                self.tid = end
+                for tid in [t for t in self._own if t <= end]:
+                    self._drop(self._own.pop(tid))
+
+    def invalidate(self, oids: Iterable[bytes], tid: bytes) -> None:
+        """Forget these oids, which a commit of this process wrote at ``tid``."""
+        oids = list(oids)
+        with self._lock:
+            self._drop(oids)
+            if self.tid is not None and tid > self.tid:
+                self._own[tid] = oids
+
+    def clear(self) -> None:
+        """Forget everything (after pack, or when the storage closes)."""
+        with self._lock:
+            self._clear()
+
+    def _drop(self, oids: Iterable[bytes]) -> None:
+        entries = self._entries
+        for oid in oids:
+            old = entries.pop(oid, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0

@@ -1,0 +1,109 @@
+"""The record cache shared by a storage's views (storage/cache.py)."""
+
+from __future__ import annotations
+
+from atoll.errors import ReadConflictError
+from atoll.ids import ROOT_OID, p64, z64
+from atoll.storage.cache import RecordCache
+from test_contract import commit, payload, record
+
+T1, T2, T3 = p64(10), p64(20), p64(30)
+X, Y = p64(1), p64(2)
+
+
+def test_entry_serves_snapshots_between_its_serial_and_the_cache_tid():
+    cache = RecordCache()
+    cache.advance(T2, T2, set())
+    cache.put(X, b"x1", T1, T2)
+    assert cache.get(X, T2) == (b"x1", T1)
+    assert cache.get(X, p64(15)) == (b"x1", T1)
+    assert cache.get(X, p64(5)) is None  # before the revision was written
+    assert cache.get(X, T3) is None  # after what the cache has checked
+
+
+def test_put_from_another_snapshot_is_ignored():
+    cache = RecordCache()
+    cache.advance(T2, T2, set())
+    cache.put(X, b"x1", T1, T1)
+    assert cache.get(X, T2) is None
+
+
+def test_advance_drops_changed_oids_and_moves_on():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.put(X, b"x1", T1, T1)
+    cache.put(Y, b"y1", T1, T1)
+    cache.advance(T1, T2, {X})
+    assert cache.tid == T2
+    assert cache.get(X, T2) is None
+    assert cache.get(Y, T2) == (b"y1", T1)
+
+
+def test_a_gap_after_the_cache_tid_empties_it():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.put(Y, b"y1", T1, T1)
+    cache.advance(T2, T3, set())  # changes between T1 and T2 were never reported
+    assert cache.get(Y, T3) is None and cache.tid == T3
+
+
+def test_unknown_changes_empty_it():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.put(Y, b"y1", T1, T1)
+    cache.advance(T1, T2, None)
+    assert len(cache) == 0
+
+
+def test_own_commit_is_dropped_again_when_the_cache_passes_it():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.invalidate([X], T2)  # this process committed X at T2
+    cache.put(X, b"x-old", T1, T1)  # a reader at T1 puts back the old revision
+    assert cache.get(X, T1) == (b"x-old", T1)  # right for T1
+    cache.advance(T1, T3, set())  # the committer's poll leaves its own commit out
+    assert cache.get(X, T3) is None
+
+
+def test_eviction_keeps_the_byte_budget():
+    cache = RecordCache(max_bytes=1000)
+    cache.advance(T1, T1, set())
+    for i in range(100):
+        cache.put(p64(i + 1), b"x" * 100, T1, T1)
+    assert len(cache) == 10
+    assert cache.get(p64(100), T1) is not None and cache.get(p64(1), T1) is None
+
+
+def test_no_view_reads_a_revision_replaced_by_a_commit_of_its_own_process(storage):
+    """The race of test_own_commit_is_dropped_again..., through real views."""
+    writer, reader = storage.open_view(), storage.open_view()
+    oid = storage.new_oid()
+    t1 = commit(writer, {ROOT_OID: (z64, record("root", oid)), oid: (z64, record("old"))})
+    reader.poll()
+    writer.poll()
+    commit(writer, {oid: (t1, record("new"))})
+    try:
+        assert payload(reader.load(oid)[0]) == "old"  # the reader's snapshot predates it
+    except ReadConflictError:
+        assert not storage.keep_history  # a history-free file keeps no old revision
+    writer.poll()
+    assert payload(writer.load(oid)[0]) == "new"
+    assert payload(storage.open_view().load(oid)[0]) == "new"
+    reader.poll()
+    assert payload(reader.load(oid)[0]) == "new"
+
+
+def test_a_second_view_reads_from_the_shared_cache(storage):
+    records = getattr(storage, "_records", None)
+    writer = storage.open_view()
+    oids = [storage.new_oid() for _ in range(5)]
+    commit(writer, {ROOT_OID: (z64, record("root", *oids)), **{o: (z64, record(i)) for i, o in enumerate(oids)}})
+    first = storage.open_view()
+    assert [payload(first.load(o)[0]) for o in oids] == list(range(5))
+    second = storage.open_view()
+    if records is not None:
+        hits = records.hits
+        assert [payload(d) for d, _ in second.load_many(oids).values()] == list(range(5))
+        assert records.hits == hits + 5
+    else:  # memory storages keep everything in memory already
+        assert len(second.load_many(oids)) == 5
