@@ -210,15 +210,28 @@ class ObjectReader:
         ``klass``, the class the record is expected to name, lets the class part be
         skipped when it is the one this module writes.
         """
-        stream = io.BytesIO(data)
-        unpickler = pickle.Unpickler(stream)
-        unpickler.persistent_load = self._persistent_load
         prefix = _class_pickles.get(klass) if klass is not None else None
         if prefix is not None and data.startswith(prefix):
-            stream.seek(len(prefix))
-        else:
-            unpickler.load()
+            # A state that refers to the class part's memo (ZODB pickles both parts
+            # with one pickler) fails when read alone, and is read whole below.
+            try:
+                if data.find(b"Q", len(prefix)) < 0:
+                    # No BINPERSID byte, so no reference: plain loads costs a third
+                    # of an Unpickler (protocol 0's PERSID fails and goes below).
+                    return pickle.loads(memoryview(data)[len(prefix) :])
+                return self._unpickler(data, len(prefix)).load()
+            except pickle.UnpicklingError:
+                pass
+        unpickler = self._unpickler(data, 0)
+        unpickler.load()
         return unpickler.load()
+
+    def _unpickler(self, data: bytes, offset: int) -> pickle.Unpickler:
+        stream = io.BytesIO(data)
+        stream.seek(offset)
+        unpickler = pickle.Unpickler(stream)
+        unpickler.persistent_load = self._persistent_load
+        return unpickler
 
     def set_state(self, obj: Persistent, data: bytes) -> None:
         """Give ``obj`` the state stored in ``data``."""
