@@ -149,6 +149,7 @@ def format_header(document: dict[str, Any]) -> str:
     return "\n".join([
         *(f"- Command: `{c}`" for c in document.get("commands", [document["command"]])),
         f"- Run: {document['started']} to {document['finished']}",
+        f"- atoll measured at commit {m.get('atoll_commit') or 'unknown'}",
         f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB RAM; {m['platform']}",
         f"- Software: Python {m['python']}, SQLite {m['sqlite']}, "
         f"PostgreSQL {m['postgresql'] or 'not used'}; {packages}",

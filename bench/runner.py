@@ -20,11 +20,12 @@ import platform
 import queue
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench import report
 from bench.systems import (BACKENDS, DEFAULT_PG_DSN, SQLITE_SYNCHRONOUS, PAIRS, Backend,
@@ -39,7 +40,9 @@ DOCS_START = "<!-- bench results: start -->"
 DOCS_END = "<!-- bench results: end -->"
 
 
-def _csv(kind: type, choices: list | None = None):
+def _csv(kind: type, choices: list | None = None) -> Callable[[str], list]:
+    """An argparse type: a comma-separated list of ``kind``, each among ``choices``."""
+
     def parse(text: str) -> list:
         values = [kind(v.strip()) for v in text.split(",") if v.strip()]
         if not values:
@@ -93,6 +96,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+def _atoll_commit() -> str | None:
+    """The commit of atoll's source measured, marked when src/atoll has local changes."""
+    root = HERE.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/atoll"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" with uncommitted changes in src/atoll" if dirty else "")
+
+
 def machine_info(pg_dsn: str | None) -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = platform.processor() or platform.machine()
@@ -115,7 +131,8 @@ def machine_info(pg_dsn: str | None) -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    info = {"platform": platform.platform(), "python": platform.python_version(),
+    info = {"atoll_commit": _atoll_commit(),
+            "platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu, "cpus": os.cpu_count(), "memory_gib": memory_gib,
             "sqlite": sqlite3.sqlite_version, "packages": versions, "postgresql": None}
     if pg_dsn:
@@ -283,6 +300,15 @@ def _key(record: dict) -> tuple:
             record["workload"])
 
 
+def save_json(path: str, document: dict[str, Any]) -> None:
+    """Save the document readably: one line per figure, so that diffs stay small."""
+    head = {k: v for k, v in document.items() if k != "results"}
+    text = json.dumps(head, indent=1)[:-2] + ',\n "results": [\n'
+    text += ",\n".join("  " + json.dumps(r) for r in document["results"]) + "\n ]\n}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def write_docs(path: str, document: dict[str, Any]) -> None:
     """Replace the results section of the Markdown file ``path`` with this run's."""
     text = Path(path).read_text()
@@ -334,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.format_report(document))
     if options.json and not options.from_json:
         os.makedirs(os.path.dirname(os.path.abspath(options.json)), exist_ok=True)
-        with open(options.json, "w") as f:
-            json.dump(document, f, indent=1)
+        save_json(options.json, document)
         _log(f"results saved to {options.json}")
     if options.plot:
         from bench import plot

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 # The PostgreSQL server the benchmark uses; each repetition gets fresh databases on it.
 DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -179,7 +179,8 @@ def new_place(root: str, pg_dsn: str, tag: str) -> Place:
                  pg_dsn=pg_dsn)
 
 
-def _admin(pg_dsn: str):  # -> a psycopg (3) connection in autocommit mode
+def _admin(pg_dsn: str) -> Any:
+    """A psycopg (3) connection to the server's ``pg_dsn`` database, in autocommit mode."""
     import psycopg
 
     return psycopg.connect(pg_dsn, autocommit=True)
