@@ -364,7 +364,8 @@ class Connection:
             raise ReadOnlyHistoryError(
                 f"cannot change {type(obj).__name__} {oid_repr(obj._p_oid)} through a historical connection"
             )
-        self._join()
+        if not self._joined:
+            self._join()
         self._registered.append(obj)
 
     def _load(self, oid: bytes) -> tuple[bytes, bytes]:
@@ -449,19 +450,19 @@ class Connection:
 
     def _serialize_pending(self, into: dict[bytes, Any], store: bool) -> None:
         """Serialize every object in ``_pending`` (and those it discovers)."""
-        pending = self._pending
-        view = self._view
+        pending, creating = self._pending, self._creating
+        serialize, view_store = self._writer.serialize, self._view.store
         while pending:
             obj = pending.pop()
             oid = obj._p_oid
             if oid in into or obj._p_jar is not self:
                 continue
-            if obj._p_changed is None and oid not in self._creating:
+            if obj._p_changed is None and oid not in creating:
                 continue  # invalidated after it registered: nothing to write
-            data = self._writer.serialize(obj)
+            data = serialize(obj)
             if store:
                 into[oid] = obj
-                view.store(oid, z64 if oid in self._creating else obj._p_serial, data)
+                view_store(oid, z64 if oid in creating else obj._p_serial, data)
                 obj._p_estimated_size = len(data)
             else:
                 into[oid] = data

@@ -110,23 +110,21 @@ class ObjectWriter:
     def serialize(self, obj: Persistent) -> bytes:
         """The record of ``obj`` (which must have its oid already)."""
         klass = type(obj)
-        if needs_args(klass):
-            meta = pickle.dumps((klass, obj.__getnewargs__()), PROTOCOL)
-        else:
-            meta = class_pickle(klass)
-        return meta + self.dump_state(obj.__getstate__())
-
-    def dump_state(self, state: Any) -> bytes:
-        """Pickle a state, its persistent objects written as references."""
+        meta = _class_pickles.get(klass)
+        if meta is None:
+            if needs_args(klass):
+                meta = pickle.dumps((klass, obj.__getnewargs__()), PROTOCOL)
+            else:
+                meta = class_pickle(klass)
         buffer, pickler = self._buffer, self._pickler
         buffer.seek(0)
         buffer.truncate()
         pickler.clear_memo()
-        pickler.dump(state)
-        data = buffer.getvalue()
-        if len(data) > self.LARGE_RECORD:
+        pickler.dump(obj.__getstate__())
+        state = buffer.getvalue()
+        if len(state) > self.LARGE_RECORD:
             self._pickler = self._new_pickler()
-        return data
+        return meta + state
 
 
 _class_pickles: dict[type, bytes] = {}
