@@ -8,19 +8,10 @@ from __future__ import annotations
 import sys
 
 import transaction
-from persistent import Persistent
 from BTrees.OOBTree import OOBTree
 
 import atoll
-
-
-class Book(Persistent):
-    """An ordinary Python class; subclassing Persistent is all it takes."""
-
-    def __init__(self, title: str, author: str) -> None:
-        self.title = title
-        self.author = author
-        self.loans = 0
+from library import Book  # persistent classes live in an importable module
 
 
 def main(path: str = "quickstart.db") -> None:
