@@ -140,6 +140,14 @@ def targets_table(records: list[dict]) -> str | None:
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def _repetitions(document: dict[str, Any]) -> str:
+    """How many runs the figures are medians of (merged runs may differ)."""
+    counts = sorted({len(r["samples"]) for r in document["results"] if r["status"] == "ok"})
+    if not counts:
+        return str(document["settings"]["repetitions"])
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
 def format_header(document: dict[str, Any]) -> str:
     """Where, when and how the figures were measured, as a Markdown paragraph list."""
     m = document["machine"]
@@ -155,7 +163,7 @@ def format_header(document: dict[str, Any]) -> str:
         f"PostgreSQL {m['postgresql'] or 'not used'}; {packages}",
         f"- Durability: SQLite synchronous={settings['sqlite_synchronous']} for atoll "
         "(its default) and RelStorage (set to match); FileStorage fsyncs every commit",
-        f"- Figures: {settings['figure']} ({settings['repetitions']} repetitions); "
+        f"- Figures: {settings['figure']} ({_repetitions(document)} repetitions); "
         f"memory: {settings['memory']}",
     ])
 
