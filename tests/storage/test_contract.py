@@ -22,6 +22,7 @@ from atoll.errors import (
 )
 from atoll.ids import ROOT_OID, p64, u64, z64
 from atoll.storage.base import PackStats, Storage, StorageView, TransactionMeta
+from storage_helpers import commit
 
 
 def record(payload: object, *refs: bytes) -> bytes:
@@ -34,19 +35,6 @@ def payload(data: bytes) -> object:
 
 def references(data: bytes) -> list[bytes]:
     return pickle.loads(data)[1]
-
-
-def commit(view: StorageView, writes: dict[bytes, tuple[bytes, bytes]], meta: TransactionMeta | None = None) -> bytes:
-    """Commit ``oid -> (read_serial, data)`` through ``view``; returns the tid."""
-    view.tpc_begin(meta or TransactionMeta())
-    try:
-        for oid, (serial, data) in writes.items():
-            view.store(oid, serial, data)
-        view.tpc_vote()
-    except BaseException:
-        view.tpc_abort()
-        raise
-    return view.tpc_finish()
 
 
 def create_root(storage: Storage, *refs: bytes) -> bytes:

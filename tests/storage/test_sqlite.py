@@ -15,18 +15,7 @@ from atoll.ids import ROOT_OID, u64, z64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import TransactionMeta
 from atoll.storage.sqlite import SQLiteStorage
-
-
-def commit(view, writes: dict) -> bytes:
-    view.tpc_begin(TransactionMeta())
-    try:
-        for oid, (serial, data) in writes.items():
-            view.store(oid, serial, data)
-        view.tpc_vote()
-    except BaseException:
-        view.tpc_abort()
-        raise
-    return view.tpc_finish()
+from storage_helpers import commit
 
 
 @pytest.fixture

@@ -15,27 +15,16 @@ from pathlib import Path
 import pytest
 
 from atoll.errors import ConflictError
-from atoll.ids import ROOT_OID, p64, u64, z64
+from atoll.ids import ROOT_OID, u64, z64
 from atoll.storage.base import TransactionMeta
 from atoll.storage.sqlite import SQLiteStorage
+from storage_helpers import commit
 
 WORKERS = 4
 INCREMENTS = 250  # successful increments per worker
 COUNTERS = 3  # few counters, so that workers collide often
 NEW_EVERY = 10  # a worker also creates an object every NEW_EVERY increments
 TIMEOUT = 120  # seconds before a stuck test gives up (never reached when things work)
-
-
-def commit(view, writes: dict, meta: TransactionMeta | None = None) -> bytes:
-    view.tpc_begin(meta or TransactionMeta())
-    try:
-        for oid, (serial, data) in writes.items():
-            view.store(oid, serial, data)
-        view.tpc_vote()
-    except BaseException:
-        view.tpc_abort()
-        raise
-    return view.tpc_finish()
 
 
 def increment_worker(path: str, number: int, counters: list[bytes], start, results) -> None:

@@ -42,9 +42,14 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
-from atoll.errors import ConflictError, ReadConflictError
+from atoll.errors import (
+    ConflictError,
+    ReadConflictError,
+    ReadOnlyError,
+    StorageTransactionError,
+)
 from atoll.ids import z64
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "Storage",
     "StorageView",
     "check_serials",
+    "CommitBuffer",
 ]
 
 
@@ -321,3 +327,48 @@ def check_serials(
         old = load_serial(oid, read_serial)
         resolved[oid] = resolve(oid, committed, read_serial, load_current(oid), old, data)
     return resolved
+
+
+class CommitBuffer:
+    """The part of a view's commit every backend does alike: between ``tpc_begin``
+    and ``tpc_vote``, stores and read checks wait in memory.
+
+    A view class mixes this in, sets ``before`` and ``_storage`` (which has
+    ``name``, ``read_only`` and ``_check_open()``), and calls ``_reset_buffer()``
+    in its constructor and whenever a commit ends.
+    """
+
+    before: bytes | None
+    _storage: Any
+
+    def _reset_buffer(self) -> None:
+        self._meta: TransactionMeta | None = None  # set between tpc_begin and finish/abort
+        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
+        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+
+    def tpc_begin(self, meta: TransactionMeta) -> None:
+        storage = self._storage
+        storage._check_open()
+        if storage.read_only:
+            raise ReadOnlyError(f"storage {storage.name} is read-only")
+        if self.before is not None:
+            raise ReadOnlyError("a historical view cannot commit")
+        if self._meta is not None:
+            raise StorageTransactionError("tpc_begin called twice without finish or abort")
+        self._meta = meta
+
+    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("store outside a commit")
+        self._stores[oid] = (read_serial, data)
+
+    def check_current(self, oid: bytes, serial: bytes) -> None:
+        if self._meta is None:
+            raise StorageTransactionError("check_current outside a commit")
+        self._checks[oid] = serial
+
+    def _check_voting(self) -> TransactionMeta:
+        """The commit's metadata; StorageTransactionError outside a commit."""
+        if self._meta is None:
+            raise StorageTransactionError("tpc_vote outside a commit")
+        return self._meta

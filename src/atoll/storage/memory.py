@@ -12,9 +12,10 @@ import weakref
 from bisect import bisect_left, bisect_right
 from typing import Iterable, Iterator
 
-from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
+from atoll.errors import POSKeyError, ReadConflictError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
 from atoll.storage.base import (
+    CommitBuffer,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -250,7 +251,7 @@ class MinimalMemoryStorage(MemoryStorage):
         return super().history(oid, 1)
 
 
-class MemoryView:
+class MemoryView(CommitBuffer):
     """A connection's view of a :class:`MemoryStorage`."""
 
     def __init__(self, storage: MemoryStorage, before: bytes | None) -> None:
@@ -261,9 +262,7 @@ class MemoryView:
         else:
             self.snapshot = p64(u64(before) - 1) if before != z64 else z64
         self._own: set[bytes] = set()  # tids this view committed since its last poll
-        self._meta: TransactionMeta | None = None
-        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
-        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._reset_buffer()
         self._tid: bytes | None = None  # allocated in vote
         self._locked = False
 
@@ -320,29 +319,8 @@ class MemoryView:
     def new_oid(self) -> bytes:
         return self._storage.new_oid()
 
-    def tpc_begin(self, meta: TransactionMeta) -> None:
-        self._storage._check_open()
-        if self._storage.read_only:
-            raise ReadOnlyError(f"storage {self._storage.name!r} is read-only")
-        if self.before is not None:
-            raise ReadOnlyError("a historical view cannot commit")
-        if self._meta is not None:
-            raise StorageTransactionError("tpc_begin called twice without finish or abort")
-        self._meta = meta
-
-    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("store outside a commit")
-        self._stores[oid] = (read_serial, data)
-
-    def check_current(self, oid: bytes, serial: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("check_current outside a commit")
-        self._checks[oid] = serial
-
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        if self._meta is None:
-            raise StorageTransactionError("tpc_vote outside a commit")
+        self._check_voting()
         storage = self._storage
         storage._commit_lock.acquire()
         self._locked = True
@@ -385,9 +363,7 @@ class MemoryView:
         self._reset()
 
     def _reset(self) -> None:
-        self._meta = None
-        self._stores = {}
-        self._checks = {}
+        self._reset_buffer()
         self._tid = None
         if self._locked:
             self._locked = False

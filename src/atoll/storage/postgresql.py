@@ -91,6 +91,7 @@ from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
+    CommitBuffer,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -534,7 +535,7 @@ class PostgreSQLStorage:
         conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
 
 
-class PostgreSQLView:
+class PostgreSQLView(CommitBuffer):
     """A connection's view of a :class:`PostgreSQLStorage` (see the module docstring)."""
 
     def __init__(self, storage: PostgreSQLStorage, before: bytes | None) -> None:
@@ -545,9 +546,7 @@ class PostgreSQLView:
         self._store_session: _Session | None = None  # history-free: opened on first commit
         self._snapshot_open = False  # history-free: a REPEATABLE READ transaction is open
         self._own: list[int] = []  # tids this view committed since its last poll
-        self._meta: TransactionMeta | None = None
-        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
-        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._gid: str | None = None  # of the prepared transaction, between vote and finish
         if before is not None:
@@ -676,29 +675,8 @@ class PostgreSQLView:
         assert session is not None
         return session.owner_key
 
-    def tpc_begin(self, meta: TransactionMeta) -> None:
-        self._storage._check_open()
-        if self._storage.read_only:
-            raise ReadOnlyError(f"storage {self._storage.name} is read-only")
-        if self.before is not None:
-            raise ReadOnlyError("a historical view cannot commit")
-        if self._meta is not None:
-            raise StorageTransactionError("tpc_begin called twice without finish or abort")
-        self._meta = meta
-
-    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("store outside a commit")
-        self._stores[oid] = (read_serial, data)
-
-    def check_current(self, oid: bytes, serial: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("check_current outside a commit")
-        self._checks[oid] = serial
-
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        if self._meta is None:
-            raise StorageTransactionError("tpc_vote outside a commit")
+        self._check_voting()
         if self._tid is not None:
             raise StorageTransactionError("tpc_vote called twice")
         storage, q, meta = self._storage, self._sql, self._meta
@@ -783,9 +761,7 @@ class PostgreSQLView:
             self._reset()
 
     def _reset(self) -> None:
-        self._meta = None
-        self._stores = {}
-        self._checks = {}
+        self._reset_buffer()
         self._tid = None
         self._gid = None
 

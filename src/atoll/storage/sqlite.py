@@ -66,6 +66,7 @@ from atoll.errors import (
 from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import (
+    CommitBuffer,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -431,7 +432,7 @@ class SQLiteStorage:
         self._conn = self._writer = None
 
 
-class SQLiteView:
+class SQLiteView(CommitBuffer):
     """A connection's view of an :class:`SQLiteStorage`, with its own sqlite3 connection."""
 
     def __init__(self, storage: SQLiteStorage, before: bytes | None) -> None:
@@ -440,9 +441,7 @@ class SQLiteView:
         self._conn: sqlite3.Connection | None = storage._connect()
         self._reading = False  # a read transaction is open (from first load to poll)
         self._own: set[int] = set()  # tids this view committed since its last poll
-        self._meta: TransactionMeta | None = None  # set between tpc_begin and finish/abort
-        self._stores: dict[bytes, tuple[bytes, bytes]] = {}  # oid -> (read serial, data)
-        self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
+        self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._locked = False  # we hold the storage's commit lock and SQLite's write lock
         cached_through = storage._records.tid
@@ -571,30 +570,8 @@ class SQLiteView:
 
     # -- two-phase commit -----------------------------------------------------
 
-    def tpc_begin(self, meta: TransactionMeta) -> None:
-        storage = self._storage
-        storage._check_open()
-        if storage.read_only:
-            raise ReadOnlyError(f"storage {storage.path} is read-only")
-        if self.before is not None:
-            raise ReadOnlyError("a historical view cannot commit")
-        if self._meta is not None:
-            raise StorageTransactionError("tpc_begin called twice without finish or abort")
-        self._meta = meta
-
-    def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("store outside a commit")
-        self._stores[oid] = (read_serial, data)
-
-    def check_current(self, oid: bytes, serial: bytes) -> None:
-        if self._meta is None:
-            raise StorageTransactionError("check_current outside a commit")
-        self._checks[oid] = serial
-
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        if self._meta is None:
-            raise StorageTransactionError("tpc_vote outside a commit")
+        self._check_voting()
         if self._locked:
             raise StorageTransactionError("tpc_vote called twice")
         storage = self._storage
@@ -707,9 +684,7 @@ class SQLiteView:
         self._reset()
 
     def _reset(self) -> None:
-        self._meta = None
-        self._stores = {}
-        self._checks = {}
+        self._reset_buffer()
         self._tid = None
 
     # -- giving back ------------------------------------------------------------
