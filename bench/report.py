@@ -182,9 +182,16 @@ def format_report(document: dict[str, Any]) -> str:
     scaling = scaling_table(records)
     if scaling:
         parts.append("### Cost growth (mapping layout, 1 process)\n\n" + scaling)
-    missing = sorted({(r["label"], r["status"], r.get("reason", "")) for r in records
-                      if r["status"] != "ok"})
+    missing: dict[tuple, list[str]] = {}
+    for r in records:
+        if r["status"] != "ok":
+            where = f"{r['layout']} {r['count']:,} x{r['concurrency']}"
+            places = missing.setdefault((_label(r["backend"]), r["status"],
+                                         r.get("reason", "")), [])
+            if where not in places:
+                places.append(where)
     if missing:
-        parts.append("Not measured:\n\n" + "\n".join(
-            f"- {label}: {status} ({reason})" for label, status, reason in missing))
+        parts.append("Not measured (layout, objects x processes):\n\n" + "\n".join(
+            f"- {label}, {', '.join(places)}: {status} ({reason})"
+            for (label, status, reason), places in sorted(missing.items())))
     return "\n\n".join(parts)
