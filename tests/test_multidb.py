@@ -163,3 +163,25 @@ def test_unknown_database_in_a_record_is_reported(collection):
     with pytest.raises(InvalidObjectReference, match="'second'"):
         reader.root()["t"]
     first.databases["second"] = second
+
+
+def test_read_ahead_follows_references_into_another_database(collection):
+    first, second = collection
+    conn = first.open()
+    other = conn.get_connection("second")
+    targets = [Item(i) for i in range(100)]
+    for i, target in enumerate(targets):
+        other.root()[i] = target
+    transaction.commit()
+    conn.root()["links"] = [*targets]
+    transaction.commit()
+    reader = first.open(transaction.TransactionManager())
+    links = reader.root()["links"]
+    view = reader.get_connection("second")._view
+    singles, batches = [], []
+    load, load_many = view.load, view.load_many
+    view.load = lambda oid: singles.append(oid) or load(oid)
+    view.load_many = lambda oids: batches.append(len(oids)) or {o: load(o) for o in oids}
+    assert sum(link.value for link in links) == sum(range(100))
+    assert singles == []  # every record of the second database came in a batch
+    assert sum(batches) == 100 and len(batches) < 10

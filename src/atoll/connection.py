@@ -114,7 +114,7 @@ class Connection:
         self.before = before
         self._view = db.storage.open_view(before)
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
-        self._reader = ObjectReader(self._ghost, self._foreign_ghost)
+        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost)
         self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
@@ -136,7 +136,10 @@ class Connection:
         # Read-ahead: ghosts created together (the references of one record) are
         # likely touched together, so a miss on one loads the next few in one batch.
         self._siblings: dict[bytes, tuple[_Siblings, int]] = {}  # ghost oid -> (group, index)
-        self._new_ghosts: list[bytes] | None = None  # ghosts created by the set_state running
+        # Ghosts created by the set_state running: in this connection, and (through
+        # cross-database references) in others of the group.
+        self._new_ghosts: list[bytes] | None = None
+        self._new_foreign_ghosts: dict[Connection, list[bytes]] = {}
 
     def __repr__(self) -> str:
         extra = f" (before {self.before.hex()})" if self.before is not None else ""
@@ -325,14 +328,21 @@ class Connection:
             )
         record = self._prefetched.pop(oid, None)
         data, serial = record if record is not None else self._load_ahead(oid)
-        outer, self._new_ghosts = self._new_ghosts, []
+        outer = self._new_ghosts, self._new_foreign_ghosts
+        self._new_ghosts, self._new_foreign_ghosts = [], {}
         try:
             self._reader.set_state(obj, data)
-            created = self._new_ghosts
+            created, foreign = self._new_ghosts, self._new_foreign_ghosts
         finally:
-            self._new_ghosts = outer
+            self._new_ghosts, self._new_foreign_ghosts = outer
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
+        self._remember_siblings(created)
+        for connection, oids in foreign.items():
+            connection._remember_siblings(oids)
+
+    def _remember_siblings(self, created: list[bytes]) -> None:
+        """Note ghosts created together, for read-ahead."""
         if len(created) > 1 and len(self._siblings) < _SIBLINGS_LIMIT:
             group = _Siblings(created)
             siblings = self._siblings
@@ -374,7 +384,12 @@ class Connection:
         except POSKeyError:
             raise POSKeyError(oid, self._db.database_name) from None
 
-    def _ghost(self, oid: bytes, klass: type | None) -> Persistent:
+    def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
+        return self._ghost(oid, klass, self._new_ghosts)
+
+    def _ghost(self, oid: bytes, klass: type | None, created: list[bytes] | None = None) -> Persistent:
+        """This connection's object for ``oid``: cached, new in this transaction, or
+        a new ghost (whose oid goes to ``created``)."""
         obj = self._cache.get(oid)
         if obj is not None:
             return obj
@@ -385,8 +400,8 @@ class Connection:
             return self.get(oid)
         obj = klass.__new__(klass)
         self._cache.new_ghost(oid, obj)
-        if self._new_ghosts is not None:
-            self._new_ghosts.append(oid)
+        if created is not None:
+            created.append(oid)
         return obj
 
     def _foreign_ghost(self, database_name: str, oid: bytes, klass: type | None) -> Persistent:
@@ -397,7 +412,10 @@ class Connection:
                 f"an object of {self._db.database_name!r} refers to database {database_name!r}, "
                 "which is not in the collection"
             ) from None
-        return connection._ghost(oid, klass)
+        created = None
+        if self._new_ghosts is not None:
+            created = self._new_foreign_ghosts.setdefault(connection, [])
+        return connection._ghost(oid, klass, created)
 
     # -- building commits ------------------------------------------------------
 
