@@ -106,17 +106,21 @@ class ConflictError(POSError, TransientError):
             return parts[0]
         return f"{parts[0]} ({', '.join(parts[1:])})"
 
-    # ZODB spelling, used by its conflict-handling code.
+    # ZODB's spellings, for code written against its conflict errors.
     def get_oid(self) -> bytes | None:
+        """The oid of the object in conflict (ZODB's name for ``oid``)."""
         return self.oid
 
     def get_class_name(self) -> str | None:
+        """The object's dotted class name (ZODB's name for ``class_name``)."""
         return self.class_name
 
     def get_old_serial(self) -> bytes | None:
+        """The revision this transaction started from."""
         return self.serials[1] if self.serials else None
 
     def get_new_serial(self) -> bytes | None:
+        """The revision committed meanwhile."""
         return self.serials[0] if self.serials else None
 
 

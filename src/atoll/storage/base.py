@@ -347,6 +347,7 @@ class CommitBuffer:
         self._checks: dict[bytes, bytes] = {}  # oid -> serial that must stay current
 
     def tpc_begin(self, meta: TransactionMeta) -> None:
+        """Start a commit. ReadOnlyError on a read-only storage or historical view."""
         storage = self._storage
         storage._check_open()
         if storage.read_only:
@@ -358,11 +359,13 @@ class CommitBuffer:
         self._meta = meta
 
     def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
+        """Queue a new revision of ``oid`` that replaces ``read_serial``."""
         if self._meta is None:
             raise StorageTransactionError("store outside a commit")
         self._stores[oid] = (read_serial, data)
 
     def check_current(self, oid: bytes, serial: bytes) -> None:
+        """Require ``serial`` to be ``oid``'s current revision at vote time."""
         if self._meta is None:
             raise StorageTransactionError("check_current outside a commit")
         self._checks[oid] = serial

@@ -16,6 +16,8 @@ from atoll.errors import POSKeyError, ReadConflictError, StorageError, StorageTr
 from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
 from atoll.storage.base import (
     CommitBuffer,
+    Storage,
+    StorageView,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -44,7 +46,7 @@ class _Revisions:
         return bisect_right(self.tids, snapshot) - 1
 
 
-class MemoryStorage:
+class MemoryStorage(Storage):
     """A history-preserving storage held in this process's memory."""
 
     keep_history = True
@@ -248,10 +250,11 @@ class MinimalMemoryStorage(MemoryStorage):
     keep_history = False
 
     def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
+        """The current revision only: no other is kept."""
         return super().history(oid, 1)
 
 
-class MemoryView(CommitBuffer):
+class MemoryView(CommitBuffer, StorageView):
     """A connection's view of a :class:`MemoryStorage`."""
 
     def __init__(self, storage: MemoryStorage, before: bytes | None) -> None:

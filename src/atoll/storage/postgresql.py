@@ -92,6 +92,8 @@ from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
     CommitBuffer,
+    Storage,
+    StorageView,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -146,7 +148,7 @@ class _Session:
             self.conn.execute("ROLLBACK")
 
 
-class PostgreSQLStorage:
+class PostgreSQLStorage(Storage):
     """A storage kept in a PostgreSQL schema; see the module docstring for the design.
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URI. ``schema`` names
@@ -535,7 +537,7 @@ class PostgreSQLStorage:
         conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
 
 
-class PostgreSQLView(CommitBuffer):
+class PostgreSQLView(CommitBuffer, StorageView):
     """A connection's view of a :class:`PostgreSQLStorage` (see the module docstring)."""
 
     def __init__(self, storage: PostgreSQLStorage, before: bytes | None) -> None:

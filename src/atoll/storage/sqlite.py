@@ -67,6 +67,8 @@ from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import (
     CommitBuffer,
+    Storage,
+    StorageView,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -110,7 +112,7 @@ def _split_oids(packed: bytes) -> list[bytes]:
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
 
 
-class SQLiteStorage:
+class SQLiteStorage(Storage):
     """A storage in one SQLite file; see the module docstring.
 
     ``path`` is created (with its tables) when missing, unless ``read_only``.
@@ -432,7 +434,7 @@ class SQLiteStorage:
         self._conn = self._writer = None
 
 
-class SQLiteView(CommitBuffer):
+class SQLiteView(CommitBuffer, StorageView):
     """A connection's view of an :class:`SQLiteStorage`, with its own sqlite3 connection."""
 
     def __init__(self, storage: SQLiteStorage, before: bytes | None) -> None:
