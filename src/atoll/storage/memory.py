@@ -286,6 +286,9 @@ class MemoryView(CommitBuffer, StorageView):
         return changed
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
+        return self._load(oid)
+
+    def _load(self, oid: bytes) -> tuple[bytes, bytes]:
         storage = self._storage
         with storage._lock:
             revisions = storage._objects.get(oid)
@@ -305,7 +308,7 @@ class MemoryView(CommitBuffer, StorageView):
         found = {}
         for oid in oids:
             try:
-                found[oid] = self.load(oid)
+                found[oid] = self._load(oid)
             except POSKeyError:
                 pass
         return found
