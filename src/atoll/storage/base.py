@@ -213,7 +213,9 @@ class StorageView(Protocol):
 
     def store(self, oid: bytes, read_serial: bytes, data: bytes) -> None:
         """Queue a new revision of ``oid``; ``read_serial`` is the revision it
-        replaces (``z64`` for a new object)."""
+        replaces: the one this view's snapshot shows (``z64`` for a new object).
+        A backend may skip the conflict check when nothing was committed since
+        the snapshot, so a serial from another snapshot is a caller's error."""
 
     def check_current(self, oid: bytes, serial: bytes) -> None:
         """Make the commit fail with ReadConflictError unless ``serial`` is still

@@ -686,16 +686,11 @@ class PostgreSQLView(CommitBuffer, StorageView):
         try:
             with self._errors():
                 last = storage._lock_commit(conn)
-                oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
-                current_query = q.CURRENT_SERIALS_HP if storage.keep_history else q.CURRENT_SERIALS_HF
-                current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
-
-                def load_current(oid: bytes) -> bytes:
-                    return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
-
-                resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
-                for oid, data in resolved.items():
-                    self._stores[oid] = (current[oid], data)
+                resolved: dict[bytes, bytes] = {}
+                # Nothing committed since our snapshot: every serial we read is still
+                # current, so nothing can conflict and the check can be skipped.
+                if p64(last) != self.snapshot:
+                    resolved = self._check_conflicts(conn, resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
                 zoids = [u64(oid) for oid in self._stores]
@@ -718,6 +713,21 @@ class PostgreSQLView(CommitBuffer, StorageView):
             raise
         self._tid = tid
         return set(resolved)
+
+    def _check_conflicts(self, conn: psycopg.Connection, resolve: Resolver | None) -> dict[bytes, bytes]:
+        """The shared conflict check, under the commit lock; merged records replace ours."""
+        q = self._sql
+        oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
+        current_query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
+        current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
+
+        def load_current(oid: bytes) -> bytes:
+            return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
+
+        resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
+        for oid, data in resolved.items():
+            self._stores[oid] = (current[oid], data)
+        return resolved
 
     def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
         try:

@@ -603,7 +603,10 @@ class SQLiteView(CommitBuffer, StorageView):
         rows = sorted([(_unpack64(oid)[0], _unpack64(read)[0], data) for oid, (read, data) in stores.items()], key=_first)
         checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
         resolved: dict[bytes, bytes] = {}
-        if rows or checks:
+        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
+        # Nothing committed since our snapshot: every serial we read is still current
+        # (the connection ghosted whatever changed before it), so nothing can conflict.
+        if (rows or checks) and (last or 0) != self._snap:
             pairs = "[" + ",".join([f"[{z},{r}]" for z, r, _ in rows] + [f"[{z},{r}]" for z, r in checks]) + "]"
             mismatched = {
                 p64(zoid): (p64(tid) if tid else None)
@@ -612,7 +615,6 @@ class SQLiteView(CommitBuffer, StorageView):
             if mismatched:
                 resolved = self._resolve(writer, mismatched, resolve)
                 rows = sorted([(u64(oid), u64(read), data) for oid, (read, data) in stores.items()], key=_first)
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
