@@ -528,14 +528,15 @@ class Connection:
 
     def tpc_finish(self, txn: Any) -> None:
         tid = self._view.tpc_finish()
-        cache = self._cache
-        for oid, obj in self._stored.items():
+        for obj in self._stored.values():
             obj._p_changed = False
             obj._p_serial = tid
-            if oid in self._creating:
+        cache = self._cache
+        for oid, obj in self._creating.items():
+            if oid in self._stored:
                 cache[oid] = obj
-            if oid in self._resolved:
-                obj._p_invalidate()  # the storage holds a merged state we never saw
+        for oid in self._resolved:
+            self._stored[oid]._p_invalidate()  # the storage holds a merged state we never saw
         self._clear_transaction()
 
     def tpc_abort(self, txn: Any) -> None:
