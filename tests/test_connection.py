@@ -406,3 +406,26 @@ def test_a_large_record_does_not_leave_its_pickler_memo_to_later_records(db):
     conn.root()["big"][0].value = "changed"
     transaction.commit()
     assert writer._pickler is small  # small records keep reusing it
+
+
+def test_read_ahead_starts_new_groups_bigger_after_a_scan_and_smaller_after_waste(db):
+    conn = db.open()
+    for name in "abcd":
+        conn.root()[name] = PersistentMapping({i: Item(i) for i in range(40)})
+    transaction.commit()
+    reader = other(db)
+    batches = []
+    load_many = reader._view.load_many
+    reader._view.load_many = lambda oids: batches.append(len(oids)) or load_many(oids)
+    assert sum(item.value for item in reader.root()["a"].values()) == sum(range(40))
+    assert batches == [4, 8, 16, 16]  # the four mappings, then a's items: 8, 16, the 16 left
+    batches.clear()
+    assert sum(item.value for item in reader.root()["b"].values()) == sum(range(40))
+    assert batches[0] == 32  # the scan of "a" taught it to start bigger
+    batches.clear()
+    assert reader.root()["c"][0].value == 0  # one object of c: 39 records loaded in vain
+    assert batches == [40]
+    reader.transaction_manager.begin()
+    batches.clear()
+    assert reader.root()["d"][0].value == 0
+    assert batches == [32]  # the waste halved the first batch

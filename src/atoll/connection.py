@@ -78,6 +78,7 @@ class RootConvenience:
 
 # Read-ahead bounds: ghosts remembered per connection, and records per batch.
 _SIBLINGS_LIMIT = 1_000_000
+_SIBLINGS_MIN_WINDOW = 8
 _SIBLINGS_MAX_WINDOW = 256
 
 
@@ -86,9 +87,9 @@ class _Siblings:
 
     __slots__ = ("oids", "window")
 
-    def __init__(self, oids: list[bytes]) -> None:
+    def __init__(self, oids: list[bytes], window: int) -> None:
         self.oids = oids
-        self.window = 8  # records the next miss loads; doubles with each miss
+        self.window = window  # records the next miss loads; doubles with each miss
 
 
 class _Savepoint:
@@ -136,6 +137,9 @@ class Connection:
         # Read-ahead: ghosts created together (the references of one record) are
         # likely touched together, so a miss on one loads the next few in one batch.
         self._siblings: dict[bytes, tuple[_Siblings, int]] = {}  # ghost oid -> (group, index)
+        # The first batch of a new group: grows while whole batches get used (a scan),
+        # shrinks when loaded records go unused (random access).
+        self._first_window = _SIBLINGS_MIN_WINDOW
         # Ghosts created by the set_state running: in this connection, and (through
         # cross-database references) in others of the group.
         self._new_ghosts: list[bytes] | None = None
@@ -344,7 +348,7 @@ class Connection:
     def _remember_siblings(self, created: list[bytes]) -> None:
         """Note ghosts created together, for read-ahead."""
         if len(created) > 1 and len(self._siblings) < _SIBLINGS_LIMIT:
-            group = _Siblings(created)
+            group = _Siblings(created, self._first_window)
             siblings = self._siblings
             for index, sibling in enumerate(created):
                 siblings[sibling] = (group, index)
@@ -363,6 +367,8 @@ class Connection:
             obj = cache.get(sibling)
             if obj is not None and obj._p_changed is None:
                 batch.append(sibling)
+        if group.window > self._first_window:  # a later miss: the group is being scanned
+            self._first_window = group.window
         group.window = min(group.window * 2, _SIBLINGS_MAX_WINDOW)
         prefetched.update(self._view.load_many(batch))
         record = prefetched.pop(oid, None)
@@ -608,6 +614,8 @@ class Connection:
 
     def _poll(self) -> None:
         changed = self._view.poll()
+        if len(self._prefetched) > _SIBLINGS_MIN_WINDOW:  # read ahead in vain
+            self._first_window = max(_SIBLINGS_MIN_WINDOW, self._first_window // 2)
         self._prefetched.clear()
         self._siblings.clear()
         if changed is None:
