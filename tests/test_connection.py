@@ -429,3 +429,17 @@ def test_read_ahead_starts_new_groups_bigger_after_a_scan_and_smaller_after_wast
     batches.clear()
     assert reader.root()["d"][0].value == 0
     assert batches == [32]  # the waste halved the first batch
+
+
+def test_btree_with_persistent_values_merges_concurrent_inserts(db):
+    # Buckets compare values three-way while merging: references must order.
+    a = db.open()
+    a.root()["tree"] = OOBTree({"a": Item(1), "b": Item(2)})
+    transaction.commit()
+    b = other(db)
+    b.root()["tree"]["c"] = Item(3)
+    a.root()["tree"]["d"] = Item(4)
+    b.transaction_manager.commit()
+    transaction.commit()
+    transaction.begin()
+    assert {k: v.value for k, v in a.root()["tree"].items()} == {"a": 1, "b": 2, "c": 3, "d": 4}

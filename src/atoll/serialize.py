@@ -326,8 +326,8 @@ def record_state(data: bytes) -> tuple[int, Any]:
 class PersistentReference:
     """A persistent reference kept as data, while states are merged without a connection.
 
-    Two references are equal when they name the same object: conflict resolution
-    code (BTrees buckets) compares values.
+    Two references are equal when they name the same object, and are ordered by
+    database and oid: conflict resolution code (BTrees buckets) compares values.
     """
 
     __slots__ = ("ref",)
@@ -344,8 +344,18 @@ class PersistentReference:
             return None, ref
         return ref[1][0], ref[1][1]
 
+    def _order(self) -> tuple[str, bytes]:
+        database_name, oid = self.key
+        return database_name or "", oid
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PersistentReference) and self.key == other.key
+
+    def __lt__(self, other: PersistentReference) -> bool:
+        # BTrees compare values three-way (less, then equal) when they merge.
+        if not isinstance(other, PersistentReference):
+            return NotImplemented
+        return self._order() < other._order()
 
     def __hash__(self) -> int:
         return hash(self.key)
