@@ -482,3 +482,11 @@ def test_close(storage):
         storage.open_view()
     with pytest.raises(StorageError):
         storage.new_oid()
+
+
+def test_pack_reports_progress(storage):
+    view = storage.open_view()
+    commit(view, {ROOT_OID: (z64, record("root"))})
+    lines: list[str] = []
+    storage.pack(storage.last_transaction(), references, progress=lines.append)
+    assert lines and "removed" in lines[-1]

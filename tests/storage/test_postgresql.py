@@ -295,3 +295,17 @@ def test_pack_without_references_keeps_every_object(storage):
     stats = storage.pack(tid, None)
     assert stats.objects_removed == 0
     assert len(storage) == 2
+
+
+def test_pack_reports_its_walk_as_it_goes(storage, monkeypatch):
+    import atoll.storage.postgresql as postgresql_module
+    from test_contract import record, references
+
+    monkeypatch.setattr(postgresql_module, "_PROGRESS_EVERY", 3)
+    monkeypatch.setattr(postgresql_module, "_BATCH", 2)
+    oids = [storage.new_oid() for _ in range(10)]
+    commit(storage, {z64: record("root", *oids), **{o: record(i) for i, o in enumerate(oids)}})
+    lines: list[str] = []
+    storage.pack(storage.last_transaction(), references, progress=lines.append)
+    assert any("reachable objects found so far" in line for line in lines)
+    assert "removed" in lines[-1]

@@ -375,3 +375,20 @@ def test_pack_keeps_an_object_linked_while_it_walks(path):
         view.load(garbage)
     storage.close()
     other.close()
+
+
+def test_pack_reports_its_walk_as_it_goes(path, monkeypatch):
+    import atoll.storage.sqlite as sqlite_module
+    from test_contract import record, references
+
+    monkeypatch.setattr(sqlite_module, "PROGRESS_EVERY", 3)
+    monkeypatch.setattr(sqlite_module, "BATCH", 2)
+    storage = SQLiteStorage(path)
+    view = storage.open_view()
+    oids = [storage.new_oid() for _ in range(10)]
+    commit(view, {ROOT_OID: (z64, record("root", *oids)), **{o: (z64, record(i)) for i, o in enumerate(oids)}})
+    lines: list[str] = []
+    storage.pack(storage.last_transaction(), references, progress=lines.append)
+    assert any("reachable objects found so far" in line for line in lines)
+    assert "removed" in lines[-1]
+    storage.close()

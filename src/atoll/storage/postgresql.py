@@ -109,6 +109,7 @@ __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _BATCH = 5000  # oids per statement when loading many (pack's walk)
+_PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 _PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
 
 
@@ -437,7 +438,7 @@ class PostgreSQLStorage(Storage):
         conn = session.conn
         try:
             self._lock_commit(conn)  # commits wait while the pack decides and deletes
-            reachable = self._reachable(conn, t, references) if references is not None else None
+            reachable = self._reachable(conn, t, references, progress) if references is not None else None
             doomed: list[int] = []
             for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
                 if reachable is not None and zoid not in reachable and not later:
@@ -461,7 +462,9 @@ class PostgreSQLStorage(Storage):
             )
         return stats
 
-    def _reachable(self, conn: psycopg.Connection, t: int, references: References) -> set[int]:
+    def _reachable(
+        self, conn: psycopg.Connection, t: int, references: References, progress: Progress | None = None
+    ) -> set[int]:
         """Oids that must survive a pack at tid ``t``: the root, every object written
         after ``t``, and everything their states reference, transitively.
 
@@ -471,8 +474,13 @@ class PostgreSQLStorage(Storage):
         q = self._sql
         seen = {u64(ROOT_OID)} | {row[0] for row in conn.execute(q.WRITTEN_AFTER, (t,))}
         todo = list(seen)
+        reported = len(seen)
         while todo:
-            batch, todo = todo[:_BATCH], todo[_BATCH:]
+            batch = todo[-_BATCH:]
+            del todo[-_BATCH:]  # from the end: slicing from the front would copy the rest
+            if progress is not None and len(seen) >= reported + _PROGRESS_EVERY:
+                reported = len(seen)
+                progress(f"packing {self.name}: {reported} reachable objects found so far")
             if self.keep_history:
                 rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
             else:

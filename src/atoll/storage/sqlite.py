@@ -91,6 +91,7 @@ BATCH = 1000
 MAX_ID = 2**63 - 1
 #: Oid reservations grow from the first size to the last, doubling.
 OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
+PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 #: Transactions per page of the iterator (one read transaction each).
 ITERATOR_PAGE = 100
 
@@ -729,8 +730,10 @@ class _Packer:
         self.walk_tid = pack_tid if storage.keep_history else MAX_ID  # states the walk reads
         self.reachable: set[int] = set()  # oids reached so far
         self.scanned_upto = pack_tid  # revisions after the pack tid whose references are roots
+        self.progress: Progress | None = None
 
     def run(self, progress: Progress | None) -> PackStats:
+        self.progress = progress
         storage = self.storage
         stats = PackStats()
         reader = storage._connect()
@@ -779,8 +782,13 @@ class _Packer:
         self.reachable.update(todo)
         references = self.references
         assert references is not None
+        reported = len(self.reachable)
         while todo:
-            batch, todo = todo[:BATCH], todo[BATCH:]
+            batch = todo[-BATCH:]
+            del todo[-BATCH:]  # from the end: slicing from the front would copy the rest
+            if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
+                reported = len(self.reachable)
+                self.progress(f"packing {self.storage.path}: {reported} reachable objects found so far")
             for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_json_ids(batch), self.walk_tid)):
                 for ref in references(state):
                     oid = u64(ref)
