@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import transaction
 from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
 
 import atoll
 from atoll.errors import InvalidObjectReference
@@ -185,3 +186,26 @@ def test_read_ahead_follows_references_into_another_database(collection):
     assert sum(link.value for link in links) == sum(range(100))
     assert singles == []  # every record of the second database came in a batch
     assert sum(batches) == 100 and len(batches) < 10
+
+
+def test_read_ahead_loads_partners_in_another_database_in_batches(collection):
+    first, second = collection
+    conn = first.open()
+    other = conn.get_connection("second")
+    items = []
+    for i in range(100):
+        partner = Item(f"partner {i}")
+        other.add(partner)
+        items.append(Item(partner))
+    conn.root()["items"] = PersistentMapping(enumerate(items))
+    other.root()["keep"] = PersistentMapping(enumerate(item.value for item in items))
+    transaction.commit()
+    reader = first.open(transaction.TransactionManager())
+    mapping = reader.root()["items"]
+    assert len(mapping) == 100
+    view = reader.get_connection("second")._view
+    singles = []
+    load = view.load
+    view.load = lambda oid: singles.append(oid) or load(oid)
+    assert [item.value.value for item in mapping.values()] == [f"partner {i}" for i in range(100)]
+    assert singles == []  # every partner came with the batch that referred to it

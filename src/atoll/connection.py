@@ -31,7 +31,7 @@ from atoll.errors import (
     ReadOnlyHistoryError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
-from atoll.serialize import ObjectReader, ObjectWriter, needs_args
+from atoll.serialize import ObjectReader, ObjectWriter, needs_args, references
 from atoll.storage.base import TransactionMeta
 
 if TYPE_CHECKING:
@@ -75,6 +75,11 @@ class RootConvenience:
     def __repr__(self) -> str:
         return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
 
+
+# A cross-database reference is ['m', (database, oid, class)]: its records hold the
+# string "m" as pickle protocol 3 (BINUNICODE) or 4 (SHORT_BINUNICODE) writes it.
+_FOREIGN_MARK = b"X\x01\x00\x00\x00m"
+_FOREIGN_MARK_SHORT = b"\x8c\x01m"
 
 # Read-ahead bounds: ghosts remembered per connection, and records per batch.
 _SIBLINGS_LIMIT = 1_000_000
@@ -370,7 +375,10 @@ class Connection:
         if group.window > self._first_window:  # a later miss: the group is being scanned
             self._first_window = group.window
         group.window = min(group.window * 2, _SIBLINGS_MAX_WINDOW)
-        prefetched.update(self._view.load_many(batch))
+        loaded = self._view.load_many(batch)
+        prefetched.update(loaded)
+        if len(self._db.databases) > 1:
+            self._prefetch_foreign(loaded)
         record = prefetched.pop(oid, None)
         return record if record is not None else self._load(oid)
 
@@ -389,6 +397,26 @@ class Connection:
             return self._view.load(oid)
         except POSKeyError:
             raise POSKeyError(oid, self._db.database_name) from None
+
+    def _prefetch_foreign(self, records: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Read ahead in other databases too: what these records refer to there.
+
+        Each object of a batch may refer to one object of another database (a
+        partner); those ghosts appear one at a time, as the batch is unpickled, so
+        they never form a group of their own. Their oids are in the records."""
+        wanted: dict[str, list[bytes]] = {}
+        here = self._db.database_name
+        for data, _ in records.values():
+            if _FOREIGN_MARK in data or _FOREIGN_MARK_SHORT in data:
+                for database_name, oid in references(data):
+                    if database_name is not None and database_name != here:
+                        wanted.setdefault(database_name, []).append(oid)
+        for database_name, oids in wanted.items():
+            connection = self.connections.get(database_name)
+            if connection is None and database_name in self._db.databases:
+                connection = self.get_connection(database_name)
+            if connection is not None:
+                connection.prefetch(oids)
 
     def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
         return self._ghost(oid, klass, self._new_ghosts)
