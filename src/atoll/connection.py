@@ -90,11 +90,19 @@ _SIBLINGS_MAX_WINDOW = 256
 class _Siblings:
     """The oids of ghosts created by one record, in reference order."""
 
-    __slots__ = ("oids", "window")
+    __slots__ = ("oids", "window", "_positions")
 
     def __init__(self, oids: list[bytes], window: int) -> None:
         self.oids = oids
         self.window = window  # records the next miss loads; doubles with each miss
+        self._positions: dict[bytes, int] | None = None  # oid -> index, made on first miss
+
+    def after(self, oid: bytes) -> list[bytes]:
+        """The next ``window - 1`` oids after ``oid``."""
+        if self._positions is None:
+            self._positions = {sibling: index for index, sibling in enumerate(self.oids)}
+        index = self._positions[oid]
+        return self.oids[index + 1 : index + self.window]
 
 
 class _Savepoint:
@@ -141,7 +149,7 @@ class Connection:
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
         # Read-ahead: ghosts created together (the references of one record) are
         # likely touched together, so a miss on one loads the next few in one batch.
-        self._siblings: dict[bytes, tuple[_Siblings, int]] = {}  # ghost oid -> (group, index)
+        self._siblings: dict[bytes, _Siblings] = {}  # ghost oid -> the group it was created in
         # The first batch of a new group: grows while whole batches get used (a scan),
         # shrinks when loaded records go unused (random access).
         self._first_window = _SIBLINGS_MIN_WINDOW
@@ -353,20 +361,17 @@ class Connection:
     def _remember_siblings(self, created: list[bytes]) -> None:
         """Note ghosts created together, for read-ahead."""
         if len(created) > 1 and len(self._siblings) < _SIBLINGS_LIMIT:
-            group = _Siblings(created, self._first_window)
-            siblings = self._siblings
-            for index, sibling in enumerate(created):
-                siblings[sibling] = (group, index)
+            # One group object for all: a tuple per ghost would burden the cyclic GC.
+            self._siblings.update(dict.fromkeys(created, _Siblings(created, self._first_window)))
 
     def _load_ahead(self, oid: bytes) -> tuple[bytes, bytes]:
         """Load ``oid``, and with it the next siblings it was created with."""
-        entry = self._siblings.pop(oid, None)
-        if entry is None:
+        group = self._siblings.pop(oid, None)
+        if group is None:
             return self._load(oid)
-        group, index = entry
         batch = [oid]
         cache, prefetched, siblings = self._cache, self._prefetched, self._siblings
-        for sibling in group.oids[index + 1 : index + group.window]:
+        for sibling in group.after(oid):
             if siblings.pop(sibling, None) is None or sibling in prefetched:
                 continue
             obj = cache.get(sibling)
