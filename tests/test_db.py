@@ -235,3 +235,19 @@ def test_close_shuts_connections_still_in_use_and_unregisters_them():
         transaction.commit()  # its change cannot be saved any more, and says why
     transaction.abort()
     transaction.commit()  # no synchronizer of the closed database is called
+
+
+def test_a_connection_whose_storage_fails_at_close_is_not_pooled(caplog):
+    from atoll.errors import StorageError
+
+    db = atoll.DB(None)
+    conn = db.open()
+
+    def broken_poll():
+        raise StorageError("server gone")
+
+    conn._view.poll = broken_poll
+    conn.close()  # no exception: nothing was pending, and the failure is logged
+    assert "server gone" in caplog.text
+    assert conn.opened is None
+    assert db.open() is not conn

@@ -16,6 +16,7 @@ dict shared by all of them, and all use the same transaction manager.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -27,6 +28,7 @@ from atoll.errors import (
     ConflictError,
     ConnectionStateError,
     InvalidObjectReference,
+    POSError,
     POSKeyError,
     ReadOnlyHistoryError,
 )
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from atoll.db import DB
 
 __all__ = ["Connection", "RootConvenience"]
+
+logger = logging.getLogger(__name__)
 
 # Key under which a transaction keeps the id shared by all storages of one commit.
 _TRANSACTION_ID = object()
@@ -191,9 +195,14 @@ class Connection:
         self.opened = None
         self.connections = {}
         self._commit_on_exit = False
+        reusable = True
         if not self._db._closed:
-            self._poll()  # ends any read transaction the view holds while idle
-        self._db._return_connection(self)
+            try:
+                self._poll()  # ends any read transaction the view holds while idle
+            except POSError as exc:  # storage failed (server gone): do not pool this one
+                logger.warning("connection to %r not reused: %s", self._db.database_name, exc)
+                reusable = False
+        self._db._return_connection(self, reusable)
         if self._closes_db:
             self._closes_db = False
             for db in list(self._db.databases.values()):

@@ -21,7 +21,7 @@ import transaction
 from persistent.mapping import PersistentMapping
 
 from atoll.connection import Connection
-from atoll.errors import ConflictError, POSKeyError, StorageError
+from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
 from atoll.ids import ROOT_OID, next_tid, tid_from_time, z64
 from atoll.serialize import make_record, referenced_oids
 from atoll.storage.base import PackStats, Progress, Storage, TransactionMeta
@@ -203,23 +203,29 @@ class DB:
         connection._open(transaction_manager or transaction.manager, connections, time.time())
         return connection
 
-    def _return_connection(self, connection: Connection) -> None:
+    def _return_connection(self, connection: Connection, reusable: bool = True) -> None:
         with self._lock:
             if self._closed:
                 drop = [connection]
-            elif connection.before is None:
-                drop = self._pool.give_back(connection, time.time())
             else:
-                pool = self._historical[connection.before]
-                drop = pool.give_back(connection, time.time())
-                if not pool.idle and not pool.in_use:
-                    del self._historical[connection.before]
+                before = connection.before
+                pool = self._pool if before is None else self._historical[before]
+                if reusable:
+                    drop = pool.give_back(connection, time.time())
+                else:
+                    pool.in_use -= 1
+                    drop = [connection]
+                if before is not None and not pool.idle and not pool.in_use:
+                    del self._historical[before]
         self._discard(drop)
 
     @staticmethod
     def _discard(connections: list[Connection]) -> None:
         for connection in connections:
-            connection._release()
+            try:
+                connection._release()
+            except POSError as exc:  # a broken view has nothing left to give back
+                logger.warning("discarding %r: %s", connection, exc)
 
     @contextlib.contextmanager
     def transaction(self, note: str | None = None) -> Iterator[Connection]:
