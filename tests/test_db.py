@@ -251,3 +251,35 @@ def test_a_connection_whose_storage_fails_at_close_is_not_pooled(caplog):
     assert "server gone" in caplog.text
     assert conn.opened is None
     assert db.open() is not conn
+
+
+def test_threads_on_an_sqlite_file_lose_no_update(tmp_path):
+    # SQLite views share the storage's writer and record cache across threads.
+    db = atoll.DB(str(tmp_path / "threads.db"))
+    with db.transaction() as conn:
+        for name in "abcd":
+            conn.root()[name] = Item(0)
+    errors = []
+
+    def work() -> None:
+        try:
+            manager = transaction.TransactionManager()
+            conn = db.open(manager)
+            for _ in range(25):
+                for attempt in manager.attempts(50):
+                    with attempt:
+                        for key in "abcd":
+                            conn.root()[key].value += 1
+            conn.close()
+        except Exception as exc:  # reported below; a thread cannot raise into the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with db.transaction() as conn:
+        assert [conn.root()[key].value for key in "abcd"] == [100] * 4
+    db.close()
