@@ -379,9 +379,10 @@ def test_pack_keeps_an_object_linked_while_it_walks(path):
 
 def test_pack_reports_its_walk_as_it_goes(path, monkeypatch):
     import atoll.storage.sqlite as sqlite_module
+    import atoll.storage.sqlite_pack as pack_module
     from test_contract import record, references
 
-    monkeypatch.setattr(sqlite_module, "PROGRESS_EVERY", 3)
+    monkeypatch.setattr(pack_module, "PROGRESS_EVERY", 3)
     monkeypatch.setattr(sqlite_module, "BATCH", 2)
     storage = SQLiteStorage(path)
     view = storage.open_view()

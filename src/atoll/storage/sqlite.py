@@ -91,7 +91,6 @@ BATCH = 1000
 MAX_ID = 2**63 - 1
 #: Oid reservations grow from the first size to the last, doubling.
 OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
-PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 #: Transactions per page of the iterator (one read transaction each).
 ITERATOR_PAGE = 100
 
@@ -103,12 +102,12 @@ _unpack64 = struct.Struct(">Q").unpack
 _first = itemgetter(0)
 
 
-def _json_ids(ids: Iterable[int]) -> str:
+def json_ids(ids: Iterable[int]) -> str:
     """A JSON array of integers: how a batch of oids reaches a query (``json_each``)."""
     return "[" + ",".join(map(str, ids)) + "]"
 
 
-def _split_oids(packed: bytes) -> list[bytes]:
+def split_oids(packed: bytes) -> list[bytes]:
     """The oids of a ``transactions.oids`` value (concatenated 8-byte oids)."""
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
 
@@ -379,10 +378,10 @@ class SQLiteStorage(Storage):
                         sql.TRANSACTIONS_PAGE, (after, upto, ITERATOR_PAGE)
                     ).fetchall():
                         btid = p64(tid)
-                        ids = _json_ids(u64(oid) for oid in _split_oids(oids))
+                        ids = json_ids(u64(oid) for oid in split_oids(oids))
                         states = dict(conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall())
                         records = [  # in the order the commit stored them; gone ones left out
-                            DataRecord(oid, btid, states[u64(oid)]) for oid in _split_oids(oids) if u64(oid) in states
+                            DataRecord(oid, btid, states[u64(oid)]) for oid in split_oids(oids) if u64(oid) in states
                         ]
                         meta = TransactionMeta.extension_from_bytes(extension)
                         page.append(TransactionRecord(btid, user, description, meta, records))
@@ -400,7 +399,9 @@ class SQLiteStorage(Storage):
         if self.read_only:
             raise ReadOnlyError(f"storage {self.path} is read-only")
         try:
-            return _Packer(self, u64(pack_tid), references).run(progress)
+            from atoll.storage.sqlite_pack import Packer
+
+            return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
 
@@ -504,7 +505,7 @@ class SQLiteView(CommitBuffer, StorageView):
         changed = set()
         for tid, oids in rows:
             if tid not in own:
-                changed.update(_split_oids(oids))
+                changed.update(split_oids(oids))
         start = self.snapshot
         self._snap, self.snapshot, self._own = last, p64(last), set()
         self._storage._records.advance(start, self.snapshot, changed)
@@ -544,7 +545,7 @@ class SQLiteView(CommitBuffer, StorageView):
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
-                ids = _json_ids(wanted[i : i + BATCH])
+                ids = json_ids(wanted[i : i + BATCH])
                 for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
                     found[_pack64(zoid)] = (state, _pack64(tid))
         except sqlite3.Error as e:
@@ -711,109 +712,3 @@ class SQLiteView(CommitBuffer, StorageView):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-class _Packer:
-    """One pack of an :class:`SQLiteStorage` (see :meth:`SQLiteStorage.pack`).
-
-    The garbage collector's roots are the root object and every object referenced by a
-    revision written after the pack tid (such a commit may have linked an object that
-    was unreachable at the pack tid). It walks the states current at the pack tid (at
-    the newest state in a history-free file, which keeps no older ones) and removes
-    the objects it did not reach that nobody wrote after the pack tid.
-    """
-
-    def __init__(self, storage: SQLiteStorage, pack_tid: int, references: References | None) -> None:
-        self.storage = storage
-        self.pack_tid = pack_tid
-        self.references = references
-        self.walk_tid = pack_tid if storage.keep_history else MAX_ID  # states the walk reads
-        self.reachable: set[int] = set()  # oids reached so far
-        self.scanned_upto = pack_tid  # revisions after the pack tid whose references are roots
-        self.progress: Progress | None = None
-
-    def run(self, progress: Progress | None) -> PackStats:
-        self.progress = progress
-        storage = self.storage
-        stats = PackStats()
-        reader = storage._connect()
-        try:
-            if self.references is not None:
-                reader.execute(sql.BEGIN_READ)
-                try:
-                    self._walk(reader, self._roots(reader) | {0})
-                finally:
-                    reader.execute(sql.COMMIT)
-            with storage._commit_lock:
-                writer = storage._writer
-                assert writer is not None
-                writer.execute(sql.BEGIN_WRITE)
-                try:
-                    self._delete(writer, stats)
-                    writer.execute(sql.COMMIT)
-                except BaseException:
-                    writer.execute(sql.ROLLBACK)
-                    raise
-        except sqlite3.Error as e:
-            raise storage._error(e, "packing") from None
-        finally:
-            reader.close()
-        if progress is not None:
-            progress(
-                f"packed {storage.path}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
-        return stats
-
-    def _roots(self, conn: sqlite3.Connection) -> set[int]:
-        """Oids referenced by revisions written after ``scanned_upto``; moves it on."""
-        references = self.references
-        assert references is not None
-        roots = set()
-        for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
-            ids = _json_ids(u64(oid) for oid in _split_oids(oids))
-            for _, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)):
-                roots.update(u64(ref) for ref in references(state))
-            self.scanned_upto = tid
-        return roots
-
-    def _walk(self, conn: sqlite3.Connection, roots: set[int]) -> None:
-        todo = [oid for oid in roots if oid not in self.reachable]
-        self.reachable.update(todo)
-        references = self.references
-        assert references is not None
-        reported = len(self.reachable)
-        while todo:
-            batch = todo[-BATCH:]
-            del todo[-BATCH:]  # from the end: slicing from the front would copy the rest
-            if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
-                reported = len(self.reachable)
-                self.progress(f"packing {self.storage.path}: {reported} reachable objects found so far")
-            for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_json_ids(batch), self.walk_tid)):
-                for ref in references(state):
-                    oid = u64(ref)
-                    if oid not in self.reachable:
-                        self.reachable.add(oid)
-                        todo.append(oid)
-
-    def _delete(self, writer: sqlite3.Connection, stats: PackStats) -> None:
-        """Under the write lock: finish the walk with what was committed during it, then
-        delete old revisions, garbage and empty transactions."""
-        if self.storage.keep_history:
-            stats.revisions_removed += writer.execute(sql.DELETE_OLD_REVISIONS, (self.pack_tid,)).rowcount
-        if self.references is not None:
-            self._walk(writer, self._roots(writer))
-            garbage = [
-                (zoid,)
-                for (zoid,) in writer.execute(sql.OBJECTS_NOT_WRITTEN_AFTER, (self.pack_tid,)).fetchall()
-                if zoid not in self.reachable
-            ]
-            if garbage:
-                stats.objects_removed = len(garbage)
-                stats.revisions_removed += writer.executemany(sql.DELETE_OBJECT, garbage).rowcount
-        # Transactions none of whose revisions remain go, except the newest (the last tid).
-        live = {tid for (tid,) in writer.execute(sql.LIVE_TIDS)}
-        tids = [tid for (tid,) in writer.execute(sql.ALL_TIDS)]
-        empty = [(tid,) for tid in tids[:-1] if tid not in live]
-        writer.executemany(sql.DELETE_TRANSACTION, empty)
-        stats.transactions_removed = len(empty)
