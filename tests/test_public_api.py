@@ -23,6 +23,7 @@ MODULES = [
     "atoll.storage.cache",
     "atoll.storage.memory",
     "atoll.storage.sqlite",
+    "atoll.storage.sqlite_pack",
     "atoll.storage.postgresql",
     "atoll.storage.targets",
 ]

@@ -42,6 +42,7 @@ class Packer:
         self.progress: Progress | None = None
 
     def run(self, progress: Progress | None) -> PackStats:
+        """Walk (without the commit lock), then delete (under it); report to ``progress``."""
         self.progress = progress
         storage = self.storage
         stats = PackStats()
