@@ -193,19 +193,20 @@ def test_read_only_storage_refuses_commits():
     transaction.abort()
 
 
-def test_threads_with_own_connections_lose_no_update():
-    db = atoll.DB(None)
+def increment_in_threads(db: atoll.DB, increments: int, threads: int = 4) -> None:
+    """Each thread, with its own connection, adds 1 to every counter ``increments``
+    times, retrying conflicts; then every counter must show the sum."""
     with db.transaction() as conn:
         for name in "abcd":
             conn.root()[name] = Item(0)
     errors = []
 
-    def work(name: str) -> None:
+    def work() -> None:
         try:
             manager = transaction.TransactionManager()
             conn = db.open(manager)
-            for _ in range(50):
-                for attempt in manager.attempts(20):
+            for _ in range(increments):
+                for attempt in manager.attempts(50):
                     with attempt:
                         for key in "abcd":
                             conn.root()[key].value += 1
@@ -213,15 +214,18 @@ def test_threads_with_own_connections_lose_no_update():
         except Exception as exc:  # reported below; a thread cannot raise into the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     assert errors == []
     with db.transaction() as conn:
-        assert [conn.root()[key].value for key in "abcd"] == [200] * 4
+        assert [conn.root()[key].value for key in "abcd"] == [increments * threads] * 4
 
+
+def test_threads_with_own_connections_lose_no_update():
+    increment_in_threads(atoll.DB(None), 50)
 
 def test_close_shuts_connections_still_in_use_and_unregisters_them():
     db = atoll.DB(None)
@@ -256,30 +260,5 @@ def test_a_connection_whose_storage_fails_at_close_is_not_pooled(caplog):
 def test_threads_on_an_sqlite_file_lose_no_update(tmp_path):
     # SQLite views share the storage's writer and record cache across threads.
     db = atoll.DB(str(tmp_path / "threads.db"))
-    with db.transaction() as conn:
-        for name in "abcd":
-            conn.root()[name] = Item(0)
-    errors = []
-
-    def work() -> None:
-        try:
-            manager = transaction.TransactionManager()
-            conn = db.open(manager)
-            for _ in range(25):
-                for attempt in manager.attempts(50):
-                    with attempt:
-                        for key in "abcd":
-                            conn.root()[key].value += 1
-            conn.close()
-        except Exception as exc:  # reported below; a thread cannot raise into the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with db.transaction() as conn:
-        assert [conn.root()[key].value for key in "abcd"] == [100] * 4
+    increment_in_threads(db, 25)
     db.close()
