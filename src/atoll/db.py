@@ -150,18 +150,6 @@ class DB:
         finally:
             view.release()
 
-    # -- pool sizes (ZODB spelling kept for config and tools) -----------------------
-
-    @property
-    def pool_size(self) -> int:
-        return self._pool.size
-
-    def setPoolSize(self, size: int) -> None:
-        """Change how many idle connections are kept."""
-        with self._lock:
-            self._pool.size = size
-            self._discard(self._pool._trim(time.time()))
-
     # -- connections ----------------------------------------------------------------
 
     def open(
@@ -301,9 +289,6 @@ class DB:
     def __len__(self) -> int:
         return len(self.storage)
 
-    def getSize(self) -> int:
-        """Approximate bytes used by the storage."""
-        return self.storage.get_size()
 
 
 def _before_tid(at: Any, before: Any) -> bytes | None:

@@ -54,7 +54,6 @@ __all__ = [
     "record_state",
     "references",
     "referenced_oids",
-    "class_name",
     "make_record",
     "class_pickle",
     "needs_args",
@@ -239,15 +238,6 @@ class ObjectReader:
 def record_class(data: bytes) -> type:
     """The class a record names (imported)."""
     return _resolve_class(pickle.loads(data))[0]
-
-
-def class_name(data: bytes) -> str:
-    """The dotted class name of a record, without importing it when possible."""
-    try:
-        klass = record_class(data)
-    except Exception:  # any failure to import means we can only report it unknown
-        return "<unknown class>"
-    return f"{klass.__module__}.{klass.__qualname__}"
 
 
 class _Placeholder:
