@@ -62,6 +62,8 @@ def run_phases(job: dict[str, Any], worker: int, barrier: Any) -> dict[str, Any]
             start = time.perf_counter()
             objects = timed()
             seconds = time.perf_counter() - start
+            if isinstance(objects, tuple):
+                objects, seconds = objects  # the workload timed its passes itself
             phases[name] = {"seconds": seconds, "objects": objects,
                             "peak_rss_kib": _peak_kib(resettable)}
             if objects <= 0 or objects % session.count:

@@ -17,6 +17,7 @@ MODULES = [
     "atoll.conflict",
     "atoll.errors",
     "atoll.ids",
+    "atoll.gcpause",
     "atoll.config",
     "atoll.storage",
     "atoll.storage.base",
@@ -24,6 +25,7 @@ MODULES = [
     "atoll.storage.memory",
     "atoll.storage.sqlite",
     "atoll.storage.sqlite_pack",
+    "atoll.storage.sqlite_checkpoint",
     "atoll.storage.postgresql",
     "atoll.storage.targets",
 ]

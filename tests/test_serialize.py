@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import pickle
+import weakref
 
 import transaction
+from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 import atoll
@@ -129,3 +132,57 @@ def test_a_state_that_refers_to_the_class_part_is_read_as_zodb_writes_it():
     obj = conn._reader.ghost_from_record(record)
     conn._reader.set_state(obj, record)
     assert obj.value is Item
+
+
+class KeyedByPersistent(Persistent):
+    """A class whose state is a dict keyed by persistent objects (custom getstate)."""
+
+    def __init__(self, key: Persistent | None = None) -> None:
+        self.key = key
+
+    def __getstate__(self) -> dict:
+        return {self.key: 1}
+
+    def __setstate__(self, state: dict) -> None:
+        (self.key,) = state
+
+
+def test_flat_states_are_written_as_the_general_path_writes_them():
+    # States of strings and numbers skip persistent_id; the bytes must not change.
+    db = atoll.DB(MemoryStorage())
+    conn = db.open()
+    writer = conn._writer
+    for state in ({"value": 1}, {"value": "x" * 200, "n": 2.5, "b": b"\x00", "t": True, "none": None}):
+        obj = Item()
+        obj.__setstate__(state)
+        conn.add(obj)
+        general = io.BytesIO()
+        pickler = pickle.Pickler(general, 3)
+        pickler.persistent_id = writer._persistent_id
+        pickler.dump(state)
+        assert writer.serialize(obj) == pickle.dumps(Item, 3) + general.getvalue()
+
+
+def test_a_persistent_key_in_a_state_dict_is_written_as_a_reference():
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        target = Item("target")
+        conn.root()["x"] = holder = KeyedByPersistent(target)
+    _, refs = _persistent_ids(_record(db, holder._p_oid))
+    assert refs == [(target._p_oid, Item)]
+    conn2 = db.open()
+    assert conn2.root()["x"].key.value == "target"
+
+
+def test_the_writer_keeps_no_object_alive_after_a_commit():
+    # A pickler's memo holds every object it wrote until cleared: a mapping's
+    # record must not keep its values alive once written.
+    db = atoll.DB(MemoryStorage())
+    conn = db.open()
+    root = conn.root()
+    root["m"] = PersistentMapping({"a": Item("a")})
+    transaction.commit()
+    probe = weakref.ref(root["m"]["a"])
+    conn.cacheMinimize()
+    gc.collect()
+    assert probe() is None

@@ -24,6 +24,7 @@ from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
 
 from atoll.conflict import resolve
+from atoll import gcpause
 from atoll.errors import (
     ConflictError,
     ConnectionStateError,
@@ -558,14 +559,16 @@ class Connection:
 
     def commit(self, txn: Any) -> None:
         self._pending = [*self._creating.values(), *self._registered]
-        self._serialize_pending(self._stored, store=True)
+        with gcpause.paused():
+            self._serialize_pending(self._stored, store=True)
         for oid, serial in self._read_current.items():
             if oid not in self._stored:
                 self._view.check_current(oid, serial)
 
     def tpc_vote(self, txn: Any) -> None:
         try:
-            self._resolved = self._view.tpc_vote(resolve)
+            with gcpause.paused():
+                self._resolved = self._view.tpc_vote(resolve)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:
@@ -575,6 +578,10 @@ class Connection:
             raise
 
     def tpc_finish(self, txn: Any) -> None:
+        with gcpause.paused():
+            self._finish()
+
+    def _finish(self) -> None:
         tid = self._view.tpc_finish()
         for obj in self._stored.values():
             obj._p_changed = False

@@ -115,16 +115,31 @@ class ObjectWriter:
                 meta = pickle.dumps((klass, obj.__getnewargs__()), PROTOCOL)
             else:
                 meta = class_pickle(klass)
+        state = obj.__getstate__()
+        # Most objects' states are a dict of strings and numbers: pickle.dumps gives
+        # the same bytes without a persistent_id call per value (twice as fast).
+        if (
+            type(state) is dict
+            and _SCALARS.issuperset(map(type, state.values()))
+            and _SCALARS.issuperset(map(type, state))
+        ):
+            return meta + _dumps(state, PROTOCOL)
         buffer, pickler = self._buffer, self._pickler
         buffer.seek(0)
         buffer.truncate()
-        pickler.clear_memo()
-        pickler.dump(obj.__getstate__())
+        try:
+            pickler.dump(state)
+        finally:
+            pickler.clear_memo()  # the memo holds the objects written: let them go
         state = buffer.getvalue()
         if len(state) > self.LARGE_RECORD:
             self._pickler = self._new_pickler()
         return meta + state
 
+
+#: Types that never are, nor contain, a persistent object (see ObjectWriter.serialize).
+_SCALARS = frozenset({str, int, float, bytes, bool, type(None)})
+_dumps = pickle.dumps
 
 _class_pickles: dict[type, bytes] = {}
 _needs_args_cache: dict[type, bool] = {}

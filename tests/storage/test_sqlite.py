@@ -393,3 +393,19 @@ def test_pack_reports_its_walk_as_it_goes(path, monkeypatch):
     assert any("reachable objects found so far" in line for line in lines)
     assert "removed" in lines[-1]
     storage.close()
+
+
+def test_a_commit_larger_than_one_insert_statement_writes_every_record(path):
+    # Rows go in as multi-row INSERTs of STATES_PER_INSERT; check the seams.
+    storage = SQLiteStorage(path)
+    try:
+        view = storage.open_view()
+        count = 2 * sql.STATES_PER_INSERT + 7
+        writes = {storage.new_oid(): (z64, b"record %d" % i) for i in range(count)}
+        tid = commit(view, writes)
+        view.release()
+        reader = storage.open_view()
+        assert reader.load_many(list(writes)) == {oid: (data, tid) for oid, (_, data) in writes.items()}
+        assert len(storage) == count
+    finally:
+        storage.close()

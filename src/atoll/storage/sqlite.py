@@ -31,6 +31,10 @@ Commits
     IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
     the next tid from the stored last tid (so tids increase across processes) and
     writes the rows; ``tpc_finish`` commits; ``tpc_abort`` rolls back.
+Checkpoints
+    Copying the write-ahead log back into the file happens in a background thread
+    once about 4 MiB were committed (:mod:`atoll.storage.sqlite_checkpoint`), not
+    inside whichever commit crossed SQLite's threshold.
 Oids
     Reserved from the file's counter in blocks that grow from 32 to 4096 per storage
     instance; a reservation is its own committed write, so two processes never get the
@@ -80,6 +84,7 @@ from atoll.storage.base import (
     check_serials,
 )
 from atoll.storage.cache import RecordCache
+from atoll.storage.sqlite_checkpoint import Checkpointer
 
 __all__ = ["SQLiteStorage", "SQLiteView"]
 
@@ -149,13 +154,14 @@ class SQLiteStorage(Storage):
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._conn: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._checkpointer = Checkpointer(self._connect_writer)
         creating = self._check_path()
         try:
             self._conn = self._connect(create=creating)
             self._open_schema()
             if not read_only:
-                self._writer = self._connect()
-                self._writer.execute(sql.SET_SYNCHRONOUS.format(mode=synchronous.upper()))
+                self._writer = self._connect_writer()
+                self._writer.execute(sql.NO_AUTOCHECKPOINT)
         except BaseException:
             self._close_connections()
             raise
@@ -203,6 +209,12 @@ class SQLiteStorage(Storage):
             )
         except sqlite3.Error as e:
             raise StorageError(f"cannot open {self.path}: {e}") from None
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """A connection that writes: the commit writer, or the checkpointer's."""
+        conn = self._connect()
+        conn.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
         return conn
 
     def _open_schema(self) -> None:
@@ -404,6 +416,7 @@ class SQLiteStorage(Storage):
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
+            self._checkpointer.request()
 
     def __len__(self) -> int:
         self._check_open()
@@ -426,6 +439,7 @@ class SQLiteStorage(Storage):
         self._closed = True
         for view in list(self._views):
             view._close()
+        self._checkpointer.stop()
         with self._lock:
             self._close_connections()
 
@@ -624,7 +638,14 @@ class SQLiteView(CommitBuffer, StorageView):
             sql.INSERT_TRANSACTION,
             (tid, meta.user, meta.description, meta.extension_bytes(), meta.id, b"".join(stores)),
         )
-        writer.executemany(sql.INSERT_STATE, [(zoid, tid, data) for zoid, _, data in rows])
+        per_insert = sql.STATES_PER_INSERT
+        for start in range(0, len(rows), per_insert):
+            part = rows[start : start + per_insert]
+            params: list = [tid]
+            for zoid, _, data in part:
+                params += (zoid, data)
+            writer.execute(sql.insert_states(len(part)), params)
+        self._written = sum([len(data) for _, _, data in rows])
         if not self._storage.keep_history:
             writer.executemany(sql.DELETE_OLDER_REVISIONS, [(zoid, tid) for zoid, read, _ in rows if read])
         return set(resolved)
@@ -670,6 +691,7 @@ class SQLiteView(CommitBuffer, StorageView):
         self._own.add(tid)
         self._locked = False
         storage._commit_lock.release()
+        storage._checkpointer.wrote(self._written)
         storage._records.invalidate(self._stores, p64(tid))
         self._reset()
         return p64(tid)
@@ -692,6 +714,7 @@ class SQLiteView(CommitBuffer, StorageView):
     def _reset(self) -> None:
         self._reset_buffer()
         self._tid = None
+        self._written = 0  # record bytes of the commit being written
 
     # -- giving back ------------------------------------------------------------
 

@@ -39,6 +39,8 @@ files whose version is lower; a file whose version is higher is refused.
 
 from __future__ import annotations
 
+import functools
+
 #: "ATOL" as a big-endian 32-bit integer: PRAGMA application_id of every atoll file.
 APPLICATION_ID = 0x41544F4C
 #: The schema version this code reads and writes.
@@ -86,6 +88,8 @@ SELECT_JOURNAL_MODE = "PRAGMA journal_mode"
 SET_WAL = "PRAGMA journal_mode = WAL"
 #: Durability of the writer's commits: "FULL" or "NORMAL" (see sqlite.py's "Durability").
 SET_SYNCHRONOUS = "PRAGMA synchronous = {mode}"
+#: The writer leaves checkpoints to a background thread (sqlite_checkpoint.py).
+NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = 0"
 
 # -- oids --------------------------------------------------------------------
 
@@ -148,7 +152,20 @@ INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
 VALUES (?, ?, ?, ?, ?, ?)
 """
 
-INSERT_STATE = "INSERT INTO object_state (zoid, tid, state) VALUES (?, ?, ?)"
+#: Rows per INSERT statement of a commit: one statement with many VALUES rows costs
+#: about 60% of executemany's per-row price (measured with 10,000 rows). 200 rows
+#: bind 401 parameters, below the smallest limit SQLite builds use (999).
+STATES_PER_INSERT = 200
+
+
+@functools.lru_cache(maxsize=None)
+def insert_states(rows: int) -> str:
+    """INSERT of ``rows`` revisions of one transaction.
+
+    Parameters: the tid, then ``zoid, state`` for each row."""
+    values = ", ".join(f"(?{2 * i + 2}, ?1, ?{2 * i + 3})" for i in range(rows))
+    return f"INSERT INTO object_state (zoid, tid, state) VALUES {values}"
+
 
 #: History-free commits drop the revisions their new ones replace.
 DELETE_OLDER_REVISIONS = "DELETE FROM object_state WHERE zoid = ? AND tid < ?"
