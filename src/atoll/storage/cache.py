@@ -30,16 +30,14 @@ When the segments exceed ``max_bytes`` the oldest segment goes with all its entr
 from __future__ import annotations
 
 import threading
-from typing import Iterable, NamedTuple
+from typing import Iterable, Tuple
 
 __all__ = ["RecordCache"]
 
 
-class _Entry(NamedTuple):
-    segment: int  # number of the segment holding the record
-    offset: int
-    length: int
-    serial: bytes
+# An entry is a plain tuple (segment number, offset, length, serial): a NamedTuple's
+# constructor is a Python call, and a cold read makes one entry per object.
+_Entry = Tuple[int, int, int, bytes]
 
 
 class RecordCache:
@@ -64,15 +62,15 @@ class RecordCache:
         return len(self._entries)
 
     def _read(self, entry: _Entry) -> tuple[bytes, bytes]:
-        segment = self._segments[entry.segment]
-        return bytes(segment[entry.offset : entry.offset + entry.length]), entry.serial
+        number, offset, length, serial = entry
+        return bytes(self._segments[number][offset : offset + length]), serial
 
     def get(self, oid: bytes, snapshot: bytes) -> tuple[bytes, bytes] | None:
         """``(data, serial)`` of ``oid`` as of ``snapshot``, if cached."""
         with self._lock:
             entry = self._entries.get(oid)
             tid = self.tid
-            if entry is None or tid is None or not entry.serial <= snapshot <= tid:
+            if entry is None or tid is None or not entry[3] <= snapshot <= tid:
                 self.misses += 1
                 return None
             self.hits += 1
@@ -87,7 +85,7 @@ class RecordCache:
             usable = tid is not None and snapshot <= tid
             for oid in oids:
                 entry = entries.get(oid) if usable else None
-                if entry is not None and entry.serial <= snapshot:
+                if entry is not None and entry[3] <= snapshot:
                     found[oid] = self._read(entry)
                 else:
                     missing.append(oid)
@@ -121,7 +119,7 @@ class RecordCache:
             self._newest += 1
             segment = self._segments[self._newest] = bytearray()
             self._segment_oids[self._newest] = []
-        self._entries[oid] = _Entry(self._newest, len(segment), size, serial)
+        self._entries[oid] = (self._newest, len(segment), size, serial)
         segment += data
         self._bytes += size
         self._segment_oids[self._newest].append(oid)
@@ -133,7 +131,7 @@ class RecordCache:
             self._bytes -= len(self._segments.pop(oldest))
             for oid in self._segment_oids.pop(oldest):
                 entry = entries.get(oid)
-                if entry is not None and entry.segment == oldest:
+                if entry is not None and entry[0] == oldest:
                     del entries[oid]
 
     def advance(self, start: bytes, end: bytes, changed: set[bytes] | None) -> None:
