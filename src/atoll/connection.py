@@ -161,7 +161,7 @@ class Connection:
         # Ghosts created by the set_state running: in this connection, and (through
         # cross-database references) in others of the group.
         self._new_ghosts: list[bytes] | None = None
-        self._new_foreign_ghosts: dict[Connection, list[bytes]] = {}
+        self._new_foreign_ghosts: dict[Connection, list[bytes]] | None = None
 
     def __repr__(self) -> str:
         extra = f" (before {self.before.hex()})" if self.before is not None else ""
@@ -356,17 +356,20 @@ class Connection:
         record = self._prefetched.pop(oid, None)
         data, serial = record if record is not None else self._load_ahead(oid)
         outer = self._new_ghosts, self._new_foreign_ghosts
-        self._new_ghosts, self._new_foreign_ghosts = [], {}
+        created = self._new_ghosts = []
+        self._new_foreign_ghosts = None  # made by the first foreign ghost, if any
         try:
-            self._reader.set_state(obj, data)
-            created, foreign = self._new_ghosts, self._new_foreign_ghosts
+            obj.__setstate__(self._reader.load_state(data, type(obj)))
+            foreign = self._new_foreign_ghosts
         finally:
             self._new_ghosts, self._new_foreign_ghosts = outer
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
-        self._remember_siblings(created)
-        for connection, oids in foreign.items():
-            connection._remember_siblings(oids)
+        if len(created) > 1:
+            self._remember_siblings(created)
+        if foreign:
+            for connection, oids in foreign.items():
+                connection._remember_siblings(oids)
 
     def _remember_siblings(self, created: list[bytes]) -> None:
         """Note ghosts created together, for read-ahead."""
@@ -463,6 +466,8 @@ class Connection:
             ) from None
         created = None
         if self._new_ghosts is not None:
+            if self._new_foreign_ghosts is None:
+                self._new_foreign_ghosts = {}
             created = self._new_foreign_ghosts.setdefault(connection, [])
         return connection._ghost(oid, klass, created)
 

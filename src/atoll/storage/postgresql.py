@@ -637,7 +637,9 @@ class PostgreSQLView(CommitBuffer, StorageView):
     def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
         records = self._storage._records
         cached, missing = records.get_many(oids, self.snapshot)
-        wanted = [u64(oid) for oid in missing]
+        # Keyed by the caller's oid objects, one serial per tid (as in sqlite.py).
+        by_number = {u64(oid): oid for oid in missing}
+        wanted = list(by_number)
         if not wanted:
             return cached
         with self._errors():
@@ -646,13 +648,16 @@ class PostgreSQLView(CommitBuffer, StorageView):
             else:
                 rows = self._conn.execute(self._sql.LOAD_MANY_HF, (wanted,), binary=True)
             found = {}
+            serials: dict[int, bytes] = {}
             for zoid, state, tid in rows:
                 if state is None:
                     continue
-                serial = p64(tid)
-                if serial > self.snapshot:
-                    raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
-                found[p64(zoid)] = (state, serial)
+                serial = serials.get(tid)
+                if serial is None:
+                    serial = serials[tid] = p64(tid)
+                    if serial > self.snapshot:
+                        raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
+                found[by_number[zoid]] = (state, serial)
         records.put_many(found, self.snapshot)
         found.update(cached)
         return found

@@ -554,14 +554,21 @@ class SQLiteView(CommitBuffer, StorageView):
         cached, missing = records.get_many(oids, self.snapshot)
         if not missing:
             return cached
-        wanted = [_unpack64(oid)[0] for oid in missing]
+        # The records are keyed by the caller's oid objects and share one serial per
+        # tid: no new bytes object per record to allocate, keep and free.
+        by_number = {_unpack64(oid)[0]: oid for oid in missing}
+        wanted = list(by_number)
+        serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
                 for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
-                    found[_pack64(zoid)] = (state, _pack64(tid))
+                    serial = serials.get(tid)
+                    if serial is None:
+                        serial = serials[tid] = _pack64(tid)
+                    found[by_number[zoid]] = (state, serial)
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
         if not self._storage.keep_history and len(found) < len(wanted):
