@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=_csv(int), default=[1, 2],
                    help="worker processes (default: 1,2)")
     p.add_argument("--repetitions", type=int, default=3, help="runs per figure (median)")
+    p.add_argument("--in-memory-seconds", type=float, default=1.0,
+                   help="least time read_hot and read_steamin repeat their pass (fastest counts)")
     p.add_argument("--pg-dsn", default=DEFAULT_PG_DSN,
                    help="PostgreSQL server to create scratch databases on")
     p.add_argument("--tmpdir", default=str(HERE / "results" / "tmp"),
@@ -286,6 +288,7 @@ def _run_in_place(b: Backend, options: argparse.Namespace, layout: str, count: i
             _prepare_shared(b, place, layout, count, c)
         job = {"backend": b.key, "layout": layout, "count": count,
                "workloads": options.workloads,
+               "in_memory_seconds": options.in_memory_seconds,
                "place": {"directory": place.directory, "pg_prefix": place.pg_prefix,
                          "pg_dsn": place.pg_dsn}}
         return run_once(b, place, job, c, options.timeout)

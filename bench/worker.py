@@ -46,7 +46,8 @@ def run_phases(job: dict[str, Any], worker: int, barrier: Any) -> dict[str, Any]
     """Run the job's workloads in this process; returns timings and peak memory."""
     backend = BACKENDS[job["backend"]]
     place = Place(**job["place"])
-    session = Session(backend, place, worker, job["layout"], job["count"])
+    session = Session(backend, place, worker, job["layout"], job["count"],
+                      in_memory_seconds=job.get("in_memory_seconds", 1.0))
     session.open()
     try:
         if not backend.shared:

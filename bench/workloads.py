@@ -58,20 +58,23 @@ LAYOUTS = ["mapping", "oobtree", "multidb"]
 Timed = Callable[[], "int | tuple[int, float]"]
 
 # Hot and steamin' reads take microseconds per pass at small counts; they repeat their
-# pass over the objects until about this many objects were read, and report the
-# fastest pass (as timeit does): on a shared machine a whole run of passes may lose a
-# slice of CPU time to a neighbour, which one short pass usually escapes. The figure
-# stays objects read per second.
+# pass over the objects until about this many objects were read and at least
+# IN_MEMORY_SECONDS went by, and report the fastest pass (as timeit does). On a shared
+# machine the CPU's speed drifts by 2x over seconds; a one-second series of passes
+# catches a fast moment in each process, where a short series timed as a whole
+# measured whichever moment it fell in. The figure stays objects read per second.
 IN_MEMORY_READS = 200_000
+IN_MEMORY_SECONDS = 1.0
 
 
 class Session:
     """One worker's databases, connections and containers for one repetition."""
 
     def __init__(self, backend: Backend, place: Place, worker: int, layout: str,
-                 count: int) -> None:
+                 count: int, in_memory_seconds: float = IN_MEMORY_SECONDS) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+        self.in_memory_seconds = in_memory_seconds
         self.backend = backend
         self.place = place
         self.worker = worker
@@ -198,23 +201,26 @@ def _passes(s: Session) -> int:
     return max(1, -(-IN_MEMORY_READS // s.count))
 
 
-def _fastest_pass(passes: int, one_pass: Callable[[], int]) -> tuple[int, float]:
-    """Run ``one_pass`` ``passes`` times; the objects read and ``passes`` times the
-    fastest pass's seconds (see IN_MEMORY_READS)."""
-    objects, best = 0, float("inf")
-    for _ in range(passes):
+def _fastest_pass(s: Session, one_pass: Callable[[], int]) -> tuple[int, float]:
+    """Run ``one_pass`` until about IN_MEMORY_READS objects were read and
+    ``s.in_memory_seconds`` went by; the objects read and, as their time, the fastest
+    pass's seconds times the passes run."""
+    passes = _passes(s)
+    objects, best, runs = 0, float("inf"), 0
+    deadline = time.perf_counter() + s.in_memory_seconds
+    while runs < passes or time.perf_counter() < deadline:
         start = time.perf_counter()
         objects += one_pass()
         best = min(best, time.perf_counter() - start)
-    return objects, best * passes
+        runs += 1
+    return objects, best * runs
 
 
 def read_hot(s: Session) -> Timed:
     s.touch_all()
-    passes = _passes(s)
 
     def run() -> tuple[int, float]:
-        return _fastest_pass(passes, s.touch_all)
+        return _fastest_pass(s, s.touch_all)
 
     return run
 
@@ -222,7 +228,6 @@ def read_hot(s: Session) -> Timed:
 def read_steamin(s: Session) -> Timed:
     s.touch_all()
     items = s.all_items()
-    passes = _passes(s)
 
     def one_pass() -> int:
         for item in items:
@@ -230,7 +235,7 @@ def read_steamin(s: Session) -> Timed:
         return len(items)
 
     def run() -> tuple[int, float]:
-        return _fastest_pass(passes, one_pass)
+        return _fastest_pass(s, one_pass)
 
     return run
 

@@ -27,7 +27,7 @@ def _expected_status(key: str) -> str:
 def _run(tmp_path, capsys, *args: str) -> tuple[int, str, dict]:
     out_json = tmp_path / "results.json"
     code = main(["--tmpdir", str(tmp_path / "data"), "--json", str(out_json),
-                 "--plot", "", "--repetitions", "1", *args])
+                 "--plot", "", "--repetitions", "1", "--in-memory-seconds", "0", *args])
     printed = capsys.readouterr().out
     return code, printed, json.loads(out_json.read_text())
 
