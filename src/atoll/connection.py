@@ -488,7 +488,8 @@ class Connection:
         obj._p_jar = self
         self._creating[oid] = obj
         self._pending.append(obj)
-        self._join()
+        if not self._joined:
+            self._join()
 
     def _implicitly_adding(self, oid: bytes) -> bool:
         return oid in self._creating and oid not in self._added

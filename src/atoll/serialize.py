@@ -102,7 +102,10 @@ class ObjectWriter:
         klass = type(obj)
         if jar is not self._jar:
             return ["m", (self._cross_reference(obj), obj._p_oid, klass)]
-        if needs_args(klass):
+        needs = _needs_args_cache.get(klass)
+        if needs is None:
+            needs = needs_args(klass)
+        if needs:
             return obj._p_oid
         return obj._p_oid, klass
 
