@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from atoll.errors import ReadConflictError
 from atoll.ids import ROOT_OID, p64, z64
-from atoll.storage.cache import RecordCache
+from atoll.storage.cache import FREEZE_BYTES, RecordCache
 from test_contract import commit, payload, record
 
 T1, T2, T3 = p64(10), p64(20), p64(30)
@@ -72,6 +72,33 @@ def test_eviction_keeps_the_byte_budget():
         cache.put(p64(i + 1), b"x" * 100, T1, T1)
     assert len(cache) == 10
     assert cache.get(p64(100), T1) is not None and cache.get(p64(1), T1) is None
+
+
+def test_a_segment_read_from_is_frozen_and_later_records_go_to_a_new_one():
+    cache = RecordCache(max_bytes=64 * FREEZE_BYTES)
+    cache.advance(T1, T1, set())
+    records = {p64(i + 1): bytes([i % 251]) * 1000 for i in range(2 * FREEZE_BYTES // 1000)}
+    for oid, data in records.items():
+        cache.put(oid, data, T1, T1)
+    assert all(type(segment) is bytearray for segment in cache._segments.values())
+    first = next(iter(records))
+    assert cache.get(first, T1) == (records[first], T1)
+    frozen = [n for n, segment in cache._segments.items() if type(segment) is bytes]
+    assert frozen == [next(iter(cache._segments))] and len(cache._segments) == 1
+    cache.put(p64(10**6), b"new", T1, T1)
+    assert len(cache._segments) == 2  # the frozen segment takes no more records
+    records[p64(10**6)] = b"new"
+    found, missing = cache.get_many(list(records), T1)
+    assert not missing and found == {oid: (data, T1) for oid, data in records.items()}
+
+
+def test_a_small_segment_is_read_without_freezing():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.put(X, b"x", T1, T1)
+    assert cache.get(X, T1) == (b"x", T1)
+    cache.put(p64(99), b"y", T1, T1)
+    assert len(cache._segments) == 1 and type(cache._segments[0]) is bytearray
 
 
 def test_no_view_reads_a_revision_replaced_by_a_commit_of_its_own_process(storage):
