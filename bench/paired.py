@@ -21,10 +21,11 @@ import argparse
 import multiprocessing
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.systems import BACKENDS, DEFAULT_PG_DSN, Place, create_pg_databases, new_place, remove_place
-from bench.workloads import LAYOUTS, PHASES, Session
+from bench.workloads import LAYOUTS, PHASES, Session, steamin_pass
 
 SETUP = ["add", "update", "read_cold", "read_warm"]
 MEASURED = ["read_hot", "read_steamin"]
@@ -42,13 +43,7 @@ def _worker(conn: Any, backend: str, place: dict, layout: str, count: int) -> No
             PHASES[name](session)()
         session.touch_all()
         items = session.all_items()
-
-        def steamin() -> int:
-            for item in items:
-                item.data
-            return len(items)
-
-        passes = {"read_hot": session.touch_all, "read_steamin": steamin}
+        passes = {"read_hot": session.touch_all, "read_steamin": lambda: steamin_pass(items)}
         conn.send("ready")
         while True:
             request = conn.recv()
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fresh pairs of workers per layout (a process's memory layout and hash seed "
                         "move its figures too); the figure is the median over them")
     p.add_argument("--pg-dsn", default=DEFAULT_PG_DSN)
-    p.add_argument("--tmpdir", default="bench/results/tmp")
+    p.add_argument("--tmpdir", default=str(Path(__file__).parent / "results" / "tmp"))
     options = p.parse_args(argv)
     pair = options.pair.split(",")
     if len(pair) != 2 or any(k not in BACKENDS for k in pair):

@@ -65,22 +65,28 @@ def test_enough_committed_bytes_checkpoint_the_log_in_the_background(tmp_path):
     try:
         write_bytes(storage, CHECKPOINT_BYTES + 100_000)
         assert wait_for(lambda: storage._checkpointer.checkpoints >= 1)
+        thread = storage._checkpointer._thread
         logged, done = wal_frames(path)
         assert logged > 0 and done == logged  # every frame is in the database file
     finally:
         storage.close()
-    assert not storage._checkpointer._thread.is_alive()
+    assert thread is not None and not thread.is_alive()
 
 
-def test_a_checkpointer_that_fails_to_connect_logs_and_loses_nothing(tmp_path, caplog):
+def test_a_failed_checkpoint_is_logged_and_the_next_request_tries_again(tmp_path, caplog):
+    attempts = []
+
     def broken() -> sqlite3.Connection:
+        attempts.append(1)
         raise sqlite3.OperationalError("no such file")
 
     checkpointer = Checkpointer(broken, every_bytes=10)
     checkpointer.wrote(100)
-    checkpointer._thread.join(5)
-    checkpointer.stop()
+    assert wait_for(lambda: len(attempts) == 1 and checkpointer._thread is None)
     assert "background WAL checkpoint stopped: no such file" in caplog.text
+    checkpointer.wrote(100)
+    assert wait_for(lambda: len(attempts) == 2 and checkpointer._thread is None)
+    checkpointer.stop()
 
 
 def test_close_stops_the_thread_and_the_data_is_all_there(tmp_path):

@@ -78,11 +78,15 @@ class Checkpointer:
                 self.checkpoints += 1
         except sqlite3.Error as e:
             # A failed checkpoint loses nothing: the log keeps every page and SQLite
-            # checkpoints it when the file is next closed or opened.
+            # checkpoints it when the file is next closed or opened. The next request
+            # starts a new thread, so a passing failure does not let the log grow.
             log.warning("background WAL checkpoint stopped: %s", e)
         finally:
             if conn is not None:
                 conn.close()
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def stop(self) -> None:
         """Stop the thread, after the checkpoint it is running (if any) ends."""
