@@ -186,3 +186,57 @@ def test_the_writer_keeps_no_object_alive_after_a_commit():
     conn.cacheMinimize()
     gc.collect()
     assert probe() is None
+
+
+class Slotted(Persistent):
+    __slots__ = ("slot", "__dict__")
+
+
+def _general_record(writer, obj: Persistent) -> bytes:
+    """The record the general path (``__getstate__`` and persistent_id) writes."""
+    general = io.BytesIO()
+    pickler = pickle.Pickler(general, 3)
+    pickler.persistent_id = writer._persistent_id
+    pickler.dump(obj.__getstate__())
+    return pickle.dumps(type(obj), 3) + general.getvalue()
+
+
+def test_an_objects_dict_is_written_as_its_getstate_would_be():
+    # Plain objects pickle their __dict__ itself; anything __getstate__ leaves out or
+    # turns into a reference must send the object down the general path.
+    db = atoll.DB(MemoryStorage())
+    conn = db.open()
+    writer = conn._writer
+    target = Item("target")
+    conn.add(target)
+    plain = Item("plain")
+    volatile = Item("volatile")
+    volatile._v_cached = "not stored"
+    private = Item("private")
+    private.__dict__["_p_private"] = 1
+    keyed = Item("keyed")
+    keyed.__dict__[target] = 1  # a persistent key: must become a reference
+    referring = Item(target)
+    for obj in (plain, volatile, private, keyed, referring):
+        conn.add(obj)
+        assert writer.serialize(obj) == _general_record(writer, obj)
+    assert b"not stored" not in writer.serialize(volatile)
+    assert b"_p_private" not in writer.serialize(private)
+    _, refs = _persistent_ids(writer.serialize(keyed))
+    assert refs == [(target._p_oid, Item)]
+    _, refs = _persistent_ids(writer.serialize(referring))
+    assert refs == [(target._p_oid, Item)]
+
+
+def test_slots_are_part_of_the_record():
+    db = atoll.DB(MemoryStorage())
+    with db.transaction() as conn:
+        obj = Slotted()
+        obj.slot = "in a slot"
+        obj.attribute = "in the dict"
+        conn.root()["s"] = obj
+    conn2 = db.open()
+    conn2.cacheMinimize()  # read the record back, not the object in memory
+    loaded = conn2.root()["s"]
+    assert (loaded.slot, loaded.attribute) == ("in a slot", "in the dict")
+    conn2.close()

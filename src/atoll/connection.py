@@ -522,23 +522,34 @@ class Connection:
         return other
 
     def _serialize_pending(self, into: dict[bytes, Any], store: bool) -> None:
-        """Serialize every object in ``_pending`` (and those it discovers)."""
+        """Serialize every object in ``_pending`` (and those it discovers).
+
+        With ``store``, ``into`` gets oid -> object and the view the records, all
+        at once at the end (a call per record costs as much as pickling a small
+        state); else ``into`` gets oid -> record."""
         pending, creating = self._pending, self._creating
-        serialize, view_store = self._writer.serialize, self._view.store
+        serialize = self._writer.serialize
+        records: dict[bytes, tuple[bytes, bytes]] = {}
         while pending:
             obj = pending.pop()
             oid = obj._p_oid
             if oid in into or obj._p_jar is not self:
                 continue
-            if obj._p_changed is None and oid not in creating:
-                continue  # invalidated after it registered: nothing to write
+            if oid in creating:
+                read = z64
+            else:
+                if obj._p_changed is None:
+                    continue  # invalidated after it registered: nothing to write
+                read = obj._p_serial
             data = serialize(obj)
             if store:
                 into[oid] = obj
-                view_store(oid, z64 if oid in creating else obj._p_serial, data)
+                records[oid] = (read, data)
                 obj._p_estimated_size = len(data)
             else:
                 into[oid] = data
+        if records:
+            self._view.store_many(records)
 
     # -- the transaction package's data-manager protocol --------------------------
 

@@ -37,6 +37,7 @@ make every later record pay for it, and a big commit quadratic.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -112,6 +113,20 @@ class ObjectWriter:
     def serialize(self, obj: Persistent) -> bytes:
         """The record of ``obj`` (which must have its oid already)."""
         klass = type(obj)
+        meta = _dict_state_classes.get(klass)
+        if meta is None:
+            meta = _dict_state_classes[klass] = _dict_state_meta(klass)
+        if meta:
+            # Most objects' states are their __dict__ of strings and numbers:
+            # pickle.dumps of the __dict__ itself gives the bytes __getstate__'s copy
+            # would, without the copy nor a persistent_id call per value (3x faster).
+            attributes = obj.__dict__
+            keys = tuple(attributes)
+            plain = _plain_keys.get(keys)
+            if plain is None:
+                plain = _remember_keys(keys)
+            if plain and _SCALARS.issuperset(map(type, attributes.values())):
+                return meta + _dumps(attributes, PROTOCOL)
         meta = _class_pickles.get(klass)
         if meta is None:
             if needs_args(klass):
@@ -145,6 +160,28 @@ _SCALARS = frozenset({str, int, float, bytes, bool, type(None)})
 _dumps = pickle.dumps
 
 _class_pickles: dict[type, bytes] = {}
+#: class -> its class pickle when its state is its __dict__, else b"" (see serialize).
+_dict_state_classes: dict[type, bytes] = {}
+#: attribute names (a __dict__'s keys, in order) -> whether __getstate__ keeps them all.
+_plain_keys: dict[tuple, bool] = {}
+_PLAIN_KEYS_LIMIT = 10_000
+
+
+def _dict_state_meta(klass: type) -> bytes:
+    """The class pickle of ``klass`` if ``__getstate__`` of its instances is their
+    ``__dict__`` minus volatile names (persistent's own, no slots), else b""."""
+    if klass.__getstate__ is not Persistent.__getstate__ or needs_args(klass) or copyreg._slotnames(klass):
+        return b""
+    return class_pickle(klass)
+
+
+def _remember_keys(keys: tuple) -> bool:
+    """Whether attribute names ``keys`` are strings that ``__getstate__`` keeps
+    (it drops ``_v_`` and ``_p_`` names); cached."""
+    if len(_plain_keys) >= _PLAIN_KEYS_LIMIT:
+        _plain_keys.clear()  # instances with ever-new attribute names: stay bounded
+    plain = _plain_keys[keys] = all(type(key) is str and not key.startswith(("_v_", "_p_")) for key in keys)
+    return plain
 _needs_args_cache: dict[type, bool] = {}
 
 

@@ -94,6 +94,30 @@ def test_store_load_and_metadata(storage):
     assert storage.get_size() > 0
 
 
+def test_store_many_queues_records_as_store_does(storage):
+    view = storage.open_view()
+    a, b = storage.new_oid(), storage.new_oid()
+    first = commit(view, {a: (z64, b"a1")})
+    view.poll()
+    with pytest.raises(StorageTransactionError):
+        view.store_many({b: (z64, b"b1")})  # outside a commit
+    view.tpc_begin(TransactionMeta())
+    view.store_many({a: (first, b"a2"), b: (z64, b"b1")})
+    view.tpc_vote()
+    second = view.tpc_finish()
+    view.poll()
+    assert view.load_many([a, b]) == {a: (b"a2", second), b: (b"b1", second)}
+    other = storage.open_view()
+    commit(other, {a: (second, b"a3")})
+    view.tpc_begin(TransactionMeta())
+    view.store_many({a: (second, b"stale")})  # no longer the current revision
+    with pytest.raises(ConflictError):
+        view.tpc_vote()
+    view.tpc_abort()
+    view.release()
+    other.release()
+
+
 def test_load_many_skips_missing(storage):
     view = storage.open_view()
     a, b, missing = storage.new_oid(), storage.new_oid(), storage.new_oid()

@@ -217,6 +217,9 @@ class StorageView(Protocol):
         A backend may skip the conflict check when nothing was committed since
         the snapshot, so a serial from another snapshot is a caller's error."""
 
+    def store_many(self, records: Mapping[bytes, tuple[bytes, bytes]]) -> None:
+        """:meth:`store` for several records: oid -> ``(read_serial, data)``."""
+
     def check_current(self, oid: bytes, serial: bytes) -> None:
         """Make the commit fail with ReadConflictError unless ``serial`` is still
         ``oid``'s current revision at vote time (``readCurrent``)."""
@@ -365,6 +368,12 @@ class CommitBuffer:
         if self._meta is None:
             raise StorageTransactionError("store outside a commit")
         self._stores[oid] = (read_serial, data)
+
+    def store_many(self, records: Mapping[bytes, tuple[bytes, bytes]]) -> None:
+        """Queue several new revisions: oid -> ``(read_serial, data)``."""
+        if self._meta is None:
+            raise StorageTransactionError("store outside a commit")
+        self._stores.update(records)
 
     def check_current(self, oid: bytes, serial: bytes) -> None:
         """Require ``serial`` to be ``oid``'s current revision at vote time."""
