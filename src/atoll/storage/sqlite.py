@@ -56,7 +56,6 @@ import stat
 import struct
 import threading
 import weakref
-from operator import itemgetter
 from typing import Iterable, Iterator, Literal
 from urllib.parse import quote
 
@@ -104,7 +103,6 @@ Synchronous = Literal["full", "normal"]
 # The hot paths convert oids and tids with these directly (ids.p64/u64 add a call).
 _pack64 = struct.Struct(">Q").pack
 _unpack64 = struct.Struct(">Q").unpack
-_first = itemgetter(0)
 
 
 def json_ids(ids: Iterable[int]) -> str:
@@ -621,23 +619,22 @@ class SQLiteView(CommitBuffer, StorageView):
     def _write(self, writer: sqlite3.Connection, resolve: Resolver | None) -> set[bytes]:
         """Check conflicts and insert this commit's rows (inside the write transaction)."""
         stores = self._stores
-        # (oid, read serial, data) as integers, in oid order: the b-tree takes inserts in
-        # key order fastest (and a commit's oids are often in order already).
-        rows = sorted([(_unpack64(oid)[0], _unpack64(read)[0], data) for oid, (read, data) in stores.items()], key=_first)
+        # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
+        # are often in order already). Big-endian oids sort as their numbers do.
+        oids = sorted(stores)
         checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
         resolved: dict[bytes, bytes] = {}
         last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
         # Nothing committed since our snapshot: every serial we read is still current
         # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (rows or checks) and (last or 0) != self._snap:
-            pairs = "[" + ",".join([f"[{z},{r}]" for z, r, _ in rows] + [f"[{z},{r}]" for z, r in checks]) + "]"
+        if (oids or checks) and (last or 0) != self._snap:
+            pairs = "[" + ",".join([f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids] + [f"[{z},{r}]" for z, r in checks]) + "]"
             mismatched = {
                 p64(zoid): (p64(tid) if tid else None)
                 for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
             }
             if mismatched:
-                resolved = self._resolve(writer, mismatched, resolve)
-                rows = sorted([(u64(oid), u64(read), data) for oid, (read, data) in stores.items()], key=_first)
+                resolved = self._resolve(writer, mismatched, resolve)  # replaces merged records
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
@@ -645,16 +642,20 @@ class SQLiteView(CommitBuffer, StorageView):
             sql.INSERT_TRANSACTION,
             (tid, meta.user, meta.description, meta.extension_bytes(), meta.id, b"".join(stores)),
         )
-        per_insert = sql.STATES_PER_INSERT
-        for start in range(0, len(rows), per_insert):
-            part = rows[start : start + per_insert]
+        per_insert, written = sql.STATES_PER_INSERT, 0
+        for start in range(0, len(oids), per_insert):
+            part = oids[start : start + per_insert]
             params: list = [tid]
-            for zoid, _, data in part:
-                params += (zoid, data)
+            for oid in part:
+                data = stores[oid][1]
+                params += (_unpack64(oid)[0], data)
+                written += len(data)
             writer.execute(sql.insert_states(len(part)), params)
-        self._written = sum([len(data) for _, _, data in rows])
+        self._written = written
         if not self._storage.keep_history:
-            writer.executemany(sql.DELETE_OLDER_REVISIONS, [(zoid, tid) for zoid, read, _ in rows if read])
+            writer.executemany(
+                sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64]
+            )
         return set(resolved)
 
     def _resolve(
