@@ -74,6 +74,21 @@ def test_eviction_keeps_the_byte_budget():
     assert cache.get(p64(100), T1) is not None and cache.get(p64(1), T1) is None
 
 
+def test_put_many_fills_segments_in_turn_and_keeps_the_byte_budget():
+    cache = RecordCache(max_bytes=16_000)  # segments of 1,000 bytes
+    cache.advance(T1, T1, set())
+    cache.put_many({p64(i + 1): (bytes([i]) * 300, T1) for i in range(10)}, T1)
+    assert len(cache._segments) == 4  # three records fit a segment
+    assert cache.get(p64(4), T1) == (bytes([3]) * 300, T1)
+    cache.put_many({p64(99): (b"big" * 2000, T1)}, T1)  # over a quarter of the budget
+    assert cache.get(p64(99), T1) is None
+    cache.put_many({p64(100 + i): (bytes([i]) * 300, T1) for i in range(60)}, T1)
+    assert cache._bytes <= 16_000
+    assert cache.get(p64(159), T1) == (bytes([59]) * 300, T1) and cache.get(p64(1), T1) is None
+    cache.put_many({p64(200): (b"stale", T1)}, p64(5))  # read at another snapshot
+    assert cache.get(p64(200), T1) is None
+
+
 def test_a_segment_read_from_is_frozen_and_later_records_go_to_a_new_one():
     cache = RecordCache(max_bytes=64 * FREEZE_BYTES)
     cache.advance(T1, T1, set())

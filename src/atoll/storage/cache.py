@@ -114,13 +114,39 @@ class RecordCache:
                 self._evict()
 
     def put_many(self, records: dict[bytes, tuple[bytes, bytes]], snapshot: bytes) -> None:
-        """:meth:`put` for several records read at one snapshot."""
+        """:meth:`put` for several records read at one snapshot (a cold read puts
+        every record it loads: this is :meth:`_store` as one loop)."""
         with self._lock:
             if snapshot != self.tid:
                 return
+            entries, largest, segment_size = self._entries, self.max_bytes // 4, self._segment_size
+            number = self._newest
+            segment = self._segments.get(number)
+            if type(segment) is not bytearray:
+                segment, number = self._new_segment()
+            numbered = self._segment_oids[number]
+            added = 0
             for oid, (data, serial) in records.items():
-                self._store(oid, data, serial)
+                size = len(data)
+                if size > largest:
+                    entries.pop(oid, None)  # too big to be worth its room
+                    continue
+                offset = len(segment)
+                if offset + size > segment_size and offset > 0:
+                    segment, number = self._new_segment()
+                    numbered, offset = self._segment_oids[number], 0
+                entries[oid] = (number, offset, size, serial)
+                segment += data
+                numbered.append(oid)
+                added += size
+            self._bytes += added
             self._evict()
+
+    def _new_segment(self) -> tuple[bytearray, int]:
+        self._newest += 1
+        segment = self._segments[self._newest] = bytearray()
+        self._segment_oids[self._newest] = []
+        return segment, self._newest
 
     def _store(self, oid: bytes, data: bytes, serial: bytes) -> None:
         size = len(data)
@@ -129,9 +155,7 @@ class RecordCache:
             return
         segment = self._segments.get(self._newest)
         if type(segment) is not bytearray or (len(segment) + size > self._segment_size and len(segment) > 0):
-            self._newest += 1
-            segment = self._segments[self._newest] = bytearray()
-            self._segment_oids[self._newest] = []
+            segment, _ = self._new_segment()
         self._entries[oid] = (self._newest, len(segment), size, serial)
         segment += data
         self._bytes += size
