@@ -437,7 +437,20 @@ class Connection:
                 connection.prefetch(oids)
 
     def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
-        return self._ghost(oid, klass, self._new_ghosts)
+        """:meth:`_ghost` for the reader: new ghosts go to ``_new_ghosts``. (Its
+        common case inline: a cold read makes one call per reference.)"""
+        cache = self._cache
+        obj = cache.get(oid)
+        if obj is not None:
+            return obj
+        if self._creating or klass is None or needs_args(klass):
+            return self._ghost(oid, klass, self._new_ghosts)
+        obj = klass.__new__(klass)
+        cache.new_ghost(oid, obj)
+        created = self._new_ghosts
+        if created is not None:
+            created.append(oid)
+        return obj
 
     def _ghost(self, oid: bytes, klass: type | None, created: list[bytes] | None = None) -> Persistent:
         """This connection's object for ``oid``: cached, new in this transaction, or

@@ -158,6 +158,7 @@ class ObjectWriter:
 #: Types that never are, nor contain, a persistent object (see ObjectWriter.serialize).
 _SCALARS = frozenset({str, int, float, bytes, bool, type(None)})
 _dumps = pickle.dumps
+_loads = pickle.loads
 
 _class_pickles: dict[type, bytes] = {}
 #: class -> its class pickle when its state is its __dict__, else b"" (see serialize).
@@ -270,7 +271,7 @@ class ObjectReader:
                 if data.find(b"Q", len(prefix)) < 0:
                     # No BINPERSID byte, so no reference: plain loads costs a third
                     # of an Unpickler (protocol 0's PERSID fails and goes below).
-                    return pickle.loads(memoryview(data)[len(prefix) :])
+                    return _loads(data[len(prefix) :])  # a copy costs less than a memoryview
                 return self._unpickler(data, len(prefix)).load()
             except pickle.UnpicklingError:
                 pass
