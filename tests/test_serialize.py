@@ -13,7 +13,15 @@ from persistent.mapping import PersistentMapping
 
 import atoll
 from atoll.ids import p64
-from atoll.serialize import PersistentReference, dump_state, record_class, record_state, referenced_oids, references
+from atoll.serialize import (
+    PersistentReference,
+    dump_state,
+    foreign_references,
+    record_class,
+    record_state,
+    referenced_oids,
+    references,
+)
 from atoll.storage import MemoryStorage
 from helpers import Item, WithArgs
 
@@ -240,3 +248,42 @@ def test_slots_are_part_of_the_record():
     loaded = conn2.root()["s"]
     assert (loaded.slot, loaded.attribute) == ("in a slot", "in the dict")
     conn2.close()
+
+
+def _two_databases():
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases)
+    atoll.DB(MemoryStorage(), database_name="second", databases=databases)
+    conn = first.open()
+    return first, conn, conn.get_connection("second")
+
+
+def test_foreign_references_finds_a_records_one_cross_database_reference():
+    first, conn, second = _two_databases()
+    targets = [Item(i) for i in range(3)]
+    for target in targets:
+        second.add(target)
+    local = Item("local")
+    conn.root()["one"] = one = Item(targets[0])
+    conn.root()["mixed"] = mixed = Item({"far": targets[1], "near": local, "text": "m" * 300})
+    conn.root()["none"] = none = Item(local)
+    # Over 256 memo entries before the reference: its memo puts take 4-byte indices.
+    conn.root()["long"] = long = Item([str(i) for i in range(300)] + [targets[2]])
+    conn.root()["two"] = two = Item([targets[0], targets[1]])
+    transaction.commit()
+    for obj in (one, mixed, none, long):
+        data = _record(first, obj._p_oid)
+        expected = [(name, oid) for name, oid in references(data) if name is not None]
+        assert foreign_references(data) == expected
+    assert foreign_references(_record(first, one._p_oid)) == [("second", targets[0]._p_oid)]
+    assert b"X\x01\x00\x00\x00mr" in _record(first, long._p_oid)  # LONG_BINPUT after "m"
+    # A second reference to another database: the quick scan declines, the full one reads it.
+    data = _record(first, two._p_oid)
+    assert foreign_references(data) is None
+    assert [r for r in references(data) if r[0]] == [("second", targets[0]._p_oid), ("second", targets[1]._p_oid)]
+
+
+def test_foreign_references_declines_bytes_it_does_not_recognize():
+    for data in (b"X\x01\x00\x00\x00m", b"X\x01\x00\x00\x00mq\x01", b"X\x01\x00\x00\x00mq\x01Z", b"X\x01\x00\x00\x00mq\x01X\x06\x00\x00\x00secondq\x02C\x04abcd"):
+        assert foreign_references(data) is None
+    assert foreign_references(b"\x80\x03}q\x00.") == []

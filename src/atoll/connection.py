@@ -34,7 +34,7 @@ from atoll.errors import (
     ReadOnlyHistoryError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
-from atoll.serialize import ObjectReader, ObjectWriter, needs_args, references
+from atoll.serialize import FOREIGN_MARKS, ObjectReader, ObjectWriter, foreign_references, needs_args, references
 from atoll.storage.base import TransactionMeta
 
 if TYPE_CHECKING:
@@ -81,10 +81,7 @@ class RootConvenience:
         return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
 
 
-# A cross-database reference is ['m', (database, oid, class)]: its records hold the
-# string "m" as pickle protocol 3 (BINUNICODE) or 4 (SHORT_BINUNICODE) writes it.
-_FOREIGN_MARK = b"X\x01\x00\x00\x00m"
-_FOREIGN_MARK_SHORT = b"\x8c\x01m"
+_FOREIGN_MARK, _FOREIGN_MARK_SHORT = FOREIGN_MARKS  # see atoll.serialize
 
 # Read-ahead bounds: ghosts remembered per connection, and records per batch.
 _SIBLINGS_LIMIT = 1_000_000
@@ -426,7 +423,8 @@ class Connection:
         here = self._db.database_name
         for data, _ in records.values():
             if _FOREIGN_MARK in data or _FOREIGN_MARK_SHORT in data:
-                for database_name, oid in references(data):
+                found = foreign_references(data)
+                for database_name, oid in references(data) if found is None else found:
                     if database_name is not None and database_name != here:
                         wanted.setdefault(database_name, []).append(oid)
         for database_name, oids in wanted.items():

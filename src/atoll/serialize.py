@@ -54,6 +54,8 @@ __all__ = [
     "record_class",
     "record_state",
     "references",
+    "foreign_references",
+    "FOREIGN_MARKS",
     "referenced_oids",
     "make_record",
     "class_pickle",
@@ -351,6 +353,58 @@ def references(data: bytes) -> list[tuple[str | None, bytes]]:
     scanner.load()
     scanner.load()
     return found
+
+
+#: A record with a cross-database reference holds the string "m" as pickle protocol
+#: 3 (BINUNICODE) or 4 (SHORT_BINUNICODE) writes it: records without either have none.
+FOREIGN_MARKS = (b"X\x01\x00\x00\x00m", b"\x8c\x01m")
+_MEMO_PUT_SIZES = {ord("q"): 2, ord("r"): 5, 0x94: 1}  # BINPUT, LONG_BINPUT, MEMOIZE
+
+
+def foreign_references(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The cross-database reference of a record that has at most one, found by its
+    bytes (a quarter of the time :func:`references` takes), for read-ahead. None
+    when there may be more, or the reference is not laid out as a pickler writes
+    ``['m', (name, oid, class)]``: then use :func:`references`.
+
+    Layout: the string "m", the name, the 8-byte oid, each string maybe followed by
+    a memo put. A second reference would write "m" as a memo get after a MARK.
+    """
+    for mark in FOREIGN_MARKS:
+        at = data.find(mark)
+        if at >= 0:
+            break
+    else:
+        return []
+    at += len(mark)
+    put = data[at : at + 1]
+    if put == b"q":
+        again = b"(h" + data[at + 1 : at + 2]
+    elif put == b"r":
+        again = b"(j" + data[at + 1 : at + 5]
+    else:
+        return None  # no memo put (or protocol 4's MEMOIZE): cannot rule out more
+    at += len(again) - 1
+    if data.find(again, at) >= 0:
+        return None
+    op = data[at : at + 1]
+    if op == b"X":
+        size = int.from_bytes(data[at + 1 : at + 5], "little")
+        name, at = data[at + 5 : at + 5 + size], at + 5 + size
+    elif op == b"\x8c" and at + 1 < len(data):
+        size = data[at + 1]
+        name, at = data[at + 2 : at + 2 + size], at + 2 + size
+    else:
+        return None
+    if at < len(data):
+        at += _MEMO_PUT_SIZES.get(data[at], 0)
+    oid = data[at + 2 : at + 10]
+    if data[at : at + 2] not in (b"C\x08", b"U\x08") or len(oid) != 8:
+        return None
+    try:
+        return [(name.decode("utf-8"), oid)]
+    except UnicodeDecodeError:
+        return None
 
 
 def referenced_oids(data: bytes) -> Iterator[bytes]:
