@@ -160,6 +160,7 @@ class SQLiteStorage(Storage):
             if not read_only:
                 self._writer = self._connect_writer()
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
+                self._writer.execute(sql.WRITER_CACHE)
         except BaseException:
             self._close_connections()
             raise

@@ -90,6 +90,10 @@ SET_WAL = "PRAGMA journal_mode = WAL"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {mode}"
 #: The writer leaves checkpoints to a background thread (sqlite_checkpoint.py).
 NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = 0"
+#: The commit writer's page cache, at most 32 MiB (SQLite's default is 2 MiB): a commit
+#: that replaces 100,000 revisions touches index pages all over the file, and with
+#: 2 MiB it re-reads them (1.3 against 0.9 µs per row; the commit then writes more).
+WRITER_CACHE = "PRAGMA cache_size = -32768"
 
 # -- oids --------------------------------------------------------------------
 
