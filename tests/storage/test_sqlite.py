@@ -201,6 +201,15 @@ def test_durability_modes(path, mode, level):
     storage.close()
 
 
+def test_the_commit_writer_has_a_bigger_page_cache_than_readers(path):
+    storage = SQLiteStorage(path)
+    view = storage.open_view()
+    assert storage._writer.execute("PRAGMA cache_size").fetchone()[0] == -32768
+    assert view._conn.execute("PRAGMA cache_size").fetchone()[0] == -2000  # SQLite's default
+    view.release()
+    storage.close()
+
+
 def test_history_free_keeps_one_revision(path):
     storage = SQLiteStorage(path, keep_history=False)
     view = storage.open_view()
