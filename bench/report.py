@@ -154,10 +154,12 @@ def format_header(document: dict[str, Any]) -> str:
     packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items()
                          if version)
     settings = document["settings"]
+    commands = [c if isinstance(c, dict) else {"command": c, "atoll_commit": m.get("atoll_commit")}
+                for c in document.get("commands", [document["command"]])]
     return "\n".join([
-        *(f"- Command: `{c}`" for c in document.get("commands", [document["command"]])),
+        *(f"- Command: `{c['command']}` (atoll commit {c.get('atoll_commit') or 'unknown'})"
+          for c in commands),
         f"- Run: {document['started']} to {document['finished']}",
-        f"- atoll measured at commit {m.get('atoll_commit') or 'unknown'}",
         f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB RAM; {m['platform']}",
         f"- Software: Python {m['python']}, SQLite {m['sqlite']}, "
         f"PostgreSQL {m['postgresql'] or 'not used'}; {packages}",

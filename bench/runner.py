@@ -323,18 +323,27 @@ def write_docs(path: str, document: dict[str, Any]) -> None:
                           + text[end:])
 
 
+def _commands(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs whose figures a results document holds, each with its atoll commit
+    (older documents list bare commands, measured at the document's one commit)."""
+    commit = document.get("machine", {}).get("atoll_commit")
+    return [c if isinstance(c, dict) else {"command": c, "atoll_commit": commit}
+            for c in document.get("commands", [document["command"]])]
+
+
 def measure(options: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     """Run the matrix and return the results document (merged if --merge)."""
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     records = run_matrix(options)
     command = ("python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    commands = [command]
+    commands = [{"command": command, "atoll_commit": _atoll_commit()}]
     if options.merge and options.json and os.path.exists(options.json):
         with open(options.json) as f:
             old = json.load(f)
         fresh = {_key(r) for r in records}
         records = [r for r in old["results"] if _key(r) not in fresh] + records
-        commands = old.get("commands", [old["command"]]) + commands
+        # A command run again replaced its figures: it is listed once, with this commit.
+        commands = [c for c in _commands(old) if c["command"] != command] + commands
         started = old["started"]
     return {
         "command": command,

@@ -82,6 +82,16 @@ def test_merge_keeps_figures_of_other_configurations(tmp_path, capsys):
                           "--concurrency", "1", "--layouts", "mapping", "--workloads", "add",
                           "--merge")
     assert sorted(r["count"] for r in document["results"]) == [10, 12]
+    # Each run is listed once, with the atoll commit it measured; running a command
+    # again replaces its entry as it replaced its figures.
+    _, _, document = _run(tmp_path, capsys, "--backends", "atoll-memory", "--counts", "12",
+                          "--concurrency", "1", "--layouts", "mapping", "--workloads", "add",
+                          "--merge")
+    listed = [entry["command"] for entry in document["commands"]]
+    assert len(listed) == 2 and "--counts 10 " in listed[0] and "--counts 12 " in listed[1]
+    assert all("atoll_commit" in entry for entry in document["commands"])
+    header = report.format_header(document)
+    assert header.count("- Command: `python -m bench") == 2 and "(atoll commit " in header
 
 
 def _record(backend: str, rate: float | None, count: int = 1000) -> dict:
