@@ -155,6 +155,7 @@ class Connection:
         # The first batch of a new group: grows while whole batches get used (a scan),
         # shrinks when loaded records go unused (random access).
         self._first_window = _SIBLINGS_MIN_WINDOW
+        self._plain_classes: set[type] = set()  # classes whose ghosts need no arguments
         # Ghosts created by the set_state running: in this connection, and (through
         # cross-database references) in others of the group.
         self._new_ghosts: list[bytes] | None = None
@@ -441,8 +442,10 @@ class Connection:
         obj = cache.get(oid)
         if obj is not None:
             return obj
-        if self._creating or klass is None or needs_args(klass):
-            return self._ghost(oid, klass, self._new_ghosts)
+        if self._creating or klass not in self._plain_classes:
+            if self._creating or klass is None or needs_args(klass):
+                return self._ghost(oid, klass, self._new_ghosts)
+            self._plain_classes.add(klass)
         obj = klass.__new__(klass)
         cache.new_ghost(oid, obj)
         created = self._new_ghosts
