@@ -23,7 +23,7 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
 2. A view's loads are repeatable: until the next ``poll()``, ``load(oid)`` returns the
    same ``(data, serial)``; serial is the tid that wrote that revision and is never
    greater than the snapshot.
-3. Two-phase commit: ``tpc_begin`` -> ``store``/``check_current``... -> ``tpc_vote`` ->
+3. Two-phase commit: ``tpc_begin`` -> ``store``/``store_many``/``check_current``... -> ``tpc_vote`` ->
    ``tpc_finish`` or ``tpc_abort``. ``tpc_vote`` takes the storage's commit lock,
    detects conflicts and raises :class:`~atoll.errors.ConflictError` (or resolves them
    through ``resolve``), and allocates the tid. After ``tpc_vote`` returns, the
