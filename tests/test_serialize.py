@@ -287,3 +287,24 @@ def test_foreign_references_declines_bytes_it_does_not_recognize():
     for data in (b"X\x01\x00\x00\x00m", b"X\x01\x00\x00\x00mq\x01", b"X\x01\x00\x00\x00mq\x01Z", b"X\x01\x00\x00\x00mq\x01X\x06\x00\x00\x00secondq\x02C\x04abcd"):
         assert foreign_references(data) is None
     assert foreign_references(b"\x80\x03}q\x00.") == []
+
+
+def test_the_attribute_names_cache_stays_bounded():
+    import atoll.serialize as serialize
+
+    db = atoll.DB(MemoryStorage())
+    conn = db.open()
+    writer = conn._writer
+    serialize._plain_keys.clear()
+    wide = Item("wide")
+    for i in range(serialize._PLAIN_KEYS_LONGEST + 1):
+        setattr(wide, f"field_{i}", i)
+    conn.add(wide)
+    assert writer.serialize(wide) == _general_record(writer, wide)
+    assert not serialize._plain_keys  # too many names to keep as a cache key
+    for i in range(serialize._PLAIN_KEYS_LIMIT + 5):
+        obj = Item(i)
+        setattr(obj, f"only_{i}", i)
+        conn.add(obj)
+        writer.serialize(obj)
+    assert len(serialize._plain_keys) <= serialize._PLAIN_KEYS_LIMIT

@@ -167,7 +167,8 @@ _class_pickles: dict[type, bytes] = {}
 _dict_state_classes: dict[type, bytes] = {}
 #: attribute names (a __dict__'s keys, in order) -> whether __getstate__ keeps them all.
 _plain_keys: dict[tuple, bool] = {}
-_PLAIN_KEYS_LIMIT = 10_000
+_PLAIN_KEYS_LIMIT = 10_000  # key tuples cached at most
+_PLAIN_KEYS_LONGEST = 64  # names per tuple at most: longer ones are checked each time
 
 
 def _dict_state_meta(klass: type) -> bytes:
@@ -181,10 +182,14 @@ def _dict_state_meta(klass: type) -> bytes:
 def _remember_keys(keys: tuple) -> bool:
     """Whether attribute names ``keys`` are strings that ``__getstate__`` keeps
     (it drops ``_v_`` and ``_p_`` names); cached."""
-    if len(_plain_keys) >= _PLAIN_KEYS_LIMIT:
-        _plain_keys.clear()  # instances with ever-new attribute names: stay bounded
-    plain = _plain_keys[keys] = all(type(key) is str and not key.startswith(("_v_", "_p_")) for key in keys)
+    plain = all(type(key) is str and not key.startswith(("_v_", "_p_")) for key in keys)
+    if len(keys) <= _PLAIN_KEYS_LONGEST:  # the cache stays small whatever the objects
+        if len(_plain_keys) >= _PLAIN_KEYS_LIMIT:
+            _plain_keys.clear()  # instances with ever-new attribute names
+        _plain_keys[keys] = plain
     return plain
+
+
 _needs_args_cache: dict[type, bool] = {}
 
 
