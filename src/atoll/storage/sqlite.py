@@ -629,7 +629,8 @@ class SQLiteView(CommitBuffer, StorageView):
         # Nothing committed since our snapshot: every serial we read is still current
         # (the connection ghosted whatever changed before it), so nothing can conflict.
         if (oids or checks) and (last or 0) != self._snap:
-            pairs = "[" + ",".join([f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids] + [f"[{z},{r}]" for z, r in checks]) + "]"
+            stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
+            pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
             mismatched = {
                 p64(zoid): (p64(tid) if tid else None)
                 for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
