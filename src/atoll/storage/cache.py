@@ -108,14 +108,11 @@ class RecordCache:
 
     def put(self, oid: bytes, data: bytes, serial: bytes, snapshot: bytes) -> None:
         """Remember a record that was read at ``snapshot``; ignored unless that is C."""
-        with self._lock:
-            if snapshot == self.tid:
-                self._store(oid, data, serial)
-                self._evict()
+        self.put_many({oid: (data, serial)}, snapshot)
 
     def put_many(self, records: dict[bytes, tuple[bytes, bytes]], snapshot: bytes) -> None:
-        """:meth:`put` for several records read at one snapshot (a cold read puts
-        every record it loads: this is :meth:`_store` as one loop)."""
+        """:meth:`put` for several records read at one snapshot (one loop: a cold
+        read puts every record it loads)."""
         with self._lock:
             if snapshot != self.tid:
                 return
@@ -147,19 +144,6 @@ class RecordCache:
         segment = self._segments[self._newest] = bytearray()
         self._segment_oids[self._newest] = []
         return segment, self._newest
-
-    def _store(self, oid: bytes, data: bytes, serial: bytes) -> None:
-        size = len(data)
-        if size > self.max_bytes // 4:
-            self._entries.pop(oid, None)  # too big to be worth its room
-            return
-        segment = self._segments.get(self._newest)
-        if type(segment) is not bytearray or (len(segment) + size > self._segment_size and len(segment) > 0):
-            segment, _ = self._new_segment()
-        self._entries[oid] = (self._newest, len(segment), size, serial)
-        segment += data
-        self._bytes += size
-        self._segment_oids[self._newest].append(oid)
 
     def _evict(self) -> None:
         entries = self._entries
