@@ -34,7 +34,7 @@ from atoll.errors import (
     ReadOnlyHistoryError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
-from atoll.serialize import FOREIGN_MARKS, ObjectReader, ObjectWriter, foreign_references, needs_args, references
+from atoll.serialize import ObjectReader, ObjectWriter, foreign_references, needs_args, references
 from atoll.storage.base import TransactionMeta
 
 if TYPE_CHECKING:
@@ -80,8 +80,6 @@ class RootConvenience:
     def __repr__(self) -> str:
         return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
 
-
-_FOREIGN_MARK, _FOREIGN_MARK_SHORT = FOREIGN_MARKS  # see atoll.serialize
 
 # Read-ahead bounds: ghosts remembered per connection, and records per batch.
 _SIBLINGS_LIMIT = 1_000_000
@@ -423,11 +421,10 @@ class Connection:
         wanted: dict[str, list[bytes]] = {}
         here = self._db.database_name
         for data, _ in records.values():
-            if _FOREIGN_MARK in data or _FOREIGN_MARK_SHORT in data:
-                found = foreign_references(data)
-                for database_name, oid in references(data) if found is None else found:
-                    if database_name is not None and database_name != here:
-                        wanted.setdefault(database_name, []).append(oid)
+            found = foreign_references(data)  # [] at once for a record without one
+            for database_name, oid in references(data) if found is None else found:
+                if database_name is not None and database_name != here:
+                    wanted.setdefault(database_name, []).append(oid)
         for database_name, oids in wanted.items():
             connection = self.connections.get(database_name)
             if connection is None and database_name in self._db.databases:
