@@ -439,10 +439,12 @@ class Connection:
         obj = cache.get(oid)
         if obj is not None:
             return obj
-        if self._creating or klass not in self._plain_classes:
-            if self._creating or klass is None or needs_args(klass):
+        if klass not in self._plain_classes:
+            if klass is None or needs_args(klass):
                 return self._ghost(oid, klass, self._new_ghosts)
             self._plain_classes.add(klass)
+        if self._creating:  # the oid may be a new object of this transaction
+            return self._ghost(oid, klass, self._new_ghosts)
         obj = klass.__new__(klass)
         cache.new_ghost(oid, obj)
         created = self._new_ghosts

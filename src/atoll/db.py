@@ -290,7 +290,6 @@ class DB:
         return len(self.storage)
 
 
-
 def _before_tid(at: Any, before: Any) -> bytes | None:
     if at is not None and before is not None:
         raise ValueError("give at most one of 'at' and 'before'")
