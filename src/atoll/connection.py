@@ -575,15 +575,19 @@ class Connection:
     def tpc_begin(self, txn: Any) -> None:
         self._check_open()
         try:
-            shared_id = txn.data(_TRANSACTION_ID)
+            shared_id, participants = txn.data(_TRANSACTION_ID)
         except KeyError:
-            shared_id = uuid.uuid4().hex
-            txn.set_data(_TRANSACTION_ID, shared_id)
+            # One id and one list of storages for every connection of the commit; the
+            # list is complete before any votes (see TransactionMeta).
+            shared_id, participants = uuid.uuid4().hex, []
+            txn.set_data(_TRANSACTION_ID, (shared_id, participants))
+        participants.append(self._db.storage.sort_key())
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
             extension=dict(txn.extension),
             id=shared_id,
+            participants=participants,
         )
         self._view.tpc_begin(meta)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from atoll.errors import (
     ConflictError,
@@ -74,13 +74,17 @@ class TransactionMeta:
 
     ``id`` is the same for every storage that takes part in one transaction of a
     multi-database collection, so a backend that must recover a half-finished
-    commit can find its partners.
+    commit can find its partners. ``participants`` holds the ``sort_key()`` of every
+    storage taking part, this one included; the caller may still be adding to it
+    during ``tpc_begin`` of the others, but it is complete when ``tpc_vote`` runs
+    (the transaction package begins every participant before it votes any).
     """
 
     user: str = ""
     description: str = ""
     extension: Mapping[str, object] = field(default_factory=dict)
     id: str = ""
+    participants: Sequence[str] = ()
 
     def extension_bytes(self) -> bytes:
         """The extension dict as stored (a pickle; empty bytes for no extension)."""

@@ -31,6 +31,12 @@ Commits
     IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
     the next tid from the stored last tid (so tids increase across processes) and
     writes the rows; ``tpc_finish`` commits; ``tpc_abort`` rolls back.
+Commits across several files
+    A commit of a collection that writes to several SQLite files is prepared in each
+    (a durable copy of it beside the file) before any of them commits, so that a
+    process killed between two files' commits leaves a commit that the next writer
+    of each file completes or drops, the same way everywhere
+    (:mod:`atoll.storage.sqlite_prepared`).
 Checkpoints
     Copying the write-ahead log back into the file happens in a background thread
     once about 4 MiB were committed (:mod:`atoll.storage.sqlite_checkpoint`), not
@@ -50,11 +56,13 @@ Durability
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
 import struct
 import threading
+import time
 import weakref
 from typing import Iterable, Iterator, Literal
 from urllib.parse import quote
@@ -67,6 +75,7 @@ from atoll.errors import (
     StorageTransactionError,
 )
 from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import sqlite_prepared as prepared
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import (
     CommitBuffer,
@@ -85,7 +94,9 @@ from atoll.storage.base import (
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
 
-__all__ = ["SQLiteStorage", "SQLiteView"]
+__all__ = ["SQLiteStorage", "SQLiteView", "insert_commit"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds a connection waits for another one's lock (another process's commit).
 BUSY_TIMEOUT = 60.0
@@ -113,6 +124,35 @@ def json_ids(ids: Iterable[int]) -> str:
 def split_oids(packed: bytes) -> list[bytes]:
     """The oids of a ``transactions.oids`` value (concatenated 8-byte oids)."""
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
+
+
+def insert_commit(
+    writer: sqlite3.Connection,
+    tid: int,
+    meta: tuple[str, str, bytes, str],
+    stores: dict[bytes, tuple[bytes, bytes]],
+    oids: list[bytes],
+    keep_history: bool,
+) -> int:
+    """Write one commit inside an open write transaction: its ``transactions`` row
+    (``meta`` is user, description, extension bytes and shared id), a revision per
+    record of ``stores`` (oid -> (read serial, data)), inserted in the order of
+    ``oids``, and in a history-free file the deletion of the revisions they replace.
+    Returns the bytes of record data written."""
+    user, description, extension, txn_id = meta
+    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
+    per_insert, written = sql.STATES_PER_INSERT, 0
+    for start in range(0, len(oids), per_insert):
+        part = oids[start : start + per_insert]
+        params: list = [tid]
+        for oid in part:
+            data = stores[oid][1]
+            params += (_unpack64(oid)[0], data)
+            written += len(data)
+        writer.execute(sql.insert_states(len(part)), params)
+    if not keep_history:
+        writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
+    return written
 
 
 class SQLiteStorage(Storage):
@@ -154,6 +194,8 @@ class SQLiteStorage(Storage):
         self._writer: sqlite3.Connection | None = None
         self._checkpointer = Checkpointer(self._connect_writer)
         creating = self._check_path()
+        self._sort_key = f"sqlite:{os.path.realpath(self.path)}"
+        self._prepared_path = prepared.prepared_path(self.path)
         try:
             self._conn = self._connect(create=creating)
             self._open_schema()
@@ -161,6 +203,8 @@ class SQLiteStorage(Storage):
                 self._writer = self._connect_writer()
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
                 self._writer.execute(sql.WRITER_CACHE)
+                with self._commit_lock:
+                    self._settle_prepared()
         except BaseException:
             self._close_connections()
             raise
@@ -292,6 +336,53 @@ class SQLiteStorage(Storage):
         if self._closed:
             raise StorageError(f"storage {self.path} is closed")
 
+    def _settle_prepared(self) -> None:
+        """Complete or drop the commit a process prepared here and did not finish, if
+        there is one (see :mod:`atoll.storage.sqlite_prepared`). The caller holds
+        ``_commit_lock``; each step runs under SQLite's write lock."""
+        path, writer = self._prepared_path, self._writer
+        assert writer is not None
+        while os.path.exists(path):
+            try:
+                writer.execute(sql.BEGIN_WRITE)
+                try:
+                    done = self._settle_step(writer, path)
+                    writer.execute(sql.COMMIT)
+                except BaseException:
+                    writer.execute(sql.ROLLBACK)
+                    raise
+            except sqlite3.Error as e:
+                raise self._error(e, "settling a prepared commit") from None
+            if done:
+                log.warning("%s: %s", self.path, done)
+
+    def _settle_step(self, writer: sqlite3.Connection, path: str) -> str | None:
+        """One step of settling, inside a write transaction; what it did, for the log
+        (None when the file only had to go)."""
+        commit = prepared.read(path)
+        if commit is None:
+            return None
+        row = writer.execute(sql.SELECT_TXN_ID, (commit.tid,)).fetchone()
+        if row is not None:
+            if row[0] != commit.txn_id:
+                raise StorageError(f"{path} does not belong to {self.path} (its tid holds another transaction)")
+            prepared.remove(path)  # the commit finished here
+            return None
+        described = f"transaction {p64(commit.tid).hex()} (id {commit.txn_id}), prepared by a process that stopped"
+        if not prepared.decided(commit, path):
+            prepared.remove(path)
+            return f"dropped {described}: no other database of its collection committed it"
+        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
+        if last >= commit.tid:
+            raise StorageError(
+                f"{path} cannot be settled: {self.path} has commits after it; delete it to give that commit up"
+            )
+        commit = prepared.read(path, records=True)
+        assert commit is not None
+        meta = (commit.user, commit.description, commit.extension, commit.txn_id)
+        insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), self.keep_history)
+        return f"committed {described}, as another database of its collection had"  # the file goes next step
+
     def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
         if self._closed:
             return StorageError(f"storage {self.path} is closed")
@@ -412,6 +503,8 @@ class SQLiteStorage(Storage):
         try:
             from atoll.storage.sqlite_pack import Packer
 
+            with self._commit_lock:
+                self._settle_prepared()
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
@@ -430,7 +523,7 @@ class SQLiteStorage(Storage):
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
 
     def sort_key(self) -> str:
-        return f"sqlite:{os.path.realpath(self.path)}"
+        return self._sort_key
 
     def close(self) -> None:
         if self._closed:
@@ -461,6 +554,7 @@ class SQLiteView(CommitBuffer, StorageView):
         self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._locked = False  # we hold the storage's commit lock and SQLite's write lock
+        self._prepared = False  # this commit wrote the storage's prepared file
         cached_through = storage._records.tid
         if before is not None:
             self._snap = max(u64(before) - 1, 0)
@@ -605,6 +699,8 @@ class SQLiteView(CommitBuffer, StorageView):
         writer = storage._writer
         assert writer is not None
         try:
+            if os.path.exists(storage._prepared_path):
+                storage._settle_prepared()
             try:
                 writer.execute(sql.BEGIN_WRITE)
             except sqlite3.OperationalError as e:
@@ -612,6 +708,9 @@ class SQLiteView(CommitBuffer, StorageView):
                     f"could not lock {storage.path} for commit within {BUSY_TIMEOUT:.0f} s: {e}"
                 ) from None
             resolved = self._write(writer, resolve)
+            partners = prepared.sqlite_partners(self._meta.participants, storage._sort_key)  # type: ignore[union-attr]
+            if partners and self._meta.id:  # type: ignore[union-attr]
+                self._prepare(partners)
         except BaseException:
             self._abort_write()
             raise
@@ -640,25 +739,30 @@ class SQLiteView(CommitBuffer, StorageView):
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
-        writer.execute(
-            sql.INSERT_TRANSACTION,
-            (tid, meta.user, meta.description, meta.extension_bytes(), meta.id, b"".join(stores)),
-        )
-        per_insert, written = sql.STATES_PER_INSERT, 0
-        for start in range(0, len(oids), per_insert):
-            part = oids[start : start + per_insert]
-            params: list = [tid]
-            for oid in part:
-                data = stores[oid][1]
-                params += (_unpack64(oid)[0], data)
-                written += len(data)
-            writer.execute(sql.insert_states(len(part)), params)
-        self._written = written
-        if not self._storage.keep_history:
-            writer.executemany(
-                sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64]
-            )
+        fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
+        self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
         return set(resolved)
+
+    def _prepare(self, partners: list[str]) -> None:
+        """Write this commit to the storage's prepared file: other SQLite files take
+        part in it (see :mod:`atoll.storage.sqlite_prepared`)."""
+        storage, meta = self._storage, self._meta
+        assert meta is not None and self._tid is not None
+        commit = prepared.PreparedCommit(
+            tid=self._tid,
+            txn_id=meta.id,
+            partners=partners,
+            prepared_at=time.time(),
+            user=meta.user,
+            description=meta.description,
+            extension=meta.extension_bytes(),
+            records=self._stores,
+        )
+        self._prepared = True  # from here on, an abort removes whatever was written
+        try:
+            prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
+        except OSError as e:
+            raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
 
     def _resolve(
         self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
@@ -696,8 +800,10 @@ class SQLiteView(CommitBuffer, StorageView):
         try:
             storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
         except sqlite3.Error as e:
+            self._prepared = False  # partners may have committed: the next writer settles it
             self._abort_write()
             raise storage._error(e, "committing") from None
+        # A prepared file stays: the next writer removes it under the write lock.
         self._own.add(tid)
         self._locked = False
         storage._commit_lock.release()
@@ -714,6 +820,8 @@ class SQLiteView(CommitBuffer, StorageView):
         if self._locked:
             self._locked = False
             try:
+                if self._prepared:  # still under the write lock; no partner has finished
+                    prepared.remove(self._storage._prepared_path)
                 writer = self._storage._writer
                 if writer is not None and writer.in_transaction:
                     writer.execute(sql.ROLLBACK)
@@ -724,6 +832,7 @@ class SQLiteView(CommitBuffer, StorageView):
     def _reset(self) -> None:
         self._reset_buffer()
         self._tid = None
+        self._prepared = False
         self._written = 0  # record bytes of the commit being written
 
     # -- giving back ------------------------------------------------------------

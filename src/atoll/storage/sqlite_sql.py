@@ -152,6 +152,13 @@ WHERE coalesce(current, 0) != expected
 
 LOAD_CURRENT = "SELECT state FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1"
 
+# -- prepared commits (sqlite_prepared.py) -----------------------------------
+
+#: The shared id of the transaction a tid committed, if that tid was committed.
+SELECT_TXN_ID = "SELECT txn_id FROM transactions WHERE tid = ?"
+#: Did this file commit a multi-database transaction (no earlier than a tid)?
+PARTNER_COMMITTED = "SELECT 1 FROM transactions WHERE tid >= ? AND txn_id = ? LIMIT 1"
+
 INSERT_TRANSACTION = """
 INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
 VALUES (?, ?, ?, ?, ?, ?)
