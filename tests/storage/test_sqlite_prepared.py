@@ -186,6 +186,23 @@ def test_a_finished_commit_leaves_its_prepared_file_to_the_next_writer(two_files
         storage.close()
 
 
+def test_closing_removes_the_prepared_file_of_a_finished_commit(two_files):
+    storages = [SQLiteStorage(path) for path in two_files]
+    keys = [storage.sort_key() for storage in storages]
+    views = [storage.open_view() for storage in storages]
+    for view in views:
+        view.tpc_begin(TransactionMeta(id="shared", participants=keys))
+        view.store(z64, view.load(z64)[1], b"both")
+    for view in views:
+        view.tpc_vote()
+    for view in views:
+        view.tpc_finish()
+    for storage in storages:
+        storage.close()
+    assert [p for p in two_files if os.path.exists(prepared.prepared_path(p))] == []
+    assert [committed(path) for path in two_files] == [b"both", b"both"]
+
+
 def test_an_aborted_vote_removes_its_prepared_file(two_files):
     storages = [SQLiteStorage(path) for path in two_files]
     view = storages[0].open_view()

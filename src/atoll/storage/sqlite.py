@@ -532,6 +532,14 @@ class SQLiteStorage(Storage):
         for view in list(self._views):
             view._close()
         self._checkpointer.stop()
+        if self._writer is not None and os.path.exists(self._prepared_path):
+            # Our last commit's prepared file, most likely: it goes now rather than
+            # stay beside the database until the next process writes.
+            try:
+                with self._commit_lock:
+                    self._settle_prepared()
+            except StorageError as e:
+                log.warning("%s", e)
         with self._lock:
             self._close_connections()
 
