@@ -257,3 +257,26 @@ def test_sqlite_partners_are_the_other_sqlite_files_unless_another_kind_takes_pa
     assert prepared.sqlite_partners([own, "sqlite:/d/b.db", "memory:m:1"], own) == ["/d/b.db"]
     assert prepared.sqlite_partners([own, "memory:m:1"], own) == []
     assert prepared.sqlite_partners([own, "sqlite:/d/b.db", "postgresql:x/test/s"], own) == []
+
+
+def test_a_prepared_file_of_another_database_is_refused_by_name(two_files):
+    first, second = two_files
+    storage = SQLiteStorage(first)
+    tid = commit_root(storage, b"mine")
+    storage.close()
+    stray = prepared.PreparedCommit(
+        tid=int.from_bytes(tid, "big"), txn_id="someone else's", partners=[second], prepared_at=0.0
+    )
+    prepared.write(prepared.prepared_path(first), stray, durable=False)
+    with pytest.raises(StorageError, match="does not belong to"):
+        SQLiteStorage(first)
+
+
+def test_a_decided_commit_older_than_the_file_is_not_inserted_out_of_order(two_files):
+    first, second = two_files
+    die_after_finishing(1, two_files)  # the first file committed, the second is prepared
+    commit = prepared.read(prepared.prepared_path(second), records=True)
+    commit.tid = 1  # older than what the file holds: inserting it would rewrite the past
+    prepared.write(prepared.prepared_path(second), commit, durable=False)
+    with pytest.raises(StorageError, match="has commits after it"):
+        SQLiteStorage(second)
