@@ -39,6 +39,7 @@ reads follow references from one database into the other.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Callable
 
@@ -118,7 +119,12 @@ class Session:
         return [conn.root()[self.key] for conn in self.conns]
 
     def make_cold(self) -> None:
-        """Drop every cache this process has: reopen durable storages, else ghost all."""
+        """Drop every cache this process has: reopen durable storages, else ghost all.
+
+        Then collect garbage: a closed ZODB connection leaves its objects in reference
+        cycles (``_p_jar`` and the cache), alive until the cyclic GC runs, where atoll
+        frees them at once. Left there, they would keep the next objects loaded out of
+        the memory they free, and later reads would measure that, not the code."""
         transaction.abort()
         if self.backend.durable:
             self.close()
@@ -126,6 +132,7 @@ class Session:
         else:
             for conn in self.conns:
                 conn.cacheMinimize()
+        gc.collect()
 
     def touch_all(self) -> int:
         """Read every object through the containers (and, in multidb, the peers)."""
