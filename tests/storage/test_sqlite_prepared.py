@@ -280,3 +280,17 @@ def test_a_decided_commit_older_than_the_file_is_not_inserted_out_of_order(two_f
     prepared.write(prepared.prepared_path(second), commit, durable=False)
     with pytest.raises(StorageError, match="has commits after it"):
         SQLiteStorage(second)
+
+
+def test_a_read_only_open_leaves_a_prepared_commit_and_says_so(two_files, caplog):
+    die_after_finishing(1, two_files)
+    second = two_files[1]
+    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite"):
+        reader = SQLiteStorage(second, read_only=True)
+    try:
+        assert "read-only storage cannot settle it" in caplog.text and second in caplog.text
+        assert root_data(reader) == b"before"  # not settled: nothing written
+        assert os.path.exists(prepared.prepared_path(second))
+    finally:
+        reader.close()
+    assert committed(second) == b"from the killed process"  # a writable open settles it

@@ -205,6 +205,13 @@ class SQLiteStorage(Storage):
                 self._writer.execute(sql.WRITER_CACHE)
                 with self._commit_lock:
                     self._settle_prepared()
+            elif os.path.exists(self._prepared_path):
+                log.warning(
+                    "%s holds a commit that a process prepared and did not finish; a read-only storage "
+                    "cannot settle it, so its readers may miss part of a collection's transaction until a "
+                    "writable open does",
+                    self.path,
+                )
         except BaseException:
             self._close_connections()
             raise
