@@ -94,7 +94,7 @@ from atoll.storage.base import (
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
 
-__all__ = ["SQLiteStorage", "SQLiteView", "insert_commit"]
+__all__ = ["SQLiteStorage", "SQLiteView"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def split_oids(packed: bytes) -> list[bytes]:
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
 
 
-def insert_commit(
+def _insert_commit(
     writer: sqlite3.Connection,
     tid: int,
     meta: tuple[str, str, bytes, str],
@@ -387,7 +387,7 @@ class SQLiteStorage(Storage):
         commit = prepared.read(path, records=True)
         assert commit is not None
         meta = (commit.user, commit.description, commit.extension, commit.txn_id)
-        insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), self.keep_history)
+        _insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), self.keep_history)
         return f"committed {described}, as another database of its collection had"  # the file goes next step
 
     def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
@@ -755,7 +755,7 @@ class SQLiteView(CommitBuffer, StorageView):
         meta = self._meta
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
-        self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
+        self._written = _insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
         return set(resolved)
 
     def _prepare(self, partners: list[str]) -> None:
@@ -836,7 +836,10 @@ class SQLiteView(CommitBuffer, StorageView):
             self._locked = False
             try:
                 if self._prepared:  # still under the write lock; no partner has finished
-                    prepared.remove(self._storage._prepared_path)
+                    try:
+                        prepared.remove(self._storage._prepared_path)
+                    except OSError as e:  # the next writer finds no partner committed it: dropped
+                        log.warning("cannot remove %s: %s", self._storage._prepared_path, e)
                 writer = self._storage._writer
                 if writer is not None and writer.in_transaction:
                     writer.execute(sql.ROLLBACK)

@@ -166,7 +166,7 @@ def read(path: str, records: bool = False) -> PreparedCommit | None:
             if records:
                 commit.records = _read_records(source, int(meta["records"]))
         except (ValueError, KeyError, TypeError, struct.error) as e:
-            raise StorageError(f"{path} is damaged ({e}); it cannot be settled") from None
+            raise StorageError(f"{path} is damaged ({e}); delete it to give up the commit it held") from None
     return commit
 
 
