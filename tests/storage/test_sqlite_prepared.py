@@ -166,15 +166,21 @@ def test_commits_of_one_file_write_no_prepared_file(tmp_path: Path):
     storage.close()
 
 
-def test_a_finished_commit_leaves_its_prepared_file_to_the_next_writer(two_files):
-    storages = [SQLiteStorage(path) for path in two_files]
+def vote_in_each(storages: list[SQLiteStorage], data: bytes) -> list:
+    """Views that have voted one commit over all ``storages``, writing ``data`` to each root."""
     keys = [storage.sort_key() for storage in storages]
     views = [storage.open_view() for storage in storages]
     for view in views:
         view.tpc_begin(TransactionMeta(id="shared", participants=keys))
-        view.store(z64, view.load(z64)[1], b"both")
+        view.store(z64, view.load(z64)[1], data)
     for view in views:
         view.tpc_vote()
+    return views
+
+
+def test_a_finished_commit_leaves_its_prepared_file_to_the_next_writer(two_files):
+    storages = [SQLiteStorage(path) for path in two_files]
+    views = vote_in_each(storages, b"both")
     for path in two_files:
         assert prepared.read(prepared_path := prepared.prepared_path(path)) is not None, prepared_path
     for view in views:
@@ -188,13 +194,7 @@ def test_a_finished_commit_leaves_its_prepared_file_to_the_next_writer(two_files
 
 def test_closing_removes_the_prepared_file_of_a_finished_commit(two_files):
     storages = [SQLiteStorage(path) for path in two_files]
-    keys = [storage.sort_key() for storage in storages]
-    views = [storage.open_view() for storage in storages]
-    for view in views:
-        view.tpc_begin(TransactionMeta(id="shared", participants=keys))
-        view.store(z64, view.load(z64)[1], b"both")
-    for view in views:
-        view.tpc_vote()
+    views = vote_in_each(storages, b"both")
     for view in views:
         view.tpc_finish()
     for storage in storages:

@@ -64,6 +64,7 @@ import struct
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from typing import Iterable, Iterator, Literal
 from urllib.parse import quote
 
@@ -94,7 +95,7 @@ from atoll.storage.base import (
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
 
-__all__ = ["SQLiteStorage", "SQLiteView"]
+__all__ = ["SQLiteStorage", "SQLiteView", "write_transaction"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,19 @@ def json_ids(ids: Iterable[int]) -> str:
 def split_oids(packed: bytes) -> list[bytes]:
     """The oids of a ``transactions.oids`` value (concatenated 8-byte oids)."""
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction (``BEGIN IMMEDIATE``) on ``conn``, committed when the block
+    ends, rolled back when it raises."""
+    conn.execute(sql.BEGIN_WRITE)
+    try:
+        yield conn
+        conn.execute(sql.COMMIT)
+    except BaseException:
+        conn.execute(sql.ROLLBACK)
+        raise
 
 
 def _insert_commit(
@@ -318,8 +332,7 @@ class SQLiteStorage(Storage):
         conn = self._conn
         assert conn is not None
         conn.execute(sql.SET_WAL)  # persistent in the file; must be outside a transaction
-        conn.execute(sql.BEGIN_WRITE)
-        try:
+        with write_transaction(conn):
             # Another process may have created the tables since we looked.
             if conn.execute(sql.COUNT_TABLES).fetchone()[0] == 0:
                 for statement in sql.CREATE_SCHEMA.split(";"):
@@ -334,10 +347,6 @@ class SQLiteStorage(Storage):
                         ("next_oid", 1),  # 0 is the root
                     ],
                 )
-            conn.execute(sql.COMMIT)
-        except BaseException:
-            conn.execute(sql.ROLLBACK)
-            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -351,13 +360,8 @@ class SQLiteStorage(Storage):
         assert writer is not None
         while os.path.exists(path):
             try:
-                writer.execute(sql.BEGIN_WRITE)
-                try:
+                with write_transaction(writer):
                     done = self._settle_step(writer, path)
-                    writer.execute(sql.COMMIT)
-                except BaseException:
-                    writer.execute(sql.ROLLBACK)
-                    raise
             except sqlite3.Error as e:
                 raise self._error(e, "settling a prepared commit") from None
             if done:
@@ -424,14 +428,9 @@ class SQLiteStorage(Storage):
             try:
                 writer.execute(sql.SET_SYNCHRONOUS.format(mode="NORMAL"))  # see "Oids" above
                 try:
-                    writer.execute(sql.BEGIN_WRITE)
-                    try:
+                    with write_transaction(writer):
                         first = int(writer.execute(sql.SELECT_NEXT_OID).fetchone()[0])
                         writer.execute(sql.UPDATE_NEXT_OID, (first + size,))
-                        writer.execute(sql.COMMIT)
-                    except BaseException:
-                        writer.execute(sql.ROLLBACK)
-                        raise
                 finally:
                     writer.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
             except sqlite3.Error as e:

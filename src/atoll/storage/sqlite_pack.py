@@ -57,13 +57,8 @@ class Packer:
             with storage._commit_lock:
                 writer = storage._writer
                 assert writer is not None
-                writer.execute(sql.BEGIN_WRITE)
-                try:
+                with _sqlite.write_transaction(writer):
                     self._delete(writer, stats)
-                    writer.execute(sql.COMMIT)
-                except BaseException:
-                    writer.execute(sql.ROLLBACK)
-                    raise
         except sqlite3.Error as e:
             raise storage._error(e, "packing") from None
         finally:
