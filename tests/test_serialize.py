@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import io
 import pickle
+import sys
+import types
 import weakref
 
 import transaction
@@ -308,3 +310,36 @@ def test_the_attribute_names_cache_stays_bounded():
         conn.add(obj)
         writer.serialize(obj)
     assert len(serialize._plain_keys) <= serialize._PLAIN_KEYS_LIMIT
+
+
+class _SpyModule(types.ModuleType):
+    """A module that records the name objects it is asked for."""
+
+    def __getattribute__(self, name):
+        if not name.startswith("__"):
+            object.__getattribute__(self, "asked").append(name)
+        return super().__getattribute__(name)
+
+
+class Thing(Persistent):
+    pass
+
+
+def test_globals_of_a_record_are_looked_up_by_interned_names(monkeypatch):
+    # A fresh name string looked up on a module stays alive in CPython's type cache;
+    # thousands of them used to pin the memory of objects loaded meanwhile.
+    module = _SpyModule("atoll_test_spy")
+    module.asked = []
+    module.Thing = Thing
+    monkeypatch.setitem(sys.modules, "atoll_test_spy", module)
+    monkeypatch.setattr(Thing, "__module__", "atoll_test_spy")
+    db = atoll.open()
+    conn = db.open()
+    conn.root.things = PersistentMapping({i: Thing() for i in range(3)})
+    transaction.commit()
+    conn.cacheMinimize()
+    assert len(conn.root.things) == 3  # loads the mapping: its state names Thing
+    assert "Thing" in module.asked
+    assert all(name is sys.intern(name) for name in module.asked)
+    conn.close()
+    db.close()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from persistent import Persistent
@@ -289,13 +290,28 @@ class ObjectReader:
     def _unpickler(self, data: bytes, offset: int) -> pickle.Unpickler:
         stream = io.BytesIO(data)
         stream.seek(offset)
-        unpickler = pickle.Unpickler(stream)
+        unpickler = _RecordUnpickler(stream)
         unpickler.persistent_load = self._persistent_load
         return unpickler
 
     def set_state(self, obj: Persistent, data: bytes) -> None:
         """Give ``obj`` the state stored in ``data``."""
         obj.__setstate__(self.load_state(data, type(obj)))
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    """Looks classes up by interned names.
+
+    The unpickler makes new strings for every global it reads, and looking one up on
+    its module leaves the name in CPython's type-attribute cache, which (in 3.11)
+    keeps each distinct string object alive until its slot is reused. A load of a
+    BTree bucket reads two globals: thousands of such strings, each a 64-byte block,
+    stayed scattered among the objects loaded meanwhile and kept the memory of those
+    objects from being freed whole (see docs/benchmarks.md, "In-memory reads").
+    Interned names are one string per name."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(sys.intern(module), sys.intern(name))
 
 
 def record_class(data: bytes) -> type:
