@@ -223,7 +223,7 @@ def _resolve_class(meta: Any) -> tuple[type, tuple | None]:
         klass, args = meta, None
     if isinstance(klass, tuple):
         module, name = klass
-        klass = pickle.Unpickler(io.BytesIO(b"")).find_class(module, name)
+        klass = _RecordUnpickler(io.BytesIO(b"")).find_class(module, name)
     return klass, args
 
 
@@ -262,7 +262,7 @@ class ObjectReader:
 
     def ghost_from_record(self, data: bytes) -> Persistent:
         """A new ghost of the class a record names (not yet in any cache)."""
-        klass, args = _resolve_class(pickle.loads(data))
+        klass, args = _resolve_class(_class_part(data))
         return klass.__new__(klass, *args) if args else klass.__new__(klass)
 
     def load_state(self, data: bytes, klass: type | None = None) -> Any:
@@ -316,7 +316,12 @@ class _RecordUnpickler(pickle.Unpickler):
 
 def record_class(data: bytes) -> type:
     """The class a record names (imported)."""
-    return _resolve_class(pickle.loads(data))[0]
+    return _resolve_class(_class_part(data))[0]
+
+
+def _class_part(data: bytes) -> Any:
+    """The first pickle of a record (its class, or class and arguments)."""
+    return _RecordUnpickler(io.BytesIO(data)).load()
 
 
 class _Placeholder:
