@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,14 @@ def test_a_read_only_open_leaves_a_prepared_commit_and_says_so(two_files, caplog
     finally:
         reader.close()
     assert committed(second) == b"from the killed process"  # a writable open settles it
+
+
+def test_a_prepared_file_of_another_format_version_is_refused_by_name(tmp_path: Path):
+    path = str(tmp_path / "x.db-prepared")
+    prepared.write(path, prepared.PreparedCommit(tid=1, txn_id="t", partners=[], prepared_at=0.0), durable=False)
+    data = Path(path).read_bytes().replace(b'"version": 1', b'"version": 9')
+    header_length = int.from_bytes(data[8:12], "big")
+    header = data[12 : 12 + header_length]
+    Path(path).write_bytes(data[:12] + header + zlib.crc32(header).to_bytes(4, "big") + data[16 + header_length :])
+    with pytest.raises(StorageError, match="another atoll version"):
+        prepared.read(path)

@@ -146,7 +146,7 @@ def read(path: str, records: bool = False) -> PreparedCommit | None:
         return None
     with source:
         if source.read(len(MAGIC)) != MAGIC:
-            raise StorageError(f"{path} is not an atoll prepared-commit file")
+            raise StorageError(f"{path} is not an atoll prepared-commit file; move it away to open the database")
         try:
             (length,) = _u32.unpack(source.read(4))
             header = source.read(length)
@@ -154,6 +154,11 @@ def read(path: str, records: bool = False) -> PreparedCommit | None:
             if zlib.crc32(header) != crc:
                 raise ValueError("header checksum mismatch")
             meta = json.loads(header)
+            if meta.get("version") != VERSION:
+                raise StorageError(
+                    f"{path} was written by another atoll version (format {meta.get('version')!r}, this one "
+                    f"reads {VERSION}): settle it with that version, or delete it to give up its commit"
+                )
             commit = PreparedCommit(
                 tid=int(meta["tid"]),
                 txn_id=str(meta["txn_id"]),
