@@ -1,9 +1,10 @@
 """The ``storage`` fixture: every storage backend, for the contract suite.
 
 Parameters: ``memory``, ``minimal``, ``sqlite``, ``sqlite-history-free``,
-``postgresql`` and ``postgresql-history-free``. The PostgreSQL ones come from
-``tests/postgres_support.py`` (``make_storage(name, **kwargs)``), which skips when no
-server is reachable; they skip too while that helper does not exist.
+``postgresql`` and ``postgresql-history-free``. ``sqlite`` is a default file (no
+record cache), ``sqlite-history-free`` one with a record cache. The PostgreSQL ones
+come from ``tests/postgres_support.py`` (``make_storage(name, **kwargs)``), which
+skips when no server is reachable; they skip too while that helper does not exist.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def _postgres(request: pytest.FixtureRequest, keep_history: bool) -> Storage:
 def _sqlite(tmp_path: Path, keep_history: bool) -> Storage:
     from atoll.storage.sqlite import SQLiteStorage
 
-    return SQLiteStorage(tmp_path / "contract.db", keep_history=keep_history)
+    # The default file keeps no record cache; the history-free one gets one, so the
+    # contract holds for both ways of reading.
+    cache_size_bytes = 0 if keep_history else 16 << 20
+    return SQLiteStorage(tmp_path / "contract.db", keep_history=keep_history, cache_size_bytes=cache_size_bytes)
 
 
 def _memory(keep_history: bool) -> Storage:

@@ -89,6 +89,27 @@ def test_put_many_fills_segments_in_turn_and_keeps_the_byte_budget():
     assert cache.get(p64(200), T1) is None
 
 
+def test_a_batch_of_mixed_sizes_reads_back_whole_across_segments():
+    cache = RecordCache(max_bytes=16_000)  # segments of 1,000 bytes
+    cache.advance(T1, T1, set())
+    sizes = [1, 999, 500, 501, 1000, 7, 4001, 250, 250, 250, 250, 2]
+    batch = {p64(i + 1): (bytes([i + 1]) * size, p64(1 + i % 9)) for i, size in enumerate(sizes)}
+    cache.put_many(batch, T1)
+    assert 4001 > 16_000 // 4 and cache.get(p64(7), T1) is None  # too big: left out
+    del batch[p64(7)]
+    found, missing = cache.get_many(list(batch), T1)
+    assert not missing and found == batch
+    assert all(len(segment) <= 1000 for segment in cache._segments.values())
+    assert cache._bytes == sum(len(data) for data, _ in batch.values())
+
+
+def test_a_cache_of_no_bytes_keeps_nothing():
+    cache = RecordCache(max_bytes=0)
+    cache.advance(T1, T1, set())
+    cache.put_many({X: (b"x", T1), Y: (b"y", T1)}, T1)
+    assert len(cache) == 0 and cache.get_many([X, Y], T1) == ({}, [X, Y])
+
+
 def test_a_segment_read_from_is_frozen_and_later_records_go_to_a_new_one():
     cache = RecordCache(max_bytes=64 * FREEZE_BYTES)
     cache.advance(T1, T1, set())
@@ -143,7 +164,10 @@ def test_a_second_view_reads_from_the_shared_cache(storage):
     first = storage.open_view()
     assert [payload(first.load(o)[0]) for o in oids] == list(range(5))
     second = storage.open_view()
-    if records is not None:
+    if records is not None and not records.max_bytes:  # a storage told to keep none
+        assert [payload(d) for d, _ in second.load_many(oids).values()] == list(range(5))
+        assert len(records) == 0 and records.hits == 0
+    elif records is not None:
         hits = records.hits
         assert [payload(d) for d, _ in second.load_many(oids).values()] == list(range(5))
         assert records.hits == hits + 5

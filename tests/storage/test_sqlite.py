@@ -201,6 +201,23 @@ def test_durability_modes(path, mode, level):
     storage.close()
 
 
+@pytest.mark.parametrize("cache_size_bytes, kept", [(None, 0), (0, 0), (1 << 20, 3)])
+def test_keeps_loaded_records_for_other_views_only_when_given_a_cache(path, cache_size_bytes, kept):
+    options = {} if cache_size_bytes is None else {"cache_size_bytes": cache_size_bytes}
+    storage = SQLiteStorage(path, **options)
+    writer = storage.open_view()
+    oids = [storage.new_oid() for _ in range(2)]
+    commit(writer, {ROOT_OID: (z64, b"root"), oids[0]: (z64, b"a"), oids[1]: (z64, b"b")})
+    first = storage.open_view()
+    assert {oid: data for oid, (data, _) in first.load_many([ROOT_OID, *oids]).items()} == {
+        ROOT_OID: b"root", oids[0]: b"a", oids[1]: b"b"}
+    assert len(storage._records) == kept
+    second = storage.open_view()
+    assert second.load(oids[1])[0] == b"b"
+    assert storage._records.hits == (1 if kept else 0)
+    storage.close()
+
+
 def test_the_commit_writer_has_a_bigger_page_cache_than_readers(path):
     storage = SQLiteStorage(path)
     view = storage.open_view()

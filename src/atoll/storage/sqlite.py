@@ -47,6 +47,16 @@ Oids
     same oid, even after a crash (a crashed process only leaves a gap). Reservations
     are not fsynced: a WAL fsync makes every earlier frame durable too, so no commit
     that uses a reserved oid can survive power loss without its reservation.
+Record cache
+    Off by default (``cache_size_bytes=0``). A record the views loaded could be kept
+    in memory for every connection of the process (:mod:`atoll.storage.cache`), as
+    the PostgreSQL storage does, but a local file is already cached by SQLite and the
+    operating system, and keeping the records costs every cold load: measured at
+    100,000 objects, cold reads ran 11% (``PersistentMapping``) and 18% (``OOBTree``)
+    faster without it, the process kept 25 MiB less, and hot reads ran as fast as
+    ZODB's instead of 5% slower. It pays where many connections of one process reread
+    the same objects: rereading 10,000 objects from it ran 1.3x to 1.7x faster than
+    from the file.
 Durability
     ``synchronous="full"`` (the default) fsyncs the WAL at every commit, as ZODB's
     FileStorage does: an acknowledged commit survives power loss.
@@ -175,6 +185,8 @@ class SQLiteStorage(Storage):
     ``path`` is created (with its tables) when missing, unless ``read_only``.
     ``keep_history`` must match the file's mode. ``synchronous`` chooses durability:
     ``"full"`` survives power loss, ``"normal"`` only process crashes.
+    ``cache_size_bytes`` above 0 keeps up to that many bytes of loaded records for
+    all connections of the process (see "Record cache" above).
     """
 
     def __init__(
@@ -184,7 +196,7 @@ class SQLiteStorage(Storage):
         read_only: bool = False,
         keep_history: bool = True,
         synchronous: Synchronous = "full",
-        cache_size_bytes: int = 16 << 20,
+        cache_size_bytes: int = 0,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
