@@ -31,9 +31,6 @@ When the segments exceed ``max_bytes`` the oldest segment goes with all its entr
 from __future__ import annotations
 
 import threading
-from bisect import bisect_right
-from itertools import accumulate, repeat
-from operator import add, itemgetter
 from typing import Iterable, Tuple
 
 __all__ = ["RecordCache", "FREEZE_BYTES"]
@@ -49,7 +46,6 @@ FREEZE_BYTES = 64 << 10
 # An entry is a plain tuple (segment number, offset, length, serial): a NamedTuple's
 # constructor is a Python call, and a cold read makes one entry per object.
 _Entry = Tuple[int, int, int, bytes]
-_first, _second = itemgetter(0), itemgetter(1)
 
 
 class RecordCache:
@@ -119,60 +115,35 @@ class RecordCache:
         self.put_many({oid: (data, serial)}, snapshot)
 
     def put_many(self, records: dict[bytes, tuple[bytes, bytes]], snapshot: bytes) -> None:
-        """:meth:`put` for several records read at one snapshot.
-
-        A cold read puts every record it loads, so this does the work per batch in C
-        (``map``, ``zip``, ``join``): a Python loop per record cost about 1 µs, a tenth
-        of a cold read's time per object."""
-        if not self.max_bytes or not records:
+        """:meth:`put` for several records read at one snapshot (one loop: a cold
+        read puts every record it loads)."""
+        if not self.max_bytes:
             return
-        oids = list(records)
-        values = list(records.values())
-        datas = list(map(_first, values))
-        sizes = list(map(len, datas))
         with self._lock:
             if snapshot != self.tid:
                 return
-            if max(sizes) > self.max_bytes // 4:  # too big to be worth their room: rare
-                self._put_one_by_one(oids, datas, sizes, list(map(_second, values)))
-            else:
-                self._put_in_segments(oids, datas, sizes, list(map(_second, values)))
-            self._evict()
-
-    def _put_in_segments(self, oids: list[bytes], datas: list[bytes], sizes: list[int], serials: list[bytes]) -> None:
-        """Append records to the newest segment, starting new ones as each fills."""
-        entries, segment_size = self._entries, self._segment_size
-        starts = list(accumulate(sizes, initial=0))  # offsets within the batch
-        segment = self._segments.get(self._newest)
-        number = self._newest
-        if type(segment) is not bytearray:
-            segment, number = self._new_segment()
-        first, count = 0, len(oids)
-        while first < count:
-            room = segment_size - len(segment)
-            # Records first..end-1 fit in the room left (at least one if the segment is empty).
-            end = bisect_right(starts, starts[first] + room, first + 1) - 1
-            if end <= first:
-                if segment:
-                    segment, number = self._new_segment()
+            entries, largest, segment_size = self._entries, self.max_bytes // 4, self._segment_size
+            number = self._newest
+            segment = self._segments.get(number)
+            if type(segment) is not bytearray:
+                segment, number = self._new_segment()
+            numbered = self._segment_oids[number]
+            added = 0
+            for oid, (data, serial) in records.items():
+                size = len(data)
+                if size > largest:
+                    entries.pop(oid, None)  # too big to be worth its room
                     continue
-                end = first + 1
-            shift = len(segment) - starts[first]
-            offsets = map(add, starts[first:end], repeat(shift))
-            entries.update(zip(oids[first:end], zip(repeat(number), offsets, sizes[first:end], serials[first:end])))
-            segment += b"".join(datas[first:end])
-            self._segment_oids[number].extend(oids[first:end])
-            self._bytes += starts[end] - starts[first]
-            first = end
-
-    def _put_one_by_one(self, oids: list[bytes], datas: list[bytes], sizes: list[int], serials: list[bytes]) -> None:
-        """:meth:`_put_in_segments` for a batch holding a record too big to cache."""
-        largest = self.max_bytes // 4
-        for oid, data, size, serial in zip(oids, datas, sizes, serials):
-            if size > largest:
-                self._entries.pop(oid, None)
-            else:
-                self._put_in_segments([oid], [data], [size], [serial])
+                offset = len(segment)
+                if offset + size > segment_size and offset > 0:
+                    segment, number = self._new_segment()
+                    numbered, offset = self._segment_oids[number], 0
+                entries[oid] = (number, offset, size, serial)
+                segment += data
+                numbered.append(oid)
+                added += size
+            self._bytes += added
+            self._evict()
 
     def _new_segment(self) -> tuple[bytearray, int]:
         self._newest += 1
