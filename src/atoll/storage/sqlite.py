@@ -52,11 +52,10 @@ Record cache
     in memory for every connection of the process (:mod:`atoll.storage.cache`), as
     the PostgreSQL storage does, but a local file is already cached by SQLite and the
     operating system, and keeping the records costs every cold load: measured at
-    100,000 objects, cold reads ran 11% (``PersistentMapping``) and 18% (``OOBTree``)
-    faster without it, the process kept 25 MiB less, and hot reads ran as fast as
-    ZODB's instead of 5% slower. It pays where many connections of one process reread
-    the same objects: rereading 10,000 objects from it ran 1.3x to 1.7x faster than
-    from the file.
+    100,000 objects, cold reads ran 5% (``PersistentMapping``) and 11% (``OOBTree``)
+    faster without it, and the process kept 25 MiB less. It pays where many
+    connections of one process reread the same objects: rereading 10,000 objects
+    from it ran 1.25x to 1.4x faster than from the file.
 Durability
     ``synchronous="full"`` (the default) fsyncs the WAL at every commit, as ZODB's
     FileStorage does: an acknowledged commit survives power loss.
