@@ -179,6 +179,8 @@ class RecordCache:
 
     def invalidate(self, oids: Iterable[bytes], tid: bytes) -> None:
         """Forget these oids, which a commit of this process wrote at ``tid``."""
+        if not self.max_bytes:  # nothing was ever kept
+            return
         oids = list(oids)
         with self._lock:
             self._drop(oids)
@@ -191,6 +193,8 @@ class RecordCache:
             self._clear()
 
     def _drop(self, oids: Iterable[bytes]) -> None:
+        if not self._entries:  # an empty cache, or one of no bytes: nothing to find
+            return
         pop = self._entries.pop
         for oid in oids:
             pop(oid, None)
