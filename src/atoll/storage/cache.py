@@ -3,7 +3,10 @@
 A connection's own cache forgets objects when it is emptied or when another
 connection is opened; this cache keeps their records, so reading them again costs a
 dictionary lookup instead of a query. It is what lets a warm process read from a
-server-backed storage at memory speed.
+server-backed storage at memory speed. (An SQLite storage keeps none unless asked:
+its file is cached already, and filling this cache costs every cold load; see
+:mod:`atoll.storage.sqlite`.) A cache of ``max_bytes=0`` keeps nothing and costs
+almost nothing.
 
 Correctness rests on one tid, ``tid`` (C): every entry is the revision of its oid
 current as of C. Such an entry, written at ``serial``, is also current for any
