@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import transaction
@@ -24,6 +23,7 @@ import transaction
 import atoll
 from atoll.storage import sqlite_prepared as prepared
 from atoll.storage.sqlite import SQLiteStorage, SQLiteView
+from kill_support import run_until_killed
 
 SEED = int(os.environ.get("ATOLL_CRASH_SEED", "0")) or random.randrange(1 << 30)
 KILLS = 60
@@ -92,21 +92,8 @@ def test_killed_collection_commits_stay_whole_in_both_databases(tmp_path: Path):
 
     acknowledged, settled_by_reopening = 0, 0
     for kill in range(KILLS):
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(read_end)
-                child(paths, write_end, rng.randrange(1 << 30))
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        time.sleep(rng.uniform(0.0, 0.1))
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status), "the child stopped by itself (see its traceback above)"
-        with os.fdopen(read_end, "rb") as reports:
-            seqs = [int(line) for line in reports.read().split(b"\n") if line]
+        seed = rng.randrange(1 << 30)
+        seqs = [int(line) for line in run_until_killed(lambda fd: child(paths, fd, seed), rng, 0.1)]
         acknowledged = max([acknowledged, *seqs])
         settled_by_reopening += any(unsettled(path) for path in paths)
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import pytest
 from atoll.ids import ROOT_OID, u64, z64
 from atoll.storage.base import TransactionMeta
 from atoll.storage.sqlite import SQLiteStorage
+from kill_support import run_until_killed
 
 POOL = 25  # objects that transactions rewrite
 SEED = int(os.environ.get("ATOLL_CRASH_SEED", "0")) or random.randrange(1 << 30)
@@ -82,22 +81,8 @@ class Checker:
         storage.close()
 
     def run_and_kill(self, rng: random.Random) -> None:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            try:
-                os.close(read_end)
-                writer(self.path, self.pool, self.keep_history, write_end)
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        time.sleep(rng.uniform(0.0, 0.12))
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as reports:
-            lines = reports.read().split(b"\n")
-        assert os.WIFSIGNALED(status), "the writer stopped by itself (see its traceback above)"
-        self.acknowledged.update(int(line) for line in lines if line)
+        lines = run_until_killed(lambda fd: writer(self.path, self.pool, self.keep_history, fd), rng, 0.12)
+        self.acknowledged.update(int(line) for line in lines)
 
     def verify(self) -> None:
         storage = SQLiteStorage(self.path, keep_history=self.keep_history)

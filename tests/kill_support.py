@@ -1,0 +1,31 @@
+"""Running a child process until it is killed: what the crash tests share."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from typing import Callable
+
+
+def run_until_killed(child: Callable[[int], None], rng: random.Random, longest: float) -> list[bytes]:
+    """Fork a child that runs ``child(write_fd)``, writing one line per report to the
+    pipe, SIGKILL it after a random delay of up to ``longest`` seconds, and return the
+    lines it reported. The child must not stop by itself: that fails the test."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            child(write_end)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    time.sleep(rng.uniform(0.0, longest))
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as reports:
+        lines = [line for line in reports.read().split(b"\n") if line]
+    assert os.WIFSIGNALED(status), "the child stopped by itself (see its traceback above)"
+    return lines
