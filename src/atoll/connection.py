@@ -144,6 +144,7 @@ class Connection:
         self._pending: list[Persistent] = []  # objects still to serialize (commit/savepoint)
         self._stored: dict[bytes, Persistent] = {}  # objects written in the commit in progress
         self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
+        self._referenced_databases: set[str] = set()  # other databases this commit refers to
         # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
         # for one snapshot, so emptied whenever the snapshot moves.
         self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
@@ -532,6 +533,7 @@ class Connection:
                 f"A new object is reachable from multiple databases ({other!r} and {here!r}); "
                 "won't guess which one it belongs to: place it with conn.add(obj) first"
             )
+        self._referenced_databases.add(other)
         return other
 
     def _serialize_pending(self, into: dict[bytes, Any], store: bool) -> None:
@@ -595,6 +597,10 @@ class Connection:
         self._pending = [*self._creating.values(), *self._registered]
         with gcpause.paused():
             self._serialize_pending(self._stored, store=True)
+        if self._referenced_databases:
+            # Before the vote: no cross-database reference is durable before both
+            # ends remember they are in one collection (atoll.collection.membership).
+            self._db._note_cross_references(self._referenced_databases)
         for oid, serial in self._read_current.items():
             if oid not in self._stored:
                 self._view.check_current(oid, serial)
@@ -646,6 +652,7 @@ class Connection:
         self._clear_transaction()
 
     def _clear_transaction(self) -> None:
+        self._referenced_databases = set()
         self._joined = False
         self._registered = []
         self._creating = {}

@@ -23,7 +23,7 @@ from persistent.mapping import PersistentMapping
 from atoll.connection import Connection
 from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
 from atoll.ids import ROOT_OID, next_tid, tid_from_time, z64
-from atoll.serialize import make_record, referenced_oids
+from atoll.serialize import make_record
 from atoll.storage.base import PackStats, Progress, Storage, TransactionMeta
 
 __all__ = ["DB"]
@@ -116,6 +116,7 @@ class DB:
         self._historical: dict[bytes, _Pool] = {}
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()  # every one made
         self._closed = False
+        self._members: set[str] | None = None  # collection_members(), read on first use
         try:
             self._create_root()
         except BaseException:
@@ -252,18 +253,58 @@ class DB:
         """Remove revisions older than ``t`` (POSIX time, default now) minus ``days``,
         and objects no longer reachable from the root.
 
-        In a collection of more than one database only old revisions go: another
-        database may still refer to an object this one cannot see referenced.
+        A member of a collection (one in a ``databases`` dict with others, or whose
+        storage remembers exchanging references with other databases) only loses old
+        revisions: another database may hold the only reference to an object.
+        :func:`atoll.collection.pack` packs a whole collection.
         """
+        from atoll.collection.marking import pack_storage
+
         when = (time.time() if t is None else t) - days * 86400
-        collect = len(self.databases) <= 1
+        others = sorted((set(self.databases) | self.collection_members()) - {self.database_name})
         report = progress or (lambda line: logger.info("%s", line))
-        if not collect:
+        if others:
             report(
-                f"database {self.database_name!r} is one of {len(self.databases)} in a collection: "
-                "pack removes old revisions only, no unreachable objects"
+                f"database {self.database_name!r} is in a collection with {', '.join(map(repr, others))}: "
+                "pack removes old revisions only, no unreachable objects; to remove those too, pack the "
+                "whole collection with atoll.collection.pack(databases) (the `atoll pack` command does it "
+                "given the collection's config file)"
             )
-        return self.storage.pack(tid_from_time(when), referenced_oids if collect else None, progress=report)
+        return pack_storage(self.storage, tid_from_time(when), collect=not others, progress=report)
+
+    def collection_members(self) -> set[str]:
+        """The names of the other databases this one has exchanged cross-database
+        references with, as its storage remembers them (see
+        :mod:`atoll.collection.membership`)."""
+        from atoll.collection import membership
+
+        members = self._members
+        if members is None:
+            members = set(membership.read(self.storage).others)
+            with self._lock:
+                if self._members is None:
+                    self._members = members
+                members = self._members
+        return set(members)
+
+    def _note_cross_references(self, others: set[str]) -> None:
+        """Remember, before a commit that holds references to ``others`` is voted,
+        that they and this database form a collection (in every storage involved)."""
+        new = others - self.collection_members()
+        if not new:
+            return
+        from atoll.collection import membership
+
+        membership.record(self, new)
+        with self._lock:
+            assert self._members is not None
+            self._members |= new
+        for other in new:
+            partner = self.databases.get(other)
+            if partner is not None:
+                with partner._lock:
+                    if partner._members is not None:
+                        partner._members.add(self.database_name)
 
     def history(self, oid: bytes, size: int = 1) -> list[dict]:
         """Up to ``size`` revisions of an object, newest first, as dicts."""

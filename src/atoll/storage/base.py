@@ -3,7 +3,7 @@
 A storage keeps object records: for each oid, a sequence of revisions, each named by
 the tid of the transaction that wrote it. Records are opaque bytes here (their format
 is :mod:`atoll.serialize`'s business); a storage never unpickles them, except through
-callables it is handed (``references`` for pack, ``resolve`` for conflicts).
+callables it is handed (``resolve`` for conflicts).
 
 There are two objects:
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from atoll.errors import (
     ConflictError,
@@ -58,12 +58,14 @@ __all__ = [
     "TransactionRecord",
     "HistoryEntry",
     "PackStats",
+    "PackSession",
     "Resolver",
     "References",
     "Progress",
     "Storage",
     "StorageView",
     "check_serials",
+    "check_metadata_key",
     "CommitBuffer",
 ]
 
@@ -148,6 +150,9 @@ class PackStats:
     revisions_removed: int = 0
     objects_removed: int = 0
     transactions_removed: int = 0
+    #: Bytes the storage reported before and after (:meth:`Storage.get_size`).
+    size_before: int = 0
+    size_after: int = 0
 
 
 class Resolver(Protocol):
@@ -170,11 +175,59 @@ class Resolver(Protocol):
     ) -> bytes: ...
 
 
-#: Given a record, the oids it references (same database only): used by pack's GC.
-References = Callable[[bytes], Iterable[bytes]]
+#: Given a record, every persistent reference it holds as ``(database_name, oid)``,
+#: database_name None for the record's own database (:func:`atoll.serialize.references`).
+References = Callable[[bytes], Iterable[tuple["str | None", bytes]]]
 
 #: Receives one line of progress text during long work (pack, copy, GC).
 Progress = Callable[[str], None]
+
+
+@runtime_checkable
+class PackSession(Protocol):
+    """One pack of one storage: the few operations the collection's garbage
+    collector (:mod:`atoll.collection.marking`) needs, so that one walk, written
+    once, packs every backend and every mix of backends.
+
+    Oids are integers here (:func:`atoll.ids.u64`): the collector marks them in a
+    bitmap. A pack as of ``pack_tid`` keeps, for each object, its revision current
+    at ``pack_tid`` and every later one; it removes older revisions, and, when the
+    collector passes the set of oids to keep, every object that has no revision
+    after ``pack_tid`` and is not in that set.
+
+    The sequence: :meth:`new_revisions` and :meth:`states`, any number of times,
+    while commits go on; then :meth:`lock`, which holds off commits; then
+    :meth:`new_revisions` once more (what was committed meanwhile); then
+    :meth:`sweep`. :meth:`close` ends the session at any point and releases every
+    lock and connection; a session closed before ``sweep`` changed nothing.
+    """
+
+    pack_tid: bytes
+
+    def new_revisions(self) -> Iterator[tuple[int, bytes]]:
+        """``(oid, record)`` of the revisions committed after ``pack_tid`` that
+        earlier calls did not return (a history-free storage: the current record of
+        each object written since). The collector keeps these objects and follows
+        their references: a commit after the pack time may link an object that was
+        unreachable at it."""
+
+    def states(self, oids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        """``(oid, record)`` for each of ``oids``: its revision current at
+        ``pack_tid`` (a history-free storage: its current one). Oids without such
+        a revision are left out. Called with up to a few thousand oids at once: a
+        backend answers in one query."""
+
+    def lock(self) -> None:
+        """Hold off commits (every process's) until :meth:`sweep` or :meth:`close`."""
+
+    def sweep(self, keep: Container[int] | None) -> PackStats:
+        """Under the lock: remove the revisions older than each object's revision
+        at ``pack_tid``, then, if ``keep`` is given, every object not in it that has
+        no revision after ``pack_tid``, then the transactions left with no
+        revision (except the newest); make it durable and release the lock."""
+
+    def close(self) -> None:
+        """Release the lock and connections (rolling back an unswept session)."""
 
 
 @runtime_checkable
@@ -274,28 +327,33 @@ class Storage(Protocol):
     ) -> Iterator[TransactionRecord]:
         """Committed transactions with tids in ``[start, stop]``, oldest first."""
 
-    def pack(
-        self,
-        pack_tid: bytes,
-        references: References | None,
-        *,
-        progress: Progress | None = None,
-    ) -> PackStats:
-        """Remove revisions that nothing can read any more.
+    def pack_session(self, pack_tid: bytes) -> PackSession:
+        """Start a pack as of ``pack_tid`` (see :class:`PackSession`);
+        ReadOnlyError on a read-only storage. Packs are driven by
+        :mod:`atoll.collection.marking`, which walks every storage of a collection
+        with the same code."""
 
-        For each object, revisions older than its newest revision at ``pack_tid``
-        go. When ``references`` is given, objects not reachable (following
-        ``references`` over the states current at ``pack_tid``) from the root oid or
-        from any revision written after ``pack_tid``, and not written after it
-        themselves, go too. Without it, no object is removed: the caller
-        passes None when another database may reference this one's objects.
-        """
+    def get_metadata(self) -> dict[str, str]:
+        """Every value written with :meth:`set_metadata` (by any process), by key."""
+
+    def set_metadata(self, key: str, value: str) -> None:
+        """Durably write one value, in a transaction of its own, replacing any
+        earlier value of ``key``. Keys are dotted names (``"collection.name"``),
+        kept apart from the storage's own settings; ValueError for a key without a
+        dot. Writing different keys never loses either (no read-modify-write), so
+        a set is kept as one key per member. ReadOnlyError on a read-only storage."""
+
+    def vacuum(self) -> int:
+        """Give the space of removed records back to the file system where the
+        backend can (SQLite: free pages truncated, log emptied; PostgreSQL:
+        ``VACUUM`` of the storage's tables); returns :meth:`get_size` after."""
 
     def __len__(self) -> int:
         """The number of objects with a current revision, the root included."""
 
     def get_size(self) -> int:
-        """Approximate bytes used."""
+        """Bytes the storage takes where it lives (SQLite: the file and its log;
+        PostgreSQL: its tables and indexes; memory: the records)."""
 
     def sort_key(self) -> str:
         """A string that orders storages for two-phase commit: unique per storage
@@ -303,6 +361,12 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release everything; further use raises StorageError. Idempotent."""
+
+
+def check_metadata_key(key: str) -> None:
+    """ValueError unless ``key`` is a dotted name, as :meth:`Storage.set_metadata` takes."""
+    if not isinstance(key, str) or "." not in key.strip(".") or key != key.strip():
+        raise ValueError(f"metadata keys are dotted names such as 'collection.name', not {key!r}")
 
 
 def check_serials(

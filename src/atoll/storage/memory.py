@@ -10,26 +10,26 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_left, bisect_right
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator, Sequence
 
-from atoll.errors import POSKeyError, ReadConflictError, StorageError, StorageTransactionError
-from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
+from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
     StorageView,
     DataRecord,
     HistoryEntry,
+    PackSession,
     PackStats,
-    Progress,
-    References,
     Resolver,
     TransactionMeta,
     TransactionRecord,
+    check_metadata_key,
     check_serials,
 )
 
-__all__ = ["MemoryStorage", "MinimalMemoryStorage"]
+__all__ = ["MemoryStorage", "MinimalMemoryStorage", "MemoryPackSession"]
 
 
 class _Revisions:
@@ -63,6 +63,7 @@ class MemoryStorage(Storage):
         self._last_tid = z64
         self._next_oid = 1  # 0 is the root
         self._views: weakref.WeakSet[MemoryView] = weakref.WeakSet()
+        self._metadata: dict[str, str] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -124,31 +125,27 @@ class MemoryStorage(Storage):
                         records.append(DataRecord(oid, tid, revisions.datas[i]))
             yield TransactionRecord(tid, meta.user, meta.description, dict(meta.extension), records)
 
-    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
+    def pack_session(self, pack_tid: bytes) -> MemoryPackSession:
         self._check_open()
-        stats = PackStats()
-        with self._commit_lock, self._lock:
-            reachable = self._reachable(pack_tid, references) if references is not None else None
-            for oid in list(self._objects):
-                revisions = self._objects[oid]
-                i = revisions.at(pack_tid)
-                written_later = i < len(revisions.tids) - 1
-                if reachable is not None and oid not in reachable and not written_later:
-                    stats.revisions_removed += len(revisions.tids)
-                    stats.objects_removed += 1
-                    del self._objects[oid]
-                    continue
-                if i > 0 and self.keep_history:
-                    stats.revisions_removed += i
-                    del revisions.tids[:i]
-                    del revisions.datas[:i]
-            self._forget_empty_transactions(stats)
-        if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
-        return stats
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        return MemoryPackSession(self, pack_tid)
+
+    def get_metadata(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._metadata)
+
+    def set_metadata(self, key: str, value: str) -> None:
+        check_metadata_key(key)
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        with self._lock:
+            self._metadata[key] = str(value)
+
+    def vacuum(self) -> int:
+        """Nothing to give back: removed records are freed when pack drops them."""
+        return self.get_size()
 
     def __len__(self) -> int:
         with self._lock:
@@ -165,30 +162,6 @@ class MemoryStorage(Storage):
         self._closed = True
 
     # -- used by views, under self._lock -------------------------------------
-
-    def _reachable(self, pack_tid: bytes, references: References) -> set[bytes]:
-        """Oids reachable from the root as of ``pack_tid`` or from any later revision."""
-        todo = [(ROOT_OID, pack_tid)]
-        for revisions in self._objects.values():
-            for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
-                if tid <= pack_tid:
-                    break
-                if data is not None:
-                    todo.extend((ref, pack_tid) for ref in references(data))
-        seen = {oid for oid, _ in todo}
-        while todo:
-            oid, _ = todo.pop()
-            revisions = self._objects.get(oid)
-            if revisions is None:
-                continue
-            i = revisions.at(pack_tid)
-            if i < 0 or revisions.datas[i] is None:
-                continue
-            for ref in references(revisions.datas[i]):
-                if ref not in seen:
-                    seen.add(ref)
-                    todo.append((ref, pack_tid))
-        return seen
 
     def _forget_empty_transactions(self, stats: PackStats) -> None:
         live = set()
@@ -252,6 +225,80 @@ class MinimalMemoryStorage(MemoryStorage):
     def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
         """The current revision only: no other is kept."""
         return super().history(oid, 1)
+
+
+class MemoryPackSession(PackSession):
+    """A pack of a :class:`MemoryStorage` (see :class:`~atoll.storage.base.PackSession`)."""
+
+    def __init__(self, storage: MemoryStorage, pack_tid: bytes) -> None:
+        self.pack_tid = pack_tid
+        self._storage = storage
+        self._reported = pack_tid  # new_revisions has returned revisions up to this tid
+        self._locked = False
+
+    def new_revisions(self) -> Iterator[tuple[int, bytes]]:
+        storage = self._storage
+        found = []
+        with storage._lock:
+            after = self._reported
+            for oid, revisions in storage._objects.items():
+                for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
+                    if tid <= after:
+                        break
+                    if data is not None:
+                        found.append((u64(oid), data))
+            self._reported = max(after, storage._last_tid)
+        return iter(found)
+
+    def states(self, oids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        storage = self._storage
+        found = []
+        with storage._lock:
+            objects, history = storage._objects, storage.keep_history
+            for oid in oids:
+                revisions = objects.get(p64(oid))
+                if revisions is None or not revisions.tids:
+                    continue
+                i = revisions.at(self.pack_tid) if history else len(revisions.tids) - 1
+                if i >= 0 and revisions.datas[i] is not None:
+                    found.append((oid, revisions.datas[i]))
+        return iter(found)
+
+    def lock(self) -> None:
+        self._storage._check_open()
+        if not self._locked:
+            self._storage._commit_lock.acquire()
+            self._locked = True
+
+    def sweep(self, keep: Container[int] | None) -> PackStats:
+        storage = self._storage
+        stats = PackStats(size_before=storage.get_size())
+        pack_tid = self.pack_tid
+        try:
+            with storage._lock:
+                for oid in list(storage._objects):
+                    revisions = storage._objects[oid]
+                    i = revisions.at(pack_tid)
+                    written_later = i < len(revisions.tids) - 1
+                    if keep is not None and not written_later and u64(oid) not in keep:
+                        stats.revisions_removed += len(revisions.tids)
+                        stats.objects_removed += 1
+                        del storage._objects[oid]
+                        continue
+                    if i > 0 and storage.keep_history:
+                        stats.revisions_removed += i
+                        del revisions.tids[:i]
+                        del revisions.datas[:i]
+                storage._forget_empty_transactions(stats)
+        finally:
+            self.close()
+        stats.size_after = storage.get_size()
+        return stats
+
+    def close(self) -> None:
+        if self._locked:
+            self._locked = False
+            self._storage._commit_lock.release()
 
 
 class MemoryView(CommitBuffer, StorageView):

@@ -1,0 +1,73 @@
+"""Pack a whole collection: old revisions go, and so does what no root reaches.
+
+ZODB leaves garbage collection across databases to an external tool run between two
+packs, and its storages' own GC, run per database, deletes objects that only
+another database refers to. Here one call marks from every member's root, across
+cross-database references (:mod:`atoll.collection.marking`), and sweeps every member,
+whatever its storage; then gives the freed space back (:meth:`Storage.vacuum`).
+
+It refuses, with one line, to pack part of a collection: every database that a
+member remembers exchanging references with (:mod:`atoll.collection.membership`)
+must be among the databases given, under the name the collection knows it by.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Mapping
+
+from atoll.collection import membership
+from atoll.collection.marking import pack_storages
+from atoll.ids import tid_from_time
+from atoll.storage.base import PackStats, Progress
+
+if TYPE_CHECKING:
+    from atoll.db import DB
+
+__all__ = ["pack", "pack_tid", "check_complete"]
+
+
+def pack_tid(t: float | None = None, days: float = 0) -> bytes:
+    """The tid a pack at POSIX time ``t`` (default now) minus ``days`` keeps history from."""
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+        raise TypeError(f"t must be a POSIX time in seconds (a number) or None, not {t!r}")
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
+        raise ValueError(f"days must be a number of days, 0 or more, not {days!r}")
+    return tid_from_time((time.time() if t is None else t) - days * 86400)
+
+
+def check_complete(databases: Mapping[str, DB]) -> None:
+    """ValueError unless ``databases`` holds every member each of them remembers,
+    each under the name the collection knows it by."""
+    if not databases:
+        raise ValueError("no databases to pack: pass the collection's databases dict (name -> DB)")
+    for name, db in databases.items():
+        known = membership.read(db.storage)
+        if known.name is not None and known.name != name:
+            raise ValueError(
+                f"database {name!r} ({db.storage.name}) is named {known.name!r} in its collection: "
+                f"open it as database_name={known.name!r}"
+            )
+        missing = sorted(known.others - set(databases))
+        if missing:
+            raise ValueError(
+                f"database {name!r} is in a collection with {', '.join(map(repr, missing))}, "
+                "which is not among the databases given: open every member and pack them together"
+            )
+
+
+def pack(
+    databases: Mapping[str, DB], t: float | None = None, days: float = 0, progress: Progress | None = None
+) -> dict[str, PackStats]:
+    """Pack every database of a collection (``databases``: the shared name -> DB dict)
+    as of time ``t`` (default now) minus ``days``: old revisions go and, in each
+    database, the objects reachable from no root of the collection. Objects created
+    or linked after the pack time stay, even when other processes commit meanwhile.
+
+    ``progress`` (a callable taking one line of text) hears of marking and sweeping
+    as they go. Returns what was removed, per database name.
+    """
+    tid = pack_tid(t, days)
+    check_complete(databases)
+    storages = {name: db.storage for name, db in databases.items()}
+    return pack_storages(storages, tid, collect=True, progress=progress)
