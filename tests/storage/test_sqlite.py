@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.collection.marking import pack_storage
 from atoll.errors import ConflictError, POSKeyError, ReadConflictError, ReadOnlyError, StorageError
 from atoll.ids import ROOT_OID, u64, z64
 from atoll.storage import sqlite_sql as sql
@@ -190,7 +191,7 @@ def test_read_only_refuses_writes(path):
     with pytest.raises(ReadOnlyError):
         storage.new_oid()
     with pytest.raises(ReadOnlyError):
-        storage.pack(tid, None)
+        storage.pack_session(tid)
     storage.close()
 
 
@@ -388,12 +389,12 @@ def test_pack_keeps_an_object_linked_while_it_walks(path):
     )
     linked = []
 
-    def references(data: bytes) -> list[bytes]:
+    def references(data: bytes) -> list[tuple[None, bytes]]:
         if not linked:  # first call, in the middle of the walk
             linked.append(commit(other.open_view(), {ROOT_OID: (t1, pickle.dumps([orphan]))}))
-        return pickle.loads(data)
+        return [(None, oid) for oid in pickle.loads(data)]
 
-    stats = storage.pack(t1, references)
+    stats = pack_storage(storage, t1, references=references)
     assert linked and stats.objects_removed == 1
     view = storage.open_view()
     assert view.load(orphan)[1] == t1
@@ -404,19 +405,18 @@ def test_pack_keeps_an_object_linked_while_it_walks(path):
 
 
 def test_pack_reports_its_walk_as_it_goes(path, monkeypatch):
-    import atoll.storage.sqlite as sqlite_module
-    import atoll.storage.sqlite_pack as pack_module
+    import atoll.collection.marking as marking
     from test_contract import record, references
 
-    monkeypatch.setattr(pack_module, "PROGRESS_EVERY", 3)
-    monkeypatch.setattr(sqlite_module, "BATCH", 2)
+    monkeypatch.setattr(marking, "REPORT_EVERY", 3)
+    monkeypatch.setattr(marking, "BATCH", 2)
     storage = SQLiteStorage(path)
     view = storage.open_view()
     oids = [storage.new_oid() for _ in range(10)]
     commit(view, {ROOT_OID: (z64, record("root", *oids)), **{o: (z64, record(i)) for i, o in enumerate(oids)}})
     lines: list[str] = []
-    storage.pack(storage.last_transaction(), references, progress=lines.append)
-    assert any("reachable objects found so far" in line for line in lines)
+    pack_storage(storage, storage.last_transaction(), references=references, progress=lines.append)
+    assert any(line.phase == "marking" and not line.finished for line in lines)
     assert "removed" in lines[-1]
     storage.close()
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from atoll.collection.marking import BATCH, MarkSet
 from atoll.ids import p64, u64
+from atoll.progress import ProgressStep
 from atoll.serialize import references as record_references
 from atoll.storage.base import Progress
 
@@ -186,7 +187,8 @@ class _Checker:
         for name, db in self.databases.items():
             self.verify(name, db)
         if self.progress is not None:
-            self.progress(f"checked {self.read:,} objects: {len(self.report.problems)} problem(s)")
+            line = f"checked {self.read:,} objects: {len(self.report.problems)} problem(s)"
+            self.progress(ProgressStep("checking", self.read, self.read, "objects", True, line))
         return self.report
 
     def check_batch(self, name: str, batch: list[int]) -> None:
@@ -204,7 +206,7 @@ class _Checker:
             self.read += 1
             self.check_record(name, oid, found[0])
         if self.progress is not None and self.read % 50_000 < len(batch):
-            self.progress(f"checking: {self.read:,} objects read")
+            self.progress(ProgressStep("checking", self.read, None, "objects"))
 
     def check_record(self, name: str, oid: int, data: bytes) -> None:
         try:

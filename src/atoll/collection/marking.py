@@ -30,6 +30,7 @@ from array import array
 from typing import Iterable, Iterator, Mapping
 
 from atoll.ids import u64
+from atoll.progress import ProgressStep
 from atoll.serialize import references as record_references
 from atoll.storage.base import PackSession, PackStats, Progress, References, Storage
 
@@ -178,13 +179,8 @@ class Marker:
         return sum(len(m) for m in self.marks.values())
 
 
-def _step(phase: str, done: int, unit: str, text: str | None = None) -> str:
-    """One progress line; a :class:`atoll.progress.ProgressStep` when that module is
-    there (the ``atoll`` command draws bars from its counts)."""
-    try:
-        from atoll.progress import ProgressStep  # type: ignore[import-not-found]
-    except ImportError:
-        return text or f"{phase}: {done:,} {unit}"
+def _step(phase: str, done: int, unit: str, text: str | None = None) -> ProgressStep:
+    """One progress report: a line of text that carries its counts."""
     return ProgressStep(phase, done, None, unit, text is not None, text)
 
 

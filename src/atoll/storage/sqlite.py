@@ -93,12 +93,11 @@ from atoll.storage.base import (
     StorageView,
     DataRecord,
     HistoryEntry,
-    PackStats,
-    Progress,
-    References,
+    PackSession,
     Resolver,
     TransactionMeta,
     TransactionRecord,
+    check_metadata_key,
     check_serials,
 )
 from atoll.storage.cache import RecordCache
@@ -342,6 +341,7 @@ class SQLiteStorage(Storage):
     def _create_schema(self) -> None:
         conn = self._conn
         assert conn is not None
+        conn.execute(sql.SET_AUTO_VACUUM_INCREMENTAL)  # before any table, outside a transaction
         conn.execute(sql.SET_WAL)  # persistent in the file; must be outside a transaction
         with write_transaction(conn):
             # Another process may have created the tables since we looked.
@@ -510,22 +510,43 @@ class SQLiteStorage(Storage):
                 raise self._error(e, "iterating transactions") from None
         return page
 
-    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
-        """See :meth:`Storage.pack`. The reachability walk runs without the commit lock
-        (commits go on meanwhile); the deletions run under it, after walking from the
-        references of whatever was committed during the walk."""
+    def pack_session(self, pack_tid: bytes) -> PackSession:
+        """See :meth:`Storage.pack_session` and :mod:`atoll.storage.sqlite_pack`."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"storage {self.path} is read-only")
-        try:
-            from atoll.storage.sqlite_pack import Packer
+        from atoll.storage.sqlite_pack import SQLitePackSession
 
-            with self._commit_lock:
-                self._settle_prepared()
-            return Packer(self, u64(pack_tid), references).run(progress)
-        finally:
-            self._records.clear()
-            self._checkpointer.request()
+        return SQLitePackSession(self, pack_tid)
+
+    def vacuum(self) -> int:
+        """See :meth:`Storage.vacuum` and :func:`atoll.storage.sqlite_pack.vacuum`."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        from atoll.storage.sqlite_pack import vacuum
+
+        return vacuum(self)
+
+    def get_metadata(self) -> dict[str, str]:
+        self._check_open()
+        with self._lock:
+            try:
+                return {key: str(value) for key, value in self._conn.execute(sql.SELECT_APP_META)}  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise self._error(e, "reading metadata") from None
+
+    def set_metadata(self, key: str, value: str) -> None:
+        check_metadata_key(key)
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        with self._commit_lock:
+            try:
+                with write_transaction(self._writer):  # type: ignore[arg-type]
+                    self._writer.execute(sql.UPSERT_META, (key, str(value)))  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise self._error(e, "writing metadata") from None
 
     def __len__(self) -> int:
         self._check_open()

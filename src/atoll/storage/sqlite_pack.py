@@ -1,124 +1,178 @@
-"""Pack for :class:`~atoll.storage.sqlite.SQLiteStorage`: old revisions and garbage.
+"""Pack for :class:`~atoll.storage.sqlite.SQLiteStorage`: the storage's side of the
+collector's :class:`~atoll.storage.base.PackSession`, and giving space back.
 
-Kept apart from ``sqlite.py`` so that each reads in one sitting; the statements are
-in :mod:`atoll.storage.sqlite_sql` with the others.
+The walk itself is :mod:`atoll.collection.marking`'s; this module answers its
+questions in SQL (the states at the pack tid, a batch of oids per statement; the
+revisions committed since a tid, a page of transactions at a time) and deletes what
+it decides, under SQLite's write lock. The statements are in
+:mod:`atoll.storage.sqlite_sql` with the others.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
+import time
+from array import array
+from typing import TYPE_CHECKING, Container, Iterator, Sequence
 
 from atoll.ids import u64
 from atoll.storage import sqlite as _sqlite
 from atoll.storage import sqlite_sql as sql
-from atoll.storage.base import PackStats, Progress, References
+from atoll.storage.base import PackSession, PackStats
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
 
-__all__ = ["Packer"]
+__all__ = ["SQLitePackSession", "vacuum"]
 
-PROGRESS_EVERY = 100_000  # the walk reports every this many objects found
+#: Transactions per page when reading what was committed after the pack tid.
+TRANSACTIONS_PAGE = 200
+#: Seconds the final checkpoint of a vacuum waits for readers of older snapshots
+#: before leaving the log for the next checkpoint to empty.
+CHECKPOINT_WAIT_MS = 2000
 
 
-class Packer:
-    """One pack of an :class:`SQLiteStorage` (see :meth:`SQLiteStorage.pack`).
+class SQLitePackSession(PackSession):
+    """One pack of an SQLite file (see :class:`~atoll.storage.base.PackSession`).
 
-    The garbage collector's roots are the root object and every object referenced by a
-    revision written after the pack tid (such a commit may have linked an object that
-    was unreachable at the pack tid). It walks the states current at the pack tid (at
-    the newest state in a history-free file, which keeps no older ones) and removes
-    the objects it did not reach that nobody wrote after the pack tid.
+    Until :meth:`lock`, reads go through a connection of the session's own in
+    autocommit mode (one short read transaction per statement), so the walk holds
+    back neither commits nor checkpoints. :meth:`lock` takes the process's commit lock
+    and the file's write lock (``BEGIN IMMEDIATE``) on the storage's writer;
+    :meth:`sweep` deletes and commits in that one write transaction.
     """
 
-    def __init__(self, storage: SQLiteStorage, pack_tid: int, references: References | None) -> None:
-        self.storage = storage
+    def __init__(self, storage: SQLiteStorage, pack_tid: bytes) -> None:
         self.pack_tid = pack_tid
-        self.references = references
-        self.walk_tid = pack_tid if storage.keep_history else _sqlite.MAX_ID  # states the walk reads
-        self.reachable: set[int] = set()  # oids reached so far
-        self.scanned_upto = pack_tid  # revisions after the pack tid whose references are roots
-        self.progress: Progress | None = None
+        self._storage = storage
+        self._tid = u64(pack_tid)
+        self._walk_tid = self._tid if storage.keep_history else _sqlite.MAX_ID
+        self._reported = self._tid  # new_revisions has returned what was committed up to here
+        self._reader: sqlite3.Connection | None = storage._connect()
+        self._writer: sqlite3.Connection | None = None  # set while locked
 
-    def run(self, progress: Progress | None) -> PackStats:
-        """Walk (without the commit lock), then delete (under it); report to ``progress``."""
-        self.progress = progress
-        storage = self.storage
-        stats = PackStats()
-        reader = storage._connect()
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._writer or self._reader
+        if conn is None:
+            raise self._storage._error(sqlite3.OperationalError("the pack session is closed"), "packing")
+        return conn
+
+    def new_revisions(self) -> Iterator[tuple[int, bytes]]:
         try:
-            if self.references is not None:
-                reader.execute(sql.BEGIN_READ)
-                try:
-                    self._walk(reader, self._roots(reader) | {0})
-                finally:
-                    reader.execute(sql.COMMIT)
-            with storage._commit_lock:
-                writer = storage._writer
-                assert writer is not None
-                with _sqlite.write_transaction(writer):
-                    self._delete(writer, stats)
+            while True:
+                conn = self._conn()
+                page = conn.execute(sql.TRANSACTIONS_AFTER_PAGE, (self._reported, TRANSACTIONS_PAGE)).fetchall()
+                if not page:
+                    return
+                for tid, oids in page:
+                    ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
+                    # A revision since replaced (history-free) is gone: its successor is
+                    # in a later transaction, which this loop reaches too.
+                    yield from conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall()
+                    self._reported = tid
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "packing") from None
+
+    def states(self, oids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        try:
+            rows = self._conn().execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(oids), self._walk_tid)).fetchall()
+        except sqlite3.Error as e:
+            raise self._storage._error(e, "packing") from None
+        return ((zoid, state) for zoid, state, _ in rows)
+
+    def lock(self) -> None:
+        storage = self._storage
+        storage._check_open()
+        if self._writer is not None:
+            return
+        storage._commit_lock.acquire()
+        try:
+            storage._settle_prepared()  # a commit left prepared by a stopped process first
+            writer = storage._writer
+            assert writer is not None
+            writer.execute(sql.BEGIN_WRITE)
+        except BaseException as e:
+            storage._commit_lock.release()
+            if isinstance(e, sqlite3.Error):
+                raise storage._error(e, "packing") from None
+            raise
+        self._writer = writer
+
+    def sweep(self, keep: Container[int] | None) -> PackStats:
+        storage, writer = self._storage, self._writer
+        assert writer is not None, "sweep() needs lock() first"
+        stats = PackStats(size_before=storage.get_size())
+        try:
+            if storage.keep_history:
+                stats.revisions_removed += writer.execute(sql.DELETE_OLD_REVISIONS, (self._tid,)).rowcount
+            if keep is not None:
+                garbage = array("q")
+                for (zoid,) in writer.execute(sql.OBJECTS_NOT_WRITTEN_AFTER, (self._tid,)):
+                    if zoid not in keep:
+                        garbage.append(zoid)
+                stats.objects_removed = len(garbage)
+                for start in range(0, len(garbage), _sqlite.BATCH):
+                    ids = _sqlite.json_ids(garbage[start : start + _sqlite.BATCH])
+                    stats.revisions_removed += writer.execute(sql.DELETE_OBJECTS, (ids,)).rowcount
+            stats.transactions_removed = writer.execute(sql.DELETE_EMPTY_TRANSACTIONS).rowcount
+            writer.execute(sql.COMMIT)
         except sqlite3.Error as e:
             raise storage._error(e, "packing") from None
         finally:
-            reader.close()
-        if progress is not None:
-            progress(
-                f"packed {storage.path}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
+            self.close()
+        stats.size_after = storage.get_size()
         return stats
 
-    def _roots(self, conn: sqlite3.Connection) -> set[int]:
-        """Oids referenced by revisions written after ``scanned_upto``; moves it on."""
-        references = self.references
-        assert references is not None
-        roots = set()
-        for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
-            ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
-            for _, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)):
-                roots.update(u64(ref) for ref in references(state))
-            self.scanned_upto = tid
-        return roots
+    def close(self) -> None:
+        storage = self._storage
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                if writer.in_transaction:
+                    writer.execute(sql.ROLLBACK)
+            except sqlite3.Error:
+                pass  # the storage is closing under us; nothing was committed
+            finally:
+                storage._records.clear()  # records of collected objects may be cached
+                storage._commit_lock.release()
+                storage._checkpointer.request()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-    def _walk(self, conn: sqlite3.Connection, roots: set[int]) -> None:
-        todo = [oid for oid in roots if oid not in self.reachable]
-        self.reachable.update(todo)
-        references = self.references
-        assert references is not None
-        reported = len(self.reachable)
-        while todo:
-            batch = todo[-_sqlite.BATCH:]
-            del todo[-_sqlite.BATCH:]  # from the end: slicing from the front would copy the rest
-            if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
-                reported = len(self.reachable)
-                self.progress(f"packing {self.storage.path}: {reported} reachable objects found so far")
-            for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
-                for ref in references(state):
-                    oid = u64(ref)
-                    if oid not in self.reachable:
-                        self.reachable.add(oid)
-                        todo.append(oid)
 
-    def _delete(self, writer: sqlite3.Connection, stats: PackStats) -> None:
-        """Under the write lock: finish the walk with what was committed during it, then
-        delete old revisions, garbage and empty transactions."""
-        if self.storage.keep_history:
-            stats.revisions_removed += writer.execute(sql.DELETE_OLD_REVISIONS, (self.pack_tid,)).rowcount
-        if self.references is not None:
-            self._walk(writer, self._roots(writer))
-            garbage = [
-                (zoid,)
-                for (zoid,) in writer.execute(sql.OBJECTS_NOT_WRITTEN_AFTER, (self.pack_tid,)).fetchall()
-                if zoid not in self.reachable
-            ]
-            if garbage:
-                stats.objects_removed = len(garbage)
-                stats.revisions_removed += writer.executemany(sql.DELETE_OBJECT, garbage).rowcount
-        # Transactions none of whose revisions remain go, except the newest (the last tid).
-        live = {tid for (tid,) in writer.execute(sql.LIVE_TIDS)}
-        tids = [tid for (tid,) in writer.execute(sql.ALL_TIDS)]
-        empty = [(tid,) for tid in tids[:-1] if tid not in live]
-        writer.executemany(sql.DELETE_TRANSACTION, empty)
-        stats.transactions_removed = len(empty)
+def vacuum(storage: SQLiteStorage) -> int:
+    """Give the free pages of ``storage``'s file back to the file system and empty its
+    log; returns the size after.
+
+    A file made by this version keeps ``auto_vacuum = INCREMENTAL``: the free pages
+    are moved to the end and cut off in one short write transaction. An older file is
+    rebuilt once with ``VACUUM`` (which also turns incremental vacuuming on); that
+    holds the write lock for as long as copying the file takes, but readers go on
+    (WAL). Then a ``TRUNCATE`` checkpoint empties the log, waiting at most
+    :data:`CHECKPOINT_WAIT_MS` for readers of older snapshots; if they are still
+    there the log shrinks at a later checkpoint.
+    """
+    storage._check_open()
+    writer = storage._writer
+    assert writer is not None
+    with storage._commit_lock:
+        try:
+            if writer.execute(sql.SELECT_AUTO_VACUUM).fetchone()[0] == sql.AUTO_VACUUM_INCREMENTAL:
+                # executescript steps the pragma to the end; execute() would free one page.
+                writer.executescript(sql.INCREMENTAL_VACUUM)
+            else:
+                writer.execute(sql.SET_AUTO_VACUUM_INCREMENTAL)
+                writer.execute(sql.VACUUM)
+            writer.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_WAIT_MS))
+            try:
+                # The background checkpointer may be running one (SQLITE_BUSY at once):
+                # try again until it is done or the wait is over.
+                deadline = time.monotonic() + CHECKPOINT_WAIT_MS / 1000
+                while writer.execute(sql.CHECKPOINT_TRUNCATE).fetchone()[0] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                writer.execute(sql.SET_BUSY_TIMEOUT.format(ms=int(_sqlite.BUSY_TIMEOUT * 1000)))
+        except sqlite3.Error as e:
+            raise storage._error(e, "vacuuming") from None
+    return storage.get_size()

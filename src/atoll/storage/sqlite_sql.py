@@ -31,7 +31,12 @@ their order.
     whose revisions are all gone, except the newest, which holds the last tid.
 ``atoll_meta``
     ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
-    ``next_oid``, the first oid no storage instance has been given yet.
+    ``next_oid``, the first oid no storage instance has been given yet; and the
+    values of :meth:`Storage.set_metadata`, whose keys are dotted names
+    (``collection.name``) and so never collide with these.
+
+A new file has ``auto_vacuum = INCREMENTAL``, so that a pack can give the pages it
+frees back to the file system in a short write transaction (``sqlite_pack.vacuum``).
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
 files whose version is lower; a file whose version is higher is refused.
@@ -210,16 +215,18 @@ JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
 
 COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
 
-# -- pack --------------------------------------------------------------------
+# -- pack (sqlite_pack.py) --------------------------------------------------
 
-#: Transactions after the pack tid: the references of what they wrote are roots too,
-#: since a commit after the pack tid may link an object unreachable at it.
-TRANSACTIONS_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
+#: A page of the transactions after a tid: what they wrote is kept, and the
+#: collector follows its references (a commit after the pack tid may link an object
+#: that was unreachable at it).
+TRANSACTIONS_AFTER_PAGE = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid LIMIT ?"
 
 #: Objects whose newest revision is at or before the pack tid: candidates for GC.
 OBJECTS_NOT_WRITTEN_AFTER = "SELECT zoid FROM object_state GROUP BY zoid HAVING max(tid) <= ?"
 
-DELETE_OBJECT = "DELETE FROM object_state WHERE zoid = ?"
+#: Every revision of the objects of a JSON array of oids.
+DELETE_OBJECTS = "DELETE FROM object_state WHERE zoid IN (SELECT value FROM json_each(?))"
 
 #: Revisions older than their object's newest revision at the pack tid.
 DELETE_OLD_REVISIONS = """
@@ -229,7 +236,26 @@ WHERE tid < ?1
              WHERE s.zoid = object_state.zoid AND s.tid <= ?1)
 """
 
-#: The tids that still have a revision (one pass over the table).
-LIVE_TIDS = "SELECT DISTINCT tid FROM object_state"
-ALL_TIDS = "SELECT tid FROM transactions ORDER BY tid"
-DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
+#: Transactions none of whose revisions remain, except the newest (the last tid).
+#: SQLite builds the set of live tids once (one pass over the table) for NOT IN.
+DELETE_EMPTY_TRANSACTIONS = """
+DELETE FROM transactions
+WHERE tid < (SELECT max(tid) FROM transactions)
+  AND tid NOT IN (SELECT tid FROM object_state)
+"""
+
+# -- giving space back -------------------------------------------------------
+
+SELECT_AUTO_VACUUM = "PRAGMA auto_vacuum"
+AUTO_VACUUM_INCREMENTAL = 2
+SET_AUTO_VACUUM_INCREMENTAL = "PRAGMA auto_vacuum = INCREMENTAL"
+INCREMENTAL_VACUUM = "PRAGMA incremental_vacuum;"
+VACUUM = "VACUUM"
+SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms}"
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
+
+# -- metadata (Storage.get_metadata / set_metadata) --------------------------
+
+#: Values written through set_metadata: dotted keys, apart from the file's own settings.
+SELECT_APP_META = "SELECT key, value FROM atoll_meta WHERE key LIKE '%.%'"
+UPSERT_META = "INSERT OR REPLACE INTO atoll_meta (key, value) VALUES (?, ?)"
