@@ -224,10 +224,7 @@ def pack_storages(
             if progress is not None:
                 progress(_step("sweeping", 0, "objects removed", f"sweeping {name}"))
             keep = marker.marks[name] if marker is not None else None
-            stats = result[name] = session.sweep(keep)
-            session.close()
-            if vacuum:
-                stats.size_after = storages[name].vacuum()
+            stats = result[name] = session.sweep(keep)  # releases this storage's lock
             if progress is not None:
                 progress(
                     _step(
@@ -238,6 +235,12 @@ def pack_storages(
                         f"{stats.objects_removed} objects, {stats.transactions_removed} transactions",
                     )
                 )
+        stack.close()
+        if vacuum:
+            # Only once every lock is released: a commit holding one storage's lock
+            # may be waiting for another's, and vacuuming takes the first.
+            for name, stats in result.items():
+                stats.size_after = storages[name].vacuum()
         return result
 
 

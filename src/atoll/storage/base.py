@@ -205,11 +205,13 @@ class PackSession(Protocol):
     pack_tid: bytes
 
     def new_revisions(self) -> Iterator[tuple[int, bytes]]:
-        """``(oid, record)`` of the revisions committed after ``pack_tid`` that
-        earlier calls did not return (a history-free storage: the current record of
-        each object written since). The collector keeps these objects and follows
-        their references: a commit after the pack time may link an object that was
-        unreachable at it."""
+        """``(oid, record)`` of the revisions committed after ``pack_tid`` or after
+        the session began (whichever is earlier), that earlier calls did not
+        return (a history-free storage: the current record of each object written
+        since). The collector keeps these objects and follows their references: a
+        commit after the pack time may link an object that was unreachable at it,
+        and a commit that lands during the walk may move an object from a state
+        the walk has not read yet to one it has."""
 
     def states(self, oids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
         """``(oid, record)`` for each of ``oids``: its revision current at

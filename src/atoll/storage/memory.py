@@ -233,7 +233,8 @@ class MemoryPackSession(PackSession):
     def __init__(self, storage: MemoryStorage, pack_tid: bytes) -> None:
         self.pack_tid = pack_tid
         self._storage = storage
-        self._reported = pack_tid  # new_revisions has returned revisions up to this tid
+        # new_revisions has returned revisions up to this tid (see SQLitePackSession)
+        self._reported = min(pack_tid, storage._last_tid)
         self._locked = False
 
     def new_revisions(self) -> Iterator[tuple[int, bytes]]:

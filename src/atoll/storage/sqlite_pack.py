@@ -47,8 +47,13 @@ class SQLitePackSession(PackSession):
         self._storage = storage
         self._tid = u64(pack_tid)
         self._walk_tid = self._tid if storage.keep_history else _sqlite.MAX_ID
-        self._reported = self._tid  # new_revisions has returned what was committed up to here
         self._reader: sqlite3.Connection | None = storage._connect()
+        # new_revisions has returned what was committed up to here. A commit whose tid
+        # is below the pack tid (its clock read earlier) may still become visible
+        # after the walk has read the states it changes: start from the last tid
+        # visible now if that is lower.
+        last = self._reader.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
+        self._reported = min(self._tid, last)
         self._writer: sqlite3.Connection | None = None  # set while locked
 
     def _conn(self) -> sqlite3.Connection:
