@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import postgres_support  # noqa: E402
 from postgres_support import make_storage, postgres_dsn  # noqa: E402
 
+from atoll.collection.marking import pack_storage
 from atoll.errors import ConflictError, POSKeyError, ReadConflictError, ReadOnlyError, StorageError  # noqa: E402
 from atoll.ids import p64, u64, z64  # noqa: E402
 from atoll.storage.base import TransactionMeta  # noqa: E402
@@ -270,11 +271,11 @@ def test_pack_removes_old_revisions_and_unreachable_objects(storage):
     later = storage.new_oid()
     commit(storage, {later: b"written after the pack tid"})
 
-    def references(data: bytes) -> list[bytes]:
+    def references(data: bytes) -> list[tuple[None, bytes]]:
         body = data[2:] if data.startswith(b"->") else b""
-        return [body[i : i + 8] for i in range(0, len(body), 8)]
+        return [(None, body[i : i + 8]) for i in range(0, len(body), 8)]
 
-    stats = storage.pack(packed_at, references)
+    stats = pack_storage(storage, packed_at, references=references)
     assert stats.objects_removed == 1
     view = storage.open_view()
     assert view.load(kept)[0] == b"k2" and view.load(later)[0] == b"written after the pack tid"
@@ -292,20 +293,18 @@ def test_pack_without_references_keeps_every_object(storage):
     orphan = storage.new_oid()
     commit(storage, {z64: b"root", orphan: b"o"})
     tid = commit(storage, {z64: b"root2"})
-    stats = storage.pack(tid, None)
+    stats = pack_storage(storage, tid, collect=False)
     assert stats.objects_removed == 0
     assert len(storage) == 2
 
 
-def test_pack_reports_its_walk_as_it_goes(storage, monkeypatch):
-    import atoll.storage.postgresql as postgresql_module
+def test_pack_vacuums_and_reports_the_size(storage):
     from test_contract import record, references
 
-    monkeypatch.setattr(postgresql_module, "_PROGRESS_EVERY", 3)
-    monkeypatch.setattr(postgresql_module, "_BATCH", 2)
-    oids = [storage.new_oid() for _ in range(10)]
-    commit(storage, {z64: record("root", *oids), **{o: record(i) for i, o in enumerate(oids)}})
-    lines: list[str] = []
-    storage.pack(storage.last_transaction(), references, progress=lines.append)
-    assert any("reachable objects found so far" in line for line in lines)
-    assert "removed" in lines[-1]
+    oids = [storage.new_oid() for _ in range(50)]
+    commit(storage, {z64: record("root"), **{o: record("x" * 1000) for o in oids}})
+    stats = pack_storage(storage, storage.last_transaction(), references=references)
+    assert stats.objects_removed == 50
+    assert stats.size_before > 0 and stats.size_after == storage.get_size()
+
+

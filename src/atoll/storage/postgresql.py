@@ -87,7 +87,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
-from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
@@ -96,20 +96,17 @@ from atoll.storage.base import (
     StorageView,
     DataRecord,
     HistoryEntry,
-    PackStats,
-    Progress,
-    References,
+    PackSession,
     Resolver,
     TransactionMeta,
     TransactionRecord,
+    check_metadata_key,
     check_serials,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_BATCH = 5000  # oids per statement when loading many (pack's walk)
-_PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 _PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
 
 
@@ -421,80 +418,34 @@ class PostgreSQLStorage(Storage):
             records = [DataRecord(p64(zoid), p64(tid), state) for zoid, state in rows]
             yield TransactionRecord(p64(tid), user, description, TransactionMeta.extension_from_bytes(extension), records)
 
-    def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
+    def pack_session(self, pack_tid: bytes) -> PackSession:
+        """See :meth:`Storage.pack_session` and :mod:`atoll.storage.postgresql_pack`."""
+        self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"storage {self.name} is read-only")
-        try:
-            return self._pack(pack_tid, references, progress)
-        finally:
-            self._records.clear()  # objects collected by the pack may be cached
+        from atoll.storage.postgresql_pack import PostgreSQLPackSession
 
-    def _pack(self, pack_tid: bytes, references: References | None, progress: Progress | None) -> PackStats:
-        stats = PackStats()
-        t = u64(pack_tid)
-        q = self._sql
-        # A session of its own, so that new_oid() and friends do not wait for the pack.
-        session = self._checkout()
-        conn = session.conn
-        try:
-            self._lock_commit(conn)  # commits wait while the pack decides and deletes
-            reachable = self._reachable(conn, t, references, progress) if references is not None else None
-            doomed: list[int] = []
-            for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
-                if reachable is not None and zoid not in reachable and not later:
-                    doomed.append(zoid)
-                    stats.revisions_removed += count
-            if doomed:
-                conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
-            stats.objects_removed = len(doomed)
-            if self.keep_history:
-                stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
-            stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
-            conn.execute("COMMIT")
-        except psycopg.Error as e:
-            raise StorageError(f"PostgreSQL error in {self.name} during pack: {_first_line(e)}") from None
-        finally:
-            self._checkin(session)  # rolls back whatever is left open
-        if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
-        return stats
+        return PostgreSQLPackSession(self, pack_tid)
 
-    def _reachable(
-        self, conn: psycopg.Connection, t: int, references: References, progress: Progress | None = None
-    ) -> set[int]:
-        """Oids that must survive a pack at tid ``t``: the root, every object written
-        after ``t``, and everything their states reference, transitively.
+    def vacuum(self) -> int:
+        """See :func:`atoll.storage.postgresql_pack.vacuum`."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        from atoll.storage.postgresql_pack import vacuum
 
-        History-preserving: an object's references are read from its state at ``t``
-        and from each later revision, so an object linked only after ``t`` is kept.
-        History-free: only current states exist, and those are followed."""
-        q = self._sql
-        seen = {u64(ROOT_OID)} | {row[0] for row in conn.execute(q.WRITTEN_AFTER, (t,))}
-        todo = list(seen)
-        reported = len(seen)
-        while todo:
-            batch = todo[-_BATCH:]
-            del todo[-_BATCH:]  # from the end: slicing from the front would copy the rest
-            if progress is not None and len(seen) >= reported + _PROGRESS_EVERY:
-                reported = len(seen)
-                progress(f"packing {self.name}: {reported} reachable objects found so far")
-            if self.keep_history:
-                rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
-            else:
-                rows = conn.execute(q.LOAD_MANY_HF, (batch,), binary=True)
-            for row in rows:
-                state = row[1]
-                if state is None:
-                    continue
-                for ref in references(state):
-                    ref_int = u64(ref)
-                    if ref_int not in seen:
-                        seen.add(ref_int)
-                        todo.append(ref_int)
-        return seen
+        return vacuum(self)
+
+    def get_metadata(self) -> dict[str, str]:
+        with self._admin_conn() as conn:
+            return dict(conn.execute(self._sql.READ_APP_INFO).fetchall())
+
+    def set_metadata(self, key: str, value: str) -> None:
+        check_metadata_key(key)
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        with self._admin_conn() as conn:
+            conn.execute(self._sql.WRITE_INFO, (key, str(value)))
 
     def __len__(self) -> int:
         with self._admin_conn() as conn:

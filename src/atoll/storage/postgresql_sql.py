@@ -231,17 +231,23 @@ SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'
 """
 
-# Pack: per object, whether it has revisions after the pack tid, and how many it has.
-PACK_OBJECTS = "SELECT zoid, max(tid) > %s, count(*) FROM {s}.object_state GROUP BY zoid"
+# -- pack (postgresql_pack.py) ----------------------------------------------------
 
-
-WRITTEN_AFTER = "SELECT DISTINCT zoid FROM {s}.object_state WHERE tid > %s"
-
-# The revision current at the pack tid and every later one, of each oid asked for.
-STATES_FROM = """
-SELECT o.zoid, o.state FROM {s}.object_state o WHERE o.zoid = ANY(%(oids)s::bigint[]) AND o.tid >= coalesce(
-    (SELECT max(i.tid) FROM {s}.object_state i WHERE i.zoid = o.zoid AND i.tid <= %(t)s), 0)
+# A page of the revisions after (tid, zoid), in that order.
+REVISIONS_AFTER_PAGE = """
+SELECT zoid, tid, state FROM {s}.object_state
+WHERE tid > %(tid)s OR (tid = %(tid)s AND zoid > %(zoid)s)
+ORDER BY tid, zoid LIMIT %(n)s
 """
+
+# Objects whose newest revision is at or before the pack tid: candidates for GC.
+OBJECTS_NOT_WRITTEN_AFTER = "SELECT zoid FROM {s}.object_state GROUP BY zoid HAVING max(tid) <= %s"
+
+VACUUM_STATES = "VACUUM (ANALYZE) {s}.object_state"
+VACUUM_TRANSACTIONS = "VACUUM (ANALYZE) {s}.transactions"
+
+# Values of Storage.set_metadata: dotted keys, apart from the schema's own settings.
+READ_APP_INFO = "SELECT key, value FROM {s}.info WHERE key LIKE '%%.%%'"
 
 PACK_DELETE_OBJECTS = "DELETE FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
 
