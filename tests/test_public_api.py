@@ -26,6 +26,9 @@ MODULES = [
     "atoll.storage.sqlite",
     "atoll.storage.sqlite_pack",
     "atoll.storage.sqlite_checkpoint",
+    "atoll.storage.sqlite_open",
+    "atoll.storage.sqlite_prepared",
+    "atoll.storage.sqlite_write",
     "atoll.storage.postgresql",
     "atoll.storage.targets",
 ]
