@@ -30,6 +30,8 @@ MODULES = [
     "atoll.storage.sqlite_prepared",
     "atoll.storage.sqlite_write",
     "atoll.storage.postgresql",
+    "atoll.storage.postgresql_pack",
+    "atoll.storage.postgresql_recovery",
     "atoll.storage.targets",
 ]
 
