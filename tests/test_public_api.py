@@ -13,6 +13,7 @@ MODULES = [
     "atoll",
     "atoll.db",
     "atoll.connection",
+    "atoll.readahead",
     "atoll.serialize",
     "atoll.conflict",
     "atoll.errors",
