@@ -96,7 +96,6 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
@@ -569,26 +568,24 @@ class SQLiteView(CommitBuffer, StorageView):
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
-        checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
-        resolved: dict[bytes, bytes] = {}
         last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
-        # Nothing committed since our snapshot: every serial we read is still current
-        # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (oids or checks) and (last or 0) != self._snap:
+
+        def moved() -> dict[bytes, bytes]:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
-            pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
-            mismatched = {
-                p64(zoid): (p64(tid) if tid else None)
-                for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
-            }
-            if mismatched:
-                resolved = self._resolve(writer, mismatched, resolve)  # replaces merged records
+            checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
+            pairs = "[" + ",".join(stored + checks) + "]"
+            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+
+        def load_current(oid: bytes) -> bytes:
+            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
+
+        resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
-        return set(resolved)
+        return resolved
 
     def _prepare(self, partners: list[str]) -> None:
         """Write this commit to the storage's prepared file: other SQLite files take
@@ -610,34 +607,6 @@ class SQLiteView(CommitBuffer, StorageView):
             prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
         except OSError as e:
             raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
-
-    def _resolve(
-        self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
-    ) -> dict[bytes, bytes]:
-        """The shared conflict check, over the oids whose serial moved (``mismatched``:
-        oid -> current serial or None); replaces merged records in ``self._stores``."""
-        stores = self._stores
-        conflicting = {oid: stores[oid] for oid in mismatched if oid in stores}
-        checks = {oid: serial for oid, serial in self._checks.items() if oid not in stores}
-        # A read check that did not mismatch is current at its serial.
-        current = {oid: serial for oid, serial in checks.items() if serial != z64}
-        for oid, serial in mismatched.items():
-            if serial is None:
-                current.pop(oid, None)
-            else:
-                current[oid] = serial
-
-        def load_serial(oid: bytes, serial: bytes) -> bytes | None:
-            row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
-            return row[0] if row else None
-
-        def load_current(oid: bytes) -> bytes:
-            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
-
-        resolved = check_serials(conflicting, checks, current, load_serial, load_current, resolve)
-        for oid, data in resolved.items():
-            stores[oid] = (current[oid], data)
-        return resolved
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None or not self._locked:
