@@ -403,12 +403,11 @@ class SQLiteView(CommitBuffer, StorageView):
         self._prepared = False  # this commit wrote the storage's prepared file
         cached_through = storage._records.tid
         if before is not None:
-            self._snap = max(u64(before) - 1, 0)
+            self.snapshot = p64(max(u64(before) - 1, 0))
         elif cached_through is not None:
-            self._snap = u64(cached_through)  # poll from there, so the record cache advances too
+            self.snapshot = cached_through  # poll from there, so the record cache advances too
         else:
-            self._snap = self._newest()
-        self.snapshot = p64(self._snap)
+            self.snapshot = p64(self._newest())
         if before is None:
             self.poll()
 
@@ -449,7 +448,8 @@ class SQLiteView(CommitBuffer, StorageView):
             conn.execute(sql.BEGIN_READ)
             try:
                 last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-                rows = conn.execute(sql.CHANGED_SINCE, (self._snap, last)).fetchall() if last != self._snap else []
+                since = u64(self.snapshot)
+                rows = conn.execute(sql.CHANGED_SINCE, (since, last)).fetchall() if last != since else []
             finally:
                 conn.execute(sql.COMMIT)
         except sqlite3.Error as e:
@@ -460,7 +460,7 @@ class SQLiteView(CommitBuffer, StorageView):
             if tid not in own:
                 changed.update(split_oids(oids))
         start = self.snapshot
-        self._snap, self.snapshot, self._own = last, p64(last), set()
+        self.snapshot, self._own = p64(last), set()
         self._storage._records.advance(start, self.snapshot, changed)
         return changed
 
@@ -471,7 +471,7 @@ class SQLiteView(CommitBuffer, StorageView):
             return cached
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], self._snap)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.Error as e:
@@ -499,11 +499,12 @@ class SQLiteView(CommitBuffer, StorageView):
         wanted = list(by_number)
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
+        snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
+                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, snapshot)):  # type: ignore[union-attr]
                     serial = serials.get(tid)
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
