@@ -52,6 +52,7 @@ from atoll.errors import (
     StorageTransactionError,
 )
 from atoll.ids import z64
+from atoll.progress import Progress, ProgressStep
 
 __all__ = [
     "TransactionMeta",
@@ -62,6 +63,7 @@ __all__ = [
     "Resolver",
     "References",
     "Progress",
+    "walk_step",
     "Storage",
     "StorageView",
     "check_conflicts",
@@ -151,6 +153,20 @@ class PackStats:
     objects_removed: int = 0
     transactions_removed: int = 0
 
+    def step(self, name: str) -> ProgressStep:
+        """The line a pack of the storage named ``name`` reports when it is done."""
+        text = (
+            f"packed {name}: removed {self.revisions_removed} revisions, "
+            f"{self.objects_removed} objects, {self.transactions_removed} transactions"
+        )
+        return ProgressStep(f"packing {name}", self.revisions_removed, unit="revisions removed", finished=True, text=text)
+
+
+def walk_step(name: str, found: int) -> ProgressStep:
+    """The line a pack's reachability walk over the storage named ``name`` reports
+    now and then: ``found`` objects reached so far."""
+    return ProgressStep(f"packing {name}", found, unit="reachable objects found so far")
+
 
 class Resolver(Protocol):
     """Merges a write-write conflict, or raises ConflictError.
@@ -175,8 +191,6 @@ class Resolver(Protocol):
 #: Given a record, the oids it references (same database only): used by pack's GC.
 References = Callable[[bytes], Iterable[bytes]]
 
-#: Receives one line of progress text during long work (pack, copy, GC).
-Progress = Callable[[str], None]
 
 
 @runtime_checkable

@@ -144,10 +144,7 @@ class MemoryStorage(Storage):
                     del revisions.datas[:i]
             self._forget_empty_transactions(stats)
         if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
+            progress(stats.step(self.name))
         return stats
 
     def __len__(self) -> int:
