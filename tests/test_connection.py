@@ -1,4 +1,8 @@
-"""Connection: loading, saving, abort, savepoints, MVCC, conflicts, the jar protocol."""
+"""Connection: loading, saving, abort, savepoints, MVCC, conflicts, the jar protocol.
+
+The ``db`` fixture runs every test on each kind of storage (memory, minimal memory,
+SQLite, PostgreSQL): the guide says a connection behaves the same on all of them.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,23 @@ from atoll.storage import MemoryStorage, MinimalMemoryStorage
 from helpers import Counter, Item, WithArgs
 
 
-@pytest.fixture(params=[MemoryStorage, MinimalMemoryStorage])
-def db(request):
-    database = atoll.DB(request.param(), database_name="main")
+def _storage(kind: str, request: pytest.FixtureRequest, tmp_path):
+    if kind == "memory":
+        return MemoryStorage()
+    if kind == "minimal":
+        return MinimalMemoryStorage()
+    if kind == "sqlite":
+        from atoll.storage import SQLiteStorage
+
+        return SQLiteStorage(tmp_path / "connection.db")
+    import postgres_support
+
+    return postgres_support.make_storage(request.node.name)
+
+
+@pytest.fixture(params=["memory", "minimal", "sqlite", "postgresql"])
+def db(request, tmp_path):
+    database = atoll.DB(_storage(request.param, request, tmp_path), database_name="main")
     yield database
     database.close()
 
