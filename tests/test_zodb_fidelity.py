@@ -11,12 +11,15 @@ import threading
 
 import pytest
 import transaction
+from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent.mapping import PersistentMapping
 
 import atoll
-from atoll.errors import ConnectionStateError, ReadOnlyHistoryError
-from atoll.ids import next_tid, p64, u64
+from atoll.errors import ConflictError, ConnectionStateError, ReadOnlyHistoryError
+from atoll.ids import next_tid, oid_repr, p64, tid_repr, u64
+from atoll.serialize import PersistentReference
 from atoll.storage import MemoryStorage
+from helpers import Item, Key
 
 
 @pytest.fixture
@@ -43,19 +46,22 @@ def test_refused_change_through_historical_connection_does_not_survive_abort(db)
     conn.close()
 
 
-def test_commit_after_refused_historical_change_fails_and_abort_recovers(db):
+def test_refused_historical_change_is_undone_by_commit_or_close_and_spoils_no_commit(db):
     conn = db.open()
     conn.root()["first"] = PersistentMapping(count=0)
     transaction.commit()
-    manager = transaction.TransactionManager()
-    past = db.open(manager, at=db.lastTransaction())
+    past = db.open(at=db.lastTransaction())  # the thread's manager, shared with conn
     with pytest.raises(ReadOnlyHistoryError):
         past.root()["first"]["count"] = 5
-    with pytest.raises(Exception):
-        manager.commit()
-    manager.abort()
+    conn.root()["other"] = 1
+    transaction.commit()  # the refusal already told the user; other work commits
     assert past.root()["first"]["count"] == 0
+    with pytest.raises(ReadOnlyHistoryError):
+        past.root()["first"]["count"] = 6
     past.close()
+    again = db.open(at=db.lastTransaction())
+    assert again.root()["first"]["count"] == 0
+    again.close()
     conn.close()
 
 
@@ -200,3 +206,133 @@ def test_historical_pool_size_and_timeout_get_and_set(db):
     db.setHistoricalTimeout(0)
     assert db.getHistoricalTimeout() == 0
     assert db._historical == {}  # the idle one was older than 0 seconds
+
+
+# -- conflict resolution ---------------------------------------------------------------
+
+
+def test_btree_set_with_persistent_keys_added_concurrently_is_a_conflict(db):
+    conn = db.open()
+    conn.root()["set"] = OOTreeSet()
+    transaction.commit()
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["set"].add(Key(1))
+    second.root()["set"].add(Key(2))
+    first.transaction_manager.commit()
+    with pytest.raises(ConflictError) as raised:
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    assert "can't reliably compare" in str(raised.value)
+    reader = db.open(transaction.TransactionManager())
+    assert [key.value for key in reader.root()["set"]] == [1]
+    for c in (first, second, reader, conn):
+        c.close()
+
+
+def test_btree_with_persistent_values_under_different_new_keys_still_merges(db):
+    conn = db.open()
+    conn.root()["tree"] = OOBTree()
+    transaction.commit()
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["tree"]["a"] = Item("a")
+    second.root()["tree"]["b"] = Item("b")
+    first.transaction_manager.commit()
+    second.transaction_manager.commit()
+    reader = db.open(transaction.TransactionManager())
+    assert {k: v.value for k, v in reader.root()["tree"].items()} == {"a": "a", "b": "b"}
+    for c in (first, second, reader, conn):
+        c.close()
+
+
+def test_failed_resolution_message_starts_as_zodbs_and_gives_the_reason(db):
+    conn = db.open()
+    conn.root()["set"] = OOTreeSet()
+    transaction.commit()
+    oid = conn.root()["set"]._p_oid
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["set"].add(Key(1))
+    second.root()["set"].add(Key(2))
+    read = second.root()["set"]._p_serial
+    first.transaction_manager.commit()
+    committed = first.root()["set"]._p_serial
+    with pytest.raises(ConflictError) as raised:
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    message = str(raised.value)
+    assert message.startswith(
+        f"database conflict error (oid {oid_repr(oid)}, class BTrees.OOBTree.OOTreeSet, "
+        f"serial this txn started with {tid_repr(read)}, "
+        f"serial currently committed {tid_repr(committed)}) in database 'main': "
+    ), message
+    assert "conflict resolution failed: ValueError: can't reliably compare" in message
+    assert raised.value.reason.startswith("conflict resolution failed")
+    for c in (first, second, conn):
+        c.close()
+
+
+def test_plain_conflict_message_is_zodbs_without_a_reason(db):
+    conn = db.open()
+    conn.root()["item"] = Item(0)
+    transaction.commit()
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["item"].value = 1
+    second.root()["item"].value = 2
+    first.transaction_manager.commit()
+    with pytest.raises(ConflictError) as raised:
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    assert str(raised.value).startswith("database conflict error (oid ")
+    assert str(raised.value).endswith(") in database 'main'")
+    assert raised.value.reason is None
+    for c in (first, second, conn):
+        c.close()
+
+
+# -- PersistentReference, what _p_resolveConflict receives ---------------------------------
+
+
+OID, OTHER = p64(5), p64(6)
+
+
+@pytest.mark.parametrize(
+    "ref,oid,database_name,klass,weak",
+    [
+        ((OID, Item), OID, None, Item, False),
+        (OID, OID, None, None, False),
+        (["m", ("other", OID, Item)], OID, "other", Item, False),
+        (["n", ("other", OID)], OID, "other", None, False),
+        (["w", (OID,)], OID, None, None, True),
+        (["w", (OID, "other")], OID, "other", None, True),
+    ],
+    ids=["oid-class", "oid", "multi-database", "multi-database-no-class", "weak", "weak-multi-database"],
+)
+def test_persistent_reference_public_attributes(ref, oid, database_name, klass, weak):
+    reference = PersistentReference(ref)
+    assert (reference.oid, reference.database_name, reference.klass, reference.weak) == (
+        oid, database_name, klass, weak,
+    )
+
+
+def test_persistent_references_to_one_object_compare_equal_weak_forms_included():
+    assert PersistentReference(["w", (OID,)]) == PersistentReference(["w", (OID,)])
+    assert PersistentReference(["w", (OID,)]) == PersistentReference((OID, Item))
+    assert PersistentReference(["w", (OID, "other")]) == PersistentReference(["m", ("other", OID, Item)])
+    assert not PersistentReference(OID) < PersistentReference((OID, None))
+    assert hash(PersistentReference(["w", (OID,)])) == hash(PersistentReference(OID))
+
+
+@pytest.mark.parametrize(
+    "left,right",
+    [
+        ((OID, Item), (OTHER, Item)),
+        (["w", (OID,)], ["w", (OTHER,)]),
+        ((OID, Item), ["m", ("other", OID, Item)]),
+    ],
+    ids=["different-oids", "weak-different-oids", "different-databases"],
+)
+def test_comparing_different_persistent_references_raises_value_error(left, right):
+    a, b = PersistentReference(left), PersistentReference(right)
+    for compare in (lambda: a == b, lambda: a != b, lambda: a < b, lambda: a > b, lambda: a <= b, lambda: a >= b):
+        with pytest.raises(ValueError, match="can't reliably compare"):
+            compare()
+    assert (a == "not a reference") is False

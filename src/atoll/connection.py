@@ -136,6 +136,7 @@ class Connection:
         self._commit_on_exit = False  # set by atoll.connect()
         self._closes_db = False  # set by atoll.connect(): close() closes the collection
         self._on_close: list[Any] = []  # onCloseCallback's callables, run by the next close()
+        self._refused: list[Persistent] = []  # objects changed through a historical connection
         # Per-transaction state, emptied at every transaction boundary:
         self._joined = False  # this connection is a resource of the current transaction
         self._registered: list[Persistent] = []  # changed objects, to store at commit
@@ -187,6 +188,7 @@ class Connection:
             for other in list(self.connections.values()):
                 if other is not self:
                     other.close(primary=False)
+        self._forget_refused()
         self._cache.incrgc()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
@@ -432,13 +434,11 @@ class Connection:
     def register(self, obj: Persistent) -> None:
         """Note a changed object (called by persistent on its first change)."""
         if self.before is not None:
-            # The change is already made in memory: remember the object, so that
-            # abort gives it its stored state back (commit fails: the view is read-only).
-            self._join()
-            self._registered.append(obj)
+            # The change is already made in memory: the object gets its stored state
+            # back when the transaction ends (commit or abort) or the connection closes.
+            self._refused.append(obj)
             raise ReadOnlyHistoryError(
-                f"cannot change {type(obj).__name__} {oid_repr(obj._p_oid)} through a historical "
-                "connection; abort the transaction"
+                f"cannot change {type(obj).__name__} {oid_repr(obj._p_oid)} through a historical connection"
             )
         if not self._joined:
             self._join()
@@ -730,8 +730,15 @@ class Connection:
         pass
 
     def afterCompletion(self, txn: Any) -> None:
+        self._forget_refused()
         if self.opened is not None:
             self._poll()
+
+    def _forget_refused(self) -> None:
+        """Give objects changed through a historical connection their stored state."""
+        if self._refused:
+            refused, self._refused = self._refused, []
+            self._cache.invalidate([obj._p_oid for obj in refused if obj._p_jar is self])
 
     def _poll(self) -> None:
         changed = self._view.poll()
