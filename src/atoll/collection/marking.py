@@ -226,15 +226,8 @@ def pack_storages(
             keep = marker.marks[name] if marker is not None else None
             stats = result[name] = session.sweep(keep)  # releases this storage's lock
             if progress is not None:
-                progress(
-                    _step(
-                        "sweeping",
-                        stats.objects_removed,
-                        "objects removed",
-                        f"packed {name} ({storages[name].name}): removed {stats.revisions_removed} revisions, "
-                        f"{stats.objects_removed} objects, {stats.transactions_removed} transactions",
-                    )
-                )
+                storage_name = storages[name].name
+                progress(stats.step(f"{name} ({storage_name})" if name else storage_name))
         stack.close()
         if vacuum:
             # Only once every lock is released: a commit holding one storage's lock

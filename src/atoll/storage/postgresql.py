@@ -29,7 +29,7 @@ wakes idle processes promptly without polling in a loop.
 Commits. ``tpc_vote`` opens a transaction and locks the single row of
 ``commit_lock`` (``SELECT ... FOR UPDATE``): that row lock is the commit lock of
 every process on every machine. Under it the view reads the current serials of the
-oids it writes, runs :func:`~atoll.storage.base.check_serials`, allocates a tid later
+oids it writes, runs :func:`~atoll.storage.base.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
 transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
 prepared transaction keeps its row locks (so the commit lock stays held, whatever
@@ -40,27 +40,11 @@ Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recov
 (below) and waits again, and gives up with StorageError after
 ``commit_lock_timeout``.
 
-Recovery of prepared transactions left by a crashed process. The gid is
-``atoll|<schema>|<owner key>|<txn key>``:
-
-* *owner key*: each pooled session holds a session-level advisory lock on a random
-  key for its whole life. The lock vanishes with the session, so recovery can tell
-  a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
-  and the transaction is left alone).
-* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
-  multi-database transaction shares. Each prepared transaction also inserts
-  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
-  visible exactly when its participant commits. The commit decision is reached when
-  the first participant's ``tpc_finish`` commits, so: a crashed prepared
-  transaction is committed if some partner's decision row is visible, and rolled
-  back otherwise (for a single database: its finish never ran). A crash during the
-  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
-  with no visible row, so all of them end the same way. This needs the participants
-  to share one PostgreSQL database (any schemas); across servers recovery cannot
-  see a partner's decision and rolls back.
-
-Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
-the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`). A server with
+Recovery of prepared transactions left by a crashed process: see
+:mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session
+and the transaction, and whether a partner committed decides). It runs when a storage
+opens, when a committer has waited ``lock_wait`` for the commit lock, and on demand
+(:meth:`PostgreSQLStorage.recover`). A server with
 ``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
 naming the setting, unless ``two_phase=False`` is passed, which commits in
 ``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
@@ -75,7 +59,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -88,8 +71,10 @@ from psycopg.pq import TransactionStatus
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
+from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -101,7 +86,7 @@ from atoll.storage.base import (
     TransactionMeta,
     TransactionRecord,
     check_metadata_key,
-    check_serials,
+    moved_serials,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
@@ -113,20 +98,6 @@ _PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decis
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _gid_prefix(schema: str) -> str:
-    return f"atoll|{schema}|"
-
-
-def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Roll back every prepared transaction of ``schema``, live owner or not.
-
-    For tests and for an administrator removing a schema; returns the gids."""
-    gids = [row[0] for row in conn.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(schema),))]
-    for gid in gids:
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
-    return gids
 
 
 class _Session:
@@ -336,29 +307,9 @@ class PostgreSQLStorage(Storage):
         """Resolve prepared transactions of this schema whose owning session is gone.
 
         Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
-        is alive are left alone. See the module docstring for the rule."""
-        outcome: dict[str, str] = {}
+        is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`."""
         with self._admin_conn() as conn:
-            prefix = _gid_prefix(self.schema)
-            for (gid,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
-                try:
-                    owner_key, txn_key = gid[len(prefix) :].split("|")
-                    owner = int(owner_key)
-                except ValueError:
-                    continue  # not one of ours
-                if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
-                    continue  # its session is alive: it will finish or abort itself
-                try:
-                    decided = conn.execute(SQL.DECISION_EXISTS, (txn_key,)).fetchone()[0]
-                    verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
-                    conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(gid)))
-                    outcome[gid] = "committed" if decided else "rolled back"
-                except pg_errors.UndefinedObject:
-                    pass  # another process resolved it first
-                finally:
-                    conn.execute(SQL.OWNER_UNLOCK, (owner,))
-            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
-        return outcome
+            return recovery.recover(conn, self.schema)
 
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
@@ -373,7 +324,7 @@ class PostgreSQLStorage(Storage):
                 continue  # a crashed committer held it: try again at once
             if time.monotonic() >= deadline:
                 with self._admin_conn() as admin:
-                    held = [r[0] for r in admin.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(self.schema),))]
+                    held = recovery.prepared_gids(admin, self.schema)
                 by = f" (prepared transactions: {', '.join(held)})" if held else ""
                 raise StorageError(
                     f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by}"
@@ -650,13 +601,9 @@ class PostgreSQLView(CommitBuffer, StorageView):
         try:
             with self._errors():
                 last = storage._lock_commit(conn)
-                resolved: dict[bytes, bytes] = {}
-                # Nothing committed since our snapshot: every serial we read is still
-                # current, so nothing can conflict and the check can be skipped.
-                if p64(last) != self.snapshot:
-                    resolved = self._check_conflicts(conn, resolve)
+                resolved = self._check_conflicts(conn, p64(last), resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
-                txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
+                txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data for _, data in self._stores.values()]
                 with conn.pipeline():
@@ -668,7 +615,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     )
                     conn.execute(q.SET_LAST_TID, (tid,))
                     if storage.two_phase:
-                        gid = f"{_gid_prefix(storage.schema)}{self._store_owner()}|{txn_key}"
+                        gid = recovery.gid(storage.schema, self._store_owner(), txn_key)
                         conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid
@@ -676,28 +623,22 @@ class PostgreSQLView(CommitBuffer, StorageView):
             self._rollback(conn)
             raise
         self._tid = tid
-        return set(resolved)
+        return resolved
 
-    def _check_conflicts(self, conn: psycopg.Connection, resolve: Resolver | None) -> dict[bytes, bytes]:
+    def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
         """The shared conflict check, under the commit lock; merged records replace ours."""
         q = self._sql
-        oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
-        current_query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
-        current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
+
+        def moved() -> dict[bytes, bytes]:
+            oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
+            query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
+            current = {p64(z): p64(t) for z, t in conn.execute(query, (oids,))}
+            return moved_serials(self._stores, self._checks, lambda oid: current.get(oid, z64))
 
         def load_current(oid: bytes) -> bytes:
             return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
 
-        resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
-        for oid, data in resolved.items():
-            self._stores[oid] = (current[oid], data)
-        return resolved
-
-    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
-        try:
-            return self.load_serial(oid, serial)
-        except POSKeyError:
-            return None
+        return self._resolve_conflicts(last, moved, load_current, resolve)
 
     def _rollback(self, conn: psycopg.Connection) -> None:
         try:
