@@ -28,9 +28,10 @@ import io
 import pickle
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from atoll.collection.marking import BATCH, MarkSet
+from atoll.errors import POSKeyError
 from atoll.ids import p64, u64
 from atoll.progress import ProgressStep
 from atoll.serialize import references as record_references
@@ -149,6 +150,7 @@ class _Checker:
         self.todo: dict[str, list[int]] = {name: [] for name in databases}
         self.parents: dict[tuple[str, int], tuple[str, int]] = {}
         self.classes: dict[tuple[str, str], str | None] = {}
+        self.damaged: set[tuple[str, int]] = set()  # reported by load(): no other problem for them
         self.read = 0
 
     def close(self) -> None:
@@ -191,10 +193,36 @@ class _Checker:
             self.progress(ProgressStep("checking", self.read, self.read, "objects", True, line))
         return self.report
 
+    def load(self, name: str, batch: list[int]) -> dict[bytes, tuple[bytes, bytes]]:
+        """The records of ``batch``; one by one when the batch cannot be read whole
+        (a storage that checks its records refuses a damaged one), reporting those
+        that cannot be loaded."""
+        view = self.views[name]
+        try:
+            return view.load_many([p64(oid) for oid in batch])
+        except POSKeyError:
+            raise
+        except Exception:
+            pass
+        records = {}
+        for oid in batch:
+            try:
+                records[p64(oid)] = view.load(p64(oid))
+            except POSKeyError:
+                continue
+            except Exception as e:
+                self.problem(name, oid, "damaged", f"the record cannot be loaded: {type(e).__name__}: {e}")
+                self.report.objects[name] += 1
+                self.read += 1
+                self.damaged.add((name, oid))
+        return records
+
     def check_batch(self, name: str, batch: list[int]) -> None:
-        records = self.views[name].load_many([p64(oid) for oid in batch])
+        records = self.load(name, batch)
         for oid in batch:
             found = records.get(p64(oid))
+            if (name, oid) in self.damaged:
+                continue
             if found is None:
                 parent = self.parents.get((name, oid))
                 if oid == 0:
@@ -229,24 +257,18 @@ class _Checker:
             self.visit(target, u64(ref), (name, oid))
 
     def verify(self, name: str, db: DB) -> None:
-        """Report what the storage's own integrity check finds, where it has one."""
+        """Report what the storage's own integrity check (``verify()``: every stored
+        revision against its checksum) finds, where the storage has one."""
         verify = getattr(db.storage, "verify", None)
         if verify is None:
             return
-        for found in _as_findings(verify()):
-            oid, detail = found
-            self.report.problems.append(Problem(name, oid, "damaged", detail, ()))
-
-
-def _as_findings(result: Any) -> Iterable[tuple[bytes, str]]:
-    """(oid, detail) pairs from whatever a storage's verify() returns."""
-    for item in result or ():
-        oid = getattr(item, "oid", None)
-        if oid is None and isinstance(item, tuple):
-            oid, detail = item[0], " ".join(str(part) for part in item[1:])
-        else:
-            detail = getattr(item, "detail", None) or str(item)
-        yield (oid if isinstance(oid, bytes) else p64(int(oid or 0))), detail
+        for damaged in verify():
+            oid = u64(damaged.oid)
+            if (name, oid) in self.damaged:
+                continue  # already reported when the walk could not load it
+            tid = getattr(damaged, "tid", None)
+            revision = f"revision {tid.hex()}: " if tid else ""
+            self.problem(name, oid, "damaged", f"{revision}{damaged.detail}")
 
 
 def check(databases: Mapping[str, DB], progress: Progress | None = None) -> CheckReport:

@@ -19,22 +19,26 @@ mix of them:
 Marks are kept in a :class:`MarkSet`, a bitmap in pages of 65,536 oids (oids are
 dense integers), so marking 10 million objects takes a few MiB, not the gigabyte a
 Python set of 10 million oids would; the walk's to-do list is an array of 8-byte
-integers. References are read by :func:`atoll.serialize.references`, which never
-imports an application class.
+integers. References are read by :func:`scan_references`: a byte scan for records
+that refer only within their own database (most of them), and
+:func:`atoll.serialize.references`, which never imports an application class, for
+the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from array import array
 from typing import Iterable, Iterator, Mapping
 
 from atoll.ids import u64
 from atoll.progress import ProgressStep
+from atoll.serialize import FOREIGN_MARKS
 from atoll.serialize import references as record_references
 from atoll.storage.base import PackSession, PackStats, Progress, References, Storage
 
-__all__ = ["MarkSet", "Marker", "pack_storages", "pack_storage", "BATCH"]
+__all__ = ["MarkSet", "Marker", "pack_storages", "pack_storage", "scan_references", "BATCH"]
 
 #: Oids per :meth:`PackSession.states` call.
 BATCH = 2000
@@ -44,6 +48,33 @@ REPORT_EVERY = 50_000
 _PAGE_SHIFT = 16
 _PAGE_MASK = (1 << _PAGE_SHIFT) - 1
 _PAGE_BYTES = 1 << (_PAGE_SHIFT - 3)
+
+
+#: Where an 8-byte value starts in a pickle (protocol 2 and later): SHORT_BINBYTES,
+#: SHORT_BINSTRING or BINBYTES of length 8. A lookahead, so overlapping places are
+#: all found: payload bytes that happen to look like an opcode cannot hide a real one.
+_EIGHT_BYTES = re.compile(rb"(?=(?:[CU]\x08|B\x08\x00\x00\x00)(.{8}))", re.S)
+#: A reference to another database is a list starting with the string "m" or "n"
+#: (and a weak reference, "w", may name one): protocol 3 and 4 forms of those.
+_OTHER_DATABASE = re.compile(rb"X\x01\x00\x00\x00[mnw]|\x8c\x01[mnw]")
+
+
+def scan_references(record: bytes) -> list[tuple[str | None, bytes]]:
+    """The references of ``record`` as :func:`atoll.serialize.references` gives them,
+    or more: what pack must keep, fast.
+
+    A reference within the database pickles its oid as an 8-byte value (or, when
+    the same oid came earlier in the record, as a memo reference to that earlier
+    value). So every 8-byte value of a binary pickle is taken as a reference: a
+    superset of the real ones, found by one regular-expression scan in C (about 30
+    times faster than unpickling). An 8-byte value that is not an oid only keeps
+    an object that would otherwise go, never the other way round. Records that may
+    refer to another database, or that are not binary pickles, are read in full,
+    so that each oid is marked in the right database.
+    """
+    if record[:1] != b"\x80" or _OTHER_DATABASE.search(record) is not None:
+        return record_references(record)
+    return [(None, oid) for oid in _EIGHT_BYTES.findall(record)]
 
 
 class MarkSet:
@@ -114,7 +145,7 @@ class Marker:
     def __init__(
         self,
         sessions: Mapping[str, PackSession],
-        references: References = record_references,
+        references: References = scan_references,
         progress: Progress | None = None,
     ) -> None:
         self.sessions = dict(sessions)
@@ -189,7 +220,7 @@ def pack_storages(
     pack_tid: bytes,
     *,
     collect: bool = True,
-    references: References = record_references,
+    references: References = scan_references,
     progress: Progress | None = None,
     vacuum: bool = True,
 ) -> dict[str, PackStats]:
@@ -242,7 +273,7 @@ def pack_storage(
     pack_tid: bytes,
     *,
     collect: bool = True,
-    references: References = record_references,
+    references: References = scan_references,
     progress: Progress | None = None,
     vacuum: bool = True,
 ) -> PackStats:
