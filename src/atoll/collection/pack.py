@@ -14,17 +14,18 @@ must be among the databases given, under the name the collection knows it by.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from atoll.collection import membership
 from atoll.collection.marking import pack_storages
 from atoll.ids import tid_from_time
+from atoll.progress import ProgressStep
 from atoll.storage.base import PackStats, Progress
 
 if TYPE_CHECKING:
     from atoll.db import DB
 
-__all__ = ["pack", "pack_tid", "check_complete"]
+__all__ = ["pack", "vacuum", "Space", "pack_tid", "check_complete"]
 
 
 def pack_tid(t: float | None = None, days: float = 0) -> bytes:
@@ -71,3 +72,24 @@ def pack(
     check_complete(databases)
     storages = {name: db.storage for name, db in databases.items()}
     return pack_storages(storages, tid, collect=True, progress=progress)
+
+
+class Space(NamedTuple):
+    """Bytes a storage took before and after :func:`vacuum`."""
+
+    before: int
+    after: int
+
+
+def vacuum(databases: Mapping[str, DB], progress: Progress | None = None) -> dict[str, Space]:
+    """Give the space of removed records back to the file system, in every database
+    (:meth:`~atoll.storage.base.Storage.vacuum`): a pack already does it; this is for
+    files packed by an earlier version, or to run it at a quiet moment."""
+    result = {}
+    for done, (name, db) in enumerate(databases.items(), 1):
+        before = db.storage.get_size()
+        result[name] = Space(before, db.storage.vacuum())
+        if progress is not None:
+            line = f"vacuumed {name} ({db.storage.name}): {before:,} bytes -> {result[name].after:,} bytes"
+            progress(ProgressStep("vacuuming", done, len(databases), "databases", done == len(databases), line))
+    return result
