@@ -34,6 +34,11 @@ MODULES = [
     "atoll.storage.postgresql_pack",
     "atoll.storage.postgresql_recovery",
     "atoll.storage.targets",
+    "atoll.collection",
+    "atoll.collection.marking",
+    "atoll.collection.membership",
+    "atoll.collection.pack",
+    "atoll.collection.check",
 ]
 
 # The transaction package's data-manager and synchronizer protocol: documented by
@@ -76,6 +81,9 @@ def test_contract_names_exist():
     assert issubclass(errors.POSKeyError, KeyError)
     for name in ("MemoryStorage", "MinimalMemoryStorage", "SQLiteStorage", "PostgreSQLStorage"):
         assert inspect.isclass(getattr(storage, name))
+    from atoll import collection
+
+    assert callable(collection.pack) and callable(collection.check)
     from atoll import config
 
     for name in ("databaseFromString", "databaseFromFile", "databaseFromURL", "storageFromString",

@@ -158,6 +158,7 @@ class Marker:
         self._reported = 0
 
     def mark(self, database: str, oid: int) -> None:
+        """Mark one object (and remember to follow its references)."""
         if self.marks[database].add(oid):
             self._todo[database].append(oid)
 
@@ -207,6 +208,7 @@ class Marker:
             self._progress(_step("marking", marked, "objects reachable"))
 
     def total(self) -> int:
+        """Objects marked so far, in every database."""
         return sum(len(m) for m in self.marks.values())
 
 

@@ -43,6 +43,7 @@ class Membership:
 
     @property
     def is_member(self) -> bool:
+        """Whether the storage has exchanged references with another database."""
         return bool(self.others)
 
 
