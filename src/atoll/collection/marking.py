@@ -212,9 +212,9 @@ class Marker:
         return sum(len(m) for m in self.marks.values())
 
 
-def _step(phase: str, done: int, unit: str, text: str | None = None) -> ProgressStep:
+def _step(phase: str, done: int, unit: str, text: str | None = None, finished: bool = False) -> ProgressStep:
     """One progress report: a line of text that carries its counts."""
-    return ProgressStep(phase, done, None, unit, text is not None, text)
+    return ProgressStep(phase, done, None, unit, finished, text)
 
 
 def pack_storages(
@@ -251,7 +251,8 @@ def pack_storages(
             marker.roots()  # what was committed while the walk ran
             marker.walk()
             if progress is not None:
-                progress(_step("marking", marker.total(), "objects reachable", f"marked {marker.total():,} reachable objects"))
+                total = marker.total()
+                progress(_step("marking", total, "objects reachable", f"marked {total:,} reachable objects", True))
         result = {}
         for name, session in sessions.items():
             if progress is not None:
