@@ -89,6 +89,7 @@ from psycopg.pq import TransactionStatus
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage import postgresql_undo as undo
 from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
     CommitBuffer,
@@ -100,6 +101,7 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
     check_serials,
@@ -496,6 +498,14 @@ class PostgreSQLStorage(Storage):
                         todo.append(ref_int)
         return seen
 
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        return undo.transaction_log(self, before, limit)
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        return undo.find_transactions(self, keys, low, high)
+
     def __len__(self) -> int:
         with self._admin_conn() as conn:
             return conn.execute(self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF).fetchone()[0]
@@ -707,7 +717,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
                 zoids = [u64(oid) for oid in self._stores]
-                datas = [data for _, data in self._stores.values()]
+                datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
                 with conn.pipeline():
                     if zoids:
                         conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas))
