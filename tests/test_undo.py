@@ -134,6 +134,9 @@ def test_undo_refused_after_a_later_change(db):
     with db.transaction() as conn:
         assert conn.root()["box"]["v"] == 3  # nothing was written
     assert db.undoLog(0, 1)[0]["description"] == "later"
+    undo(db, "later")  # a refused undo leaves nothing behind: the next one works
+    with db.transaction() as conn:
+        assert conn.root()["box"]["v"] == 2
 
 
 def test_undo_merged_by_resolve_conflict(db):

@@ -174,7 +174,7 @@ class UndoPart:
         return f"{self._db.storage.sort_key()}:undo"
 
     def abort(self, txn: Any) -> None:
-        self._close_private()
+        self.tpc_abort(txn)  # commit() may have begun the private connection's commit
 
     def tpc_begin(self, txn: Any) -> None:
         pass  # the connection to write through is chosen once every one has begun
