@@ -87,23 +87,24 @@ def find_transactions(
 
 def no_serial_when_ended(
     writer: sqlite3.Connection,
-    mismatched: dict[bytes, bytes | None],
+    moved: dict[bytes, bytes],
     stores: dict[bytes, tuple[bytes, bytes]],
     checks: dict[bytes, bytes],
 ) -> None:
-    """Correct the conflict check's mismatches (oid -> current serial) for objects
-    whose newest revision is DELETED: those have no current serial (invariant 7 of
-    :mod:`atoll.storage.base`), so a store that expects none is no mismatch.
+    """Correct the conflict check's moved serials (oid -> serial now committed) for
+    objects whose newest revision is DELETED: those have no current serial (``z64``,
+    invariant 7 of :mod:`atoll.storage.base`), so a store that expects none did not
+    move.
 
-    The check query compares ``max(tid)`` (an index-only read); mismatches are rare,
-    so looking at the revision itself is left to here."""
-    for oid, serial in list(mismatched.items()):
-        if serial is None:
+    The check query compares ``max(tid)`` (an index-only read); moved serials are
+    rare, so looking at the revision itself is left to here."""
+    for oid, serial in list(moved.items()):
+        if serial == z64:
             continue
         row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
         if row is not None and not row[0]:
             expected = stores[oid][0] if oid in stores else checks.get(oid, z64)
             if expected == z64:
-                del mismatched[oid]
+                del moved[oid]
             else:
-                mismatched[oid] = None
+                moved[oid] = z64
