@@ -164,6 +164,8 @@ class Marker:
 
     def follow(self, database: str, record: bytes) -> None:
         """Mark every object ``record`` (of ``database``) refers to."""
+        if not record:
+            return  # DELETED (an undone creation) refers to nothing
         self.followed += 1
         marks, todo = self.marks, self._todo
         for name, ref in self.references(record):

@@ -74,7 +74,7 @@ class PostgreSQLPackSession(PackSession):
                 if not rows:
                     return
                 for zoid, tid, state in rows:
-                    if state is not None:
+                    if state:  # None or DELETED (b"") refer to nothing
                         yield zoid, state
                     self._after = (tid, zoid)
         except psycopg.Error as e:
@@ -89,7 +89,7 @@ class PostgreSQLPackSession(PackSession):
                 rows = self._conn().execute(q.LOAD_MANY_HF, (list(oids),), binary=True).fetchall()
         except psycopg.Error as e:
             raise self._error(e) from None
-        return ((zoid, state) for zoid, state, _ in rows if state is not None)
+        return ((zoid, state) for zoid, state, _ in rows if state)
 
     def lock(self) -> None:
         if self._locked:
