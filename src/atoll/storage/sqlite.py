@@ -358,6 +358,9 @@ class SQLiteStorage(Storage):
     ) -> dict[str, bytes]:
         return undo.find_transactions(self, keys, low, high)
 
+    def last_pack(self) -> bytes:
+        return undo.last_pack(self)
+
     def __len__(self) -> int:
         self._check_open()
         with self._lock:

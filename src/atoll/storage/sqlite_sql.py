@@ -30,8 +30,10 @@ their order.
     big-endian values (what ``poll()`` reports and iteration reads). Pack removes rows
     whose revisions are all gone, except the newest, which holds the last tid.
 ``atoll_meta``
-    ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
-    ``next_oid``, the first oid no storage instance has been given yet.
+    ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0),
+    ``next_oid``, the first oid no storage instance has been given yet, and, once the
+    file was packed, ``last_pack``, the newest pack tid (undo refuses transactions
+    at or before it: the revisions they replaced may be gone).
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
 files whose version is lower; a file whose version is higher is refused.
@@ -247,6 +249,13 @@ DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
 TRANSACTIONS_BEFORE = """
 SELECT tid, username, description, extension, txn_id, oids FROM transactions
 WHERE tid < ? ORDER BY tid DESC LIMIT ?
+"""
+
+SELECT_LAST_PACK = "SELECT value FROM atoll_meta WHERE key = 'last_pack'"
+#: Inside the pack's write transaction.
+SET_LAST_PACK = """
+INSERT INTO atoll_meta (key, value) VALUES ('last_pack', ?1)
+ON CONFLICT (key) DO UPDATE SET value = max(value, ?1)
 """
 
 #: The shared ids of the transactions in a range of tids.

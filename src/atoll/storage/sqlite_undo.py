@@ -18,7 +18,7 @@ from atoll.storage.base import TransactionInfo, TransactionMeta, commit_key
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
 
-__all__ = ["transaction_log", "find_transactions", "no_serial_when_ended"]
+__all__ = ["transaction_log", "find_transactions", "last_pack", "no_serial_when_ended"]
 
 #: The largest tid SQLite can hold: "no upper bound".
 _MAX_ID = 2**63 - 1
@@ -83,6 +83,19 @@ def find_transactions(
         except sqlite3.Error as e:
             raise storage._error(e, "finding transactions") from None
     return found
+
+
+def last_pack(storage: SQLiteStorage) -> bytes:
+    """:meth:`Storage.last_pack`: ``atoll_meta``'s ``last_pack`` row, if any."""
+    storage._check_open()
+    with storage._lock:
+        conn = storage._conn
+        assert conn is not None
+        try:
+            row = conn.execute(sql.SELECT_LAST_PACK).fetchone()
+        except sqlite3.Error as e:
+            raise storage._error(e, "reading the last pack") from None
+    return p64(int(row[0])) if row else z64
 
 
 def no_serial_when_ended(
