@@ -365,7 +365,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         with self._lock:
             try:
-                return self._conn.execute(sql.COUNT_OBJECTS).fetchone()[0]  # type: ignore[union-attr]
+                return undo.count_objects(self._conn)  # type: ignore[arg-type]
             except sqlite3.Error as e:
                 raise self._error(e, "counting objects") from None
 

@@ -18,7 +18,7 @@ from atoll.storage.base import TransactionInfo, TransactionMeta, commit_key
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
 
-__all__ = ["transaction_log", "find_transactions", "last_pack", "no_serial_when_ended"]
+__all__ = ["transaction_log", "find_transactions", "last_pack", "count_objects", "no_serial_when_ended"]
 
 #: The largest tid SQLite can hold: "no upper bound".
 _MAX_ID = 2**63 - 1
@@ -96,6 +96,19 @@ def last_pack(storage: SQLiteStorage) -> bytes:
         except sqlite3.Error as e:
             raise storage._error(e, "reading the last pack") from None
     return p64(int(row[0])) if row else z64
+
+
+def count_objects(conn: sqlite3.Connection) -> int:
+    """``len()``: objects with a revision, less those an undo ended (looked for only
+    in a file where a commit ended one)."""
+    conn.execute(sql.BEGIN_READ)
+    try:
+        count = conn.execute(sql.COUNT_OBJECTS).fetchone()[0]
+        if conn.execute(sql.HAS_ENDED_OBJECTS).fetchone():
+            count -= conn.execute(sql.COUNT_ENDED_OBJECTS).fetchone()[0]
+    finally:
+        conn.execute(sql.COMMIT)
+    return count
 
 
 def no_serial_when_ended(
