@@ -9,6 +9,7 @@ in :mod:`atoll.storage.sqlite_sql`. An undo itself is an ordinary commit (see
 from __future__ import annotations
 
 import sqlite3
+import struct
 from typing import TYPE_CHECKING, Iterable
 
 from atoll.ids import p64, u64, z64
@@ -26,8 +27,6 @@ _MAX_ID = 2**63 - 1
 
 def transaction_log(storage: SQLiteStorage, before: bytes | None, limit: int) -> list[TransactionInfo]:
     """:meth:`Storage.transaction_log`, read in one snapshot."""
-    from atoll.storage.sqlite import json_ids, split_oids
-
     storage._check_open()
     upper = u64(before) if before is not None else _MAX_ID
     with storage._lock:
@@ -40,7 +39,9 @@ def transaction_log(storage: SQLiteStorage, before: bytes | None, limit: int) ->
                 for tid, user, description, extension, txn_id, oids in conn.execute(
                     sql.TRANSACTIONS_BEFORE, (upper, limit)
                 ).fetchall():
-                    ids = json_ids(u64(oid) for oid in split_oids(oids))
+                    # The oids as a JSON array of numbers, in C-level steps (a loop per
+                    # oid in Python cost as much as the query).
+                    ids = "[" + ",".join(map(str, struct.unpack(f">{len(oids) // 8}Q", oids))) + "]"
                     size = conn.execute(sql.SIZE_OF_TRANSACTION, (ids, tid)).fetchone()[0]
                     infos.append(
                         TransactionInfo(
