@@ -4,6 +4,7 @@ Each works over the storage protocol and takes the collection as its ``databases
 dict, a ``DB``, or a target (path, URI, ``.conf`` file):
 
 - :func:`backup` (:mod:`atoll.collection.backup`): a live backup of SQLite files.
+- :func:`undo_log` (:mod:`atoll.collection.undo`): undo across databases.
 - :func:`open_databases`, :func:`open_storages` (:mod:`atoll.collection.targets`):
   what a target names.
 """
@@ -12,5 +13,6 @@ from __future__ import annotations
 
 from atoll.collection.backup import BackupStats, backup
 from atoll.collection.targets import TargetError, open_databases, open_storages
+from atoll.collection.undo import undo_log
 
-__all__ = ["backup", "BackupStats", "open_databases", "open_storages", "TargetError"]
+__all__ = ["backup", "BackupStats", "undo_log", "open_databases", "open_storages", "TargetError"]
