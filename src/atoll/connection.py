@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
 
+from atoll.arguments import check_oid
 from atoll.conflict import resolve
 from atoll import gcpause
 from atoll.errors import (
@@ -32,6 +33,7 @@ from atoll.errors import (
     POSError,
     POSKeyError,
     ReadOnlyHistoryError,
+    StorageTransactionError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.serialize import ObjectReader, ObjectWriter, foreign_references, needs_args, references
@@ -201,9 +203,13 @@ class Connection:
                 reusable = False
         self._db._return_connection(self, reusable)
         if self._closes_db:
-            self._closes_db = False
-            for db in list(self._db.databases.values()):
-                db.close()
+            self._close_databases()
+
+    def _close_databases(self) -> None:
+        """Close the collection this connection's ``atoll.connect()`` opened."""
+        self._closes_db = False
+        for db in list(self._db.databases.values()):
+            db.close()
 
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""
@@ -228,14 +234,21 @@ class Connection:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.opened is None:
             return
-        if self._commit_on_exit:
-            if exc_type is None:
-                self.transaction_manager.commit()
-            else:
-                self.transaction_manager.abort()
-        elif exc_type is not None:
-            self.transaction_manager.abort()
-        self.close()
+        manager = self.transaction_manager
+        try:
+            if self._commit_on_exit and exc_type is None:
+                manager.commit()
+            elif exc_type is not None:
+                manager.abort()
+        except BaseException:
+            manager.abort()  # a failed commit: the connection must leave the transaction to close
+            raise
+        finally:
+            try:
+                self.close()  # with atoll.connect(), closes the databases and storages too
+            finally:
+                if self._closes_db:  # close() failed before it got to them
+                    self._close_databases()
 
     def _check_open(self) -> None:
         if self.opened is None:
@@ -265,6 +278,7 @@ class Connection:
         obj = self._creating.get(oid)
         if obj is not None:
             return obj
+        check_oid(oid)  # after the cache: a bad oid is never found there
         record = self._prefetched.get(oid)
         if record is None:
             record = self._prefetched[oid] = self._load(oid)
@@ -581,7 +595,16 @@ class Connection:
             # list is complete before any votes (see TransactionMeta).
             shared_id, participants = uuid.uuid4().hex, []
             txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        participants.append(self._db.storage.sort_key())
+        key = self._db.storage.sort_key()
+        if key in participants:
+            # Its vote would wait for the storage's commit lock, held by the other one.
+            raise StorageTransactionError(
+                f"two connections to the storage of database {self._db.database_name!r} ({key}) "
+                "take part in one transaction; a transaction writes each storage through one "
+                "connection: give each connection its own transaction manager, "
+                "e.g. db.open(transaction.TransactionManager())"
+            )
+        participants.append(key)
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
@@ -601,8 +624,8 @@ class Connection:
 
     def tpc_vote(self, txn: Any) -> None:
         try:
-            with gcpause.paused():
-                self._resolved = self._view.tpc_vote(resolve)
+            # Not paused (see atoll.gcpause): the vote waits for the commit lock.
+            self._resolved = self._view.tpc_vote(resolve)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:
@@ -612,11 +635,11 @@ class Connection:
             raise
 
     def tpc_finish(self, txn: Any) -> None:
-        with gcpause.paused():
-            self._finish()
-
-    def _finish(self) -> None:
         tid = self._view.tpc_finish()
+        with gcpause.paused():
+            self._finish(tid)
+
+    def _finish(self, tid: bytes) -> None:
         for obj in self._stored.values():
             obj._p_changed = False
             obj._p_serial = tid
@@ -684,9 +707,15 @@ class Connection:
 
     # -- transaction synchronizer (snapshot moves) ---------------------------------
 
+    # A transaction boundary is where the cache shrinks back towards its target
+    # size, as in ZODB: objects changed or loaded by the transaction are saved or
+    # discarded by now, so any of them may become a ghost. (Under the target, incrgc
+    # returns at once.)
+
     def newTransaction(self, txn: Any = None, sync: bool = True) -> None:
         if self.opened is not None and not self._joined:
             self._poll()
+            self._cache.incrgc()
 
     def beforeCompletion(self, txn: Any) -> None:
         pass
@@ -694,6 +723,7 @@ class Connection:
     def afterCompletion(self, txn: Any) -> None:
         if self.opened is not None:
             self._poll()
+            self._cache.incrgc()
 
     def _poll(self) -> None:
         changed = self._view.poll()

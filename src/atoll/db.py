@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import transaction
 from persistent.mapping import PersistentMapping
 
+from atoll.arguments import check_count, check_oid, check_seconds, pack_time
 from atoll.connection import Connection
 from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
 from atoll.ids import ROOT_OID, next_tid, tid_from_time, z64
@@ -89,6 +90,12 @@ class DB:
         historical_cache_size_bytes: int = 0,
         historical_timeout: float = 300,
     ) -> None:
+        _check_db_arguments(
+            pool_size=pool_size, cache_size=cache_size, cache_size_bytes=cache_size_bytes,
+            historical_pool_size=historical_pool_size, historical_cache_size=historical_cache_size,
+            historical_cache_size_bytes=historical_cache_size_bytes,
+            pool_timeout=pool_timeout, historical_timeout=historical_timeout,
+        )
         if databases is None:
             databases = {}
         if database_name in databases:
@@ -255,7 +262,7 @@ class DB:
         In a collection of more than one database only old revisions go: another
         database may still refer to an object this one cannot see referenced.
         """
-        when = (time.time() if t is None else t) - days * 86400
+        when = pack_time(t, days)
         collect = len(self.databases) <= 1
         report = progress or (lambda line: logger.info("%s", line))
         if not collect:
@@ -267,6 +274,8 @@ class DB:
 
     def history(self, oid: bytes, size: int = 1) -> list[dict]:
         """Up to ``size`` revisions of an object, newest first, as dicts."""
+        check_oid(oid)
+        check_count(size, "history size", minimum=1)
         return [entry.as_dict() for entry in self.storage.history(oid, size)]
 
     def lastTransaction(self) -> bytes:
@@ -288,6 +297,16 @@ class DB:
 
     def __len__(self) -> int:
         return len(self.storage)
+
+
+def _check_db_arguments(**arguments: Any) -> None:
+    """TypeError or ValueError for a bad size or timeout given to ``DB()``, raised
+    before the storage opens."""
+    for name, value in arguments.items():
+        if name.endswith("timeout"):
+            check_seconds(value, name)
+        else:
+            check_count(value, name)
 
 
 def _before_tid(at: Any, before: Any) -> bytes | None:
