@@ -17,6 +17,7 @@ dict shared by all of them, and all use the same transaction manager.
 from __future__ import annotations
 
 import logging
+import pickle
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -34,10 +35,12 @@ from atoll.errors import (
     POSKeyError,
     ReadOnlyHistoryError,
     StorageTransactionError,
+    UnpicklableError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.serialize import ObjectReader, ObjectWriter, foreign_references, needs_args, references
 from atoll.storage.base import TransactionMeta
+from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
     from atoll.db import DB
@@ -568,7 +571,12 @@ class Connection:
                 if obj._p_changed is None:
                     continue  # invalidated after it registered: nothing to write
                 read = obj._p_serial
-            data = serialize(obj)
+            try:
+                data = serialize(obj)
+            except POSError:
+                raise
+            except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+                raise self._unpicklable(obj, exc) from exc
             if store:
                 into[oid] = obj
                 records[oid] = (read, data)
@@ -577,6 +585,15 @@ class Connection:
                 into[oid] = data
         if records:
             self._view.store_many(records)
+
+    def _unpicklable(self, obj: Persistent, exc: BaseException) -> UnpicklableError:
+        """The error for an object whose record cannot be written, saying where."""
+        klass = type(obj)
+        try:
+            detail = describe(obj, obj.__getstate__(), exc)
+        except Exception as inner:  # noqa: BLE001 - the message must not hide the first error
+            detail = f"{exc} (and looking for the part that failed raised {inner!r})"
+        return UnpicklableError(f"{klass.__module__}.{klass.__qualname__}", obj._p_oid, self._db.database_name, detail)
 
     # -- the transaction package's data-manager protocol --------------------------
 

@@ -188,15 +188,40 @@ class DB:
                     "database %r has %d connections open, more than its pool size %d",
                     self.database_name, pool.in_use, pool.size,
                 )
-        if connection is None:
-            if before is None:
-                connection = Connection(self, self.cache_size, self.cache_size_bytes)
-            else:
-                connection = Connection(self, self.historical_cache_size, self.historical_cache_size_bytes, before)
-            with self._lock:
-                self._connections.add(connection)
-        connection._open(transaction_manager or transaction.manager, connections, time.time())
+        try:
+            if connection is None:
+                if before is None:
+                    connection = Connection(self, self.cache_size, self.cache_size_bytes)
+                else:
+                    connection = Connection(
+                        self, self.historical_cache_size, self.historical_cache_size_bytes, before
+                    )
+                with self._lock:
+                    self._connections.add(connection)
+            connection._open(transaction_manager or transaction.manager, connections, time.time())
+        except BaseException:
+            self._open_failed(pool, before, connection, connections)
+            raise
         return connection
+
+    def _open_failed(
+        self, pool: _Pool, before: bytes | None, connection: Connection | None,
+        connections: dict[str, Connection] | None,
+    ) -> None:
+        """Undo what a failed open did: the pool's count of connections in use (or
+        later opens would warn of more connections than the pool holds), the group's
+        entry, and the connection itself (its view may be broken)."""
+        with self._lock:
+            pool.in_use -= 1
+            if before is not None and not pool.idle and not pool.in_use:
+                self._historical.pop(before, None)
+        if connection is not None:
+            if connections is not None and connections.get(self.database_name) is connection:
+                del connections[self.database_name]
+            try:
+                connection._shut()
+            except POSError as exc:
+                logger.warning("discarding %r after a failed open: %s", connection, exc)
 
     def _return_connection(self, connection: Connection, reusable: bool = True) -> None:
         with self._lock:
@@ -284,12 +309,14 @@ class DB:
 
     def cacheMinimize(self) -> None:
         """Ghost unmodified objects in the caches of idle connections."""
+        # Under the pools' lock: a thread taking one of these connections meanwhile
+        # would use its cache while it is being emptied (caches are not thread-safe).
         with self._lock:
             idle = [c for _, c in self._pool.idle]
             for pool in self._historical.values():
                 idle.extend(c for _, c in pool.idle)
-        for connection in idle:
-            connection.cacheMinimize()
+            for connection in idle:
+                connection.cacheMinimize()
 
     def new_oid(self) -> bytes:
         """A fresh oid from the storage."""
