@@ -114,6 +114,28 @@ def test_db_with_a_bad_size_or_timeout_refuses_before_opening_anything(tmp_path,
 
 
 @pytest.mark.parametrize(
+    "setter, value, error, message",
+    [
+        ("setPoolSize", -1, ValueError, "pool_size must be an integer >= 0, not -1"),
+        ("setCacheSize", "big", TypeError, "cache_size must be an integer, not str 'big'"),
+        ("setCacheSizeBytes", -5, ValueError, "cache_size_bytes must be an integer >= 0"),
+        ("setHistoricalPoolSize", 1.5, TypeError, "historical_pool_size must be an integer"),
+        ("setHistoricalCacheSize", -3, ValueError, "historical_cache_size must be an integer >= 0"),
+        ("setHistoricalCacheSizeBytes", None, TypeError, "historical_cache_size_bytes must be an integer"),
+        ("setHistoricalTimeout", -1, ValueError, "historical_timeout must be a number of seconds >= 0"),
+    ],
+)
+def test_db_setters_of_a_bad_size_or_timeout_change_nothing(setter, value, error, message):
+    db = atoll.DB(None)
+    getter = "get" + setter[3:]
+    was = getattr(db, getter)()
+    with pytest.raises(error, match=message):
+        getattr(db, setter)(value)
+    assert getattr(db, getter)() == was
+    db.close()
+
+
+@pytest.mark.parametrize(
     "line, message",
     [
         ("cache-size big", "invalid literal for int"),
