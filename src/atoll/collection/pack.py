@@ -13,9 +13,9 @@ must be among the databases given, under the name the collection knows it by.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Mapping, NamedTuple
 
+from atoll.arguments import pack_time
 from atoll.collection import membership
 from atoll.collection.marking import pack_storages
 from atoll.ids import tid_from_time
@@ -29,12 +29,9 @@ __all__ = ["pack", "vacuum", "Space", "pack_tid", "check_complete"]
 
 
 def pack_tid(t: float | None = None, days: float = 0) -> bytes:
-    """The tid a pack at POSIX time ``t`` (default now) minus ``days`` keeps history from."""
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
-        raise TypeError(f"t must be a POSIX time in seconds (a number) or None, not {t!r}")
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
-        raise ValueError(f"days must be a number of days, 0 or more, not {days!r}")
-    return tid_from_time((time.time() if t is None else t) - days * 86400)
+    """The tid a pack at POSIX time ``t`` (default now) minus ``days`` keeps history
+    from; bad values are refused as :meth:`DB.pack` refuses them."""
+    return tid_from_time(pack_time(t, days))
 
 
 def check_complete(databases: Mapping[str, DB]) -> None:

@@ -117,6 +117,7 @@ class PostgreSQLPackSession(PackSession):
             if storage.keep_history:
                 stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (self._tid,)).rowcount
             stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
+            conn.execute(q.SET_LAST_PACK, (str(self._tid),))  # undo refuses what pack may have cut
             conn.execute("COMMIT")
         except psycopg.Error as e:
             raise self._error(e) from None

@@ -120,6 +120,7 @@ class SQLitePackSession(PackSession):
                     ids = _sqlite.json_ids(garbage[start : start + _sqlite.BATCH])
                     stats.revisions_removed += writer.execute(sql.DELETE_OBJECTS, (ids,)).rowcount
             stats.transactions_removed = writer.execute(sql.DELETE_EMPTY_TRANSACTIONS).rowcount
+            writer.execute(sql.SET_LAST_PACK, (self._tid,))  # undo refuses what pack may have cut
             writer.execute(sql.COMMIT)
         except sqlite3.Error as e:
             raise storage._error(e, "packing") from None
