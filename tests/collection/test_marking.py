@@ -58,6 +58,9 @@ def test_the_scan_finds_every_reference_and_the_right_database():
     far = Item("far")
     b.add(far)
     root["to b"] = Item([far, root["many"][2]])
+    named = Item("m")  # the string "m" first, the reference's "m" then a memo get
+    named.m = far
+    root["named"] = named
     transaction.commit()
     b.root()["to a"] = Item(root["many"][3])
     transaction.commit()
@@ -70,6 +73,25 @@ def test_the_scan_finds_every_reference_and_the_right_database():
         else:
             assert set(full) <= set(fast)
     assert any(mark in record for record in records_of(databases) for mark in FOREIGN_MARKS)
+
+
+def test_records_without_lists_take_the_fast_way(monkeypatch):
+    import atoll.collection.marking as marking
+
+    def no_unpickling(record):
+        raise AssertionError("read in full")
+
+    monkeypatch.setattr(marking, "record_references", no_unpickling)
+    databases: dict = {}
+    a = atoll.DB(database_name="a", databases=databases)
+    with a.transaction() as conn:
+        conn.root()["tree"] = tree = OOBTree()
+        for i in range(100):
+            item = Item(i)
+            item.n, item.m = "n", "m"  # one-letter strings alone do not look like a reference
+            tree[i] = item
+    for record in records_of(databases):
+        scan_references(record)
 
 
 def test_the_scan_reads_old_style_pickles_in_full():

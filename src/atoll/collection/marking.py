@@ -50,13 +50,19 @@ _PAGE_MASK = (1 << _PAGE_SHIFT) - 1
 _PAGE_BYTES = 1 << (_PAGE_SHIFT - 3)
 
 
-#: Where an 8-byte value starts in a pickle (protocol 2 and later): SHORT_BINBYTES,
-#: SHORT_BINSTRING or BINBYTES of length 8. A lookahead, so overlapping places are
-#: all found: payload bytes that happen to look like an opcode cannot hide a real one.
-_EIGHT_BYTES = re.compile(rb"(?=(?:[CU]\x08|B\x08\x00\x00\x00)(.{8}))", re.S)
-#: A reference to another database is a list starting with the string "m" or "n"
-#: (and a weak reference, "w", may name one): protocol 3 and 4 forms of those.
-_OTHER_DATABASE = re.compile(rb"X\x01\x00\x00\x00[mnw]|\x8c\x01[mnw]")
+#: Opcodes of an 8-byte value in a pickle (protocol 2 and later), before its length
+#: byte 8: SHORT_BINBYTES ``C``, SHORT_BINSTRING ``U``; and BINBYTES ``B``, whose
+#: length takes four bytes (``08 00 00 00``).
+_SHORT_EIGHT = (ord("C"), ord("U"))
+_LONG_EIGHT = ord("B")
+
+#: A reference to another database is a list of two: the string "m" or "n" (or "w",
+#: a weak reference, which may name one) and a tuple. A pickler writes such a list
+#: as EMPTY_LIST, maybe a memo put, MARK, then the string in full or, when the same
+#: string came earlier in the record, as a memo get. Any list that starts so is
+#: taken for one (a list of two or more items whose first is a one-letter string or
+#: anything memoized).
+_OTHER_DATABASE = re.compile(rb"\](?:q.|r.{4}|\x94)?\((?:X\x01\x00\x00\x00[mnw]|\x8c\x01[mnw]|h.|j.{4})", re.S)
 
 
 def scan_references(record: bytes) -> list[tuple[str | None, bytes]]:
@@ -74,7 +80,23 @@ def scan_references(record: bytes) -> list[tuple[str | None, bytes]]:
     """
     if record[:1] != b"\x80" or _OTHER_DATABASE.search(record) is not None:
         return record_references(record)
-    return [(None, oid) for oid in _EIGHT_BYTES.findall(record)]
+    # Every byte 8 is looked at (bytes.find runs in C), so none is hidden by
+    # payload bytes that happen to look like an opcode before it.
+    found = []
+    find = record.find
+    at = find(b"\x08", 1)
+    while at > 0:
+        opcode = record[at - 1]
+        if opcode in _SHORT_EIGHT:
+            oid = record[at + 1 : at + 9]
+        elif opcode == _LONG_EIGHT and record[at + 1 : at + 4] == b"\x00\x00\x00":
+            oid = record[at + 4 : at + 12]
+        else:
+            oid = b""
+        if len(oid) == 8:
+            found.append((None, oid))
+        at = find(b"\x08", at + 1)
+    return found
 
 
 class MarkSet:
