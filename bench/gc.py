@@ -169,18 +169,33 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def proc_status_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def rss_child(path: str) -> None:
-    """In a fresh process: peak RSS after opening, and after packing ``path``."""
+    """In a fresh process: resident memory before packing ``path``, and the peak
+    during the pack (the peak is reset first, so it is the pack's own)."""
     import atoll
     from atoll.storage.sqlite import SQLiteStorage
 
     db = atoll.DB(SQLiteStorage(path))
-    opened = peak_rss_mib()
+    before = proc_status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM to the current RSS
+    lines: list = []
     started = time.perf_counter()
-    stats = db.pack()
+    stats = db.pack(progress=lines.append)
     took = time.perf_counter() - started
-    print(json.dumps({"rss_opened_mib": opened, "rss_after_pack_mib": peak_rss_mib(), "pack_seconds": took,
-                      "objects_removed": stats.objects_removed, "objects": len(db)}))
+    marked = next(line for line in lines if str(line).startswith("marked"))
+    print(json.dumps({"rss_before_pack_mib": before, "peak_rss_during_pack_mib": proc_status_mib("VmHWM"),
+                      "pack_seconds": took, "marked": str(marked), "objects_removed": stats.objects_removed,
+                      "objects": len(db), "ru_maxrss_mib": peak_rss_mib()}))
     db.close()
 
 
