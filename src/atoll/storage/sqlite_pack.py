@@ -77,7 +77,7 @@ class Packer:
         roots = set()
         for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
             ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
-            for _, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)):
+            for _, state, _ in conn.execute(self.storage._q.RECORDS_OF_TRANSACTION, (ids, tid)):
                 roots.update(u64(ref) for ref in references(state))
             self.scanned_upto = tid
         return roots
@@ -94,7 +94,7 @@ class Packer:
             if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
                 reported = len(self.reachable)
                 self.progress(f"packing {self.storage.path}: {reported} reachable objects found so far")
-            for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
+            for _, state, _, _ in conn.execute(self.storage._q.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
                 for ref in references(state):
                     oid = u64(ref)
                     if oid not in self.reachable:
