@@ -93,9 +93,7 @@ def test_killed_collection_commits_stay_whole_in_both_databases(tmp_path: Path):
     acknowledged, settled_by_reopening = 0, 0
     for kill in range(KILLS):
         seed = rng.randrange(1 << 30)
-        # Up to 0.4 s: a child opens both files cold (WAL recovery after the last kill,
-        # since closing a storage closes every connection to them) before it commits.
-        seqs = [int(line) for line in run_until_killed(lambda fd: child(paths, fd, seed), rng, 0.4)]
+        seqs = [int(line) for line in run_until_killed(lambda fd: child(paths, fd, seed), rng, 0.1)]
         acknowledged = max([acknowledged, *seqs])
         settled_by_reopening += any(unsettled(path) for path in paths)
 
@@ -107,5 +105,5 @@ def test_killed_collection_commits_stay_whole_in_both_databases(tmp_path: Path):
         assert a == b, f"after kill {kill}: database a holds transaction {a}, b holds {b}"
         assert a >= acknowledged, f"after kill {kill}: acknowledged transaction {acknowledged} lost"
         assert not any(os.path.exists(prepared.prepared_path(p)) for p in paths)
-    assert acknowledged > KILLS // 2  # the children did commit between kills
+    assert acknowledged > KILLS  # the child did commit between kills
     assert settled_by_reopening > 0  # some kills fell between the two finishes
