@@ -40,28 +40,17 @@ Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recov
 (below) and waits again, and gives up with StorageError after
 ``commit_lock_timeout``.
 
-Recovery of prepared transactions left by a crashed process. The gid is
-``atoll|<schema>|<owner key>|<txn key>``:
-
-* *owner key*: each pooled session holds a session-level advisory lock on a random
-  key for its whole life. The lock vanishes with the session, so recovery can tell
-  a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
-  and the transaction is left alone).
-* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
-  multi-database transaction shares. Each prepared transaction also inserts
-  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
-  visible exactly when its participant commits. The commit decision is reached when
-  the first participant's ``tpc_finish`` commits, so: a crashed prepared
-  transaction is committed if some partner's decision row is visible, and rolled
-  back otherwise (for a single database: its finish never ran). A crash during the
-  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
-  with no visible row, so all of them end the same way. This needs the participants
-  to share one PostgreSQL database (any schemas); across servers recovery cannot
-  see a partner's decision and rolls back.
-
-Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
-the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`). Whatever it
-settles is logged, one line per prepared transaction.
+Recovery of prepared transactions left by a crashed process: see
+:mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session
+and the transaction, and whether a partner committed decides). It runs when a storage
+opens, when a committer has waited ``lock_wait`` for the commit lock, and on demand
+(:meth:`PostgreSQLStorage.recover`); whatever it settles is logged, one line per
+prepared transaction. A server with
+``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
+naming the setting, unless ``two_phase=False`` is passed, which commits in
+``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
+transaction; a crash simply rolls it back, and a multi-database commit is no longer
+atomic against a crash between its participants' finishes).
 
 Lost sessions. A server restart or a network failure ends every session. Each is
 re-established on its next use: the storage's own session (oids, history, ``len``,
@@ -80,12 +69,7 @@ runs after the commit point: a failure is logged, never raised.
 Checksums. Every row of ``object_state`` carries a checksum
 (:mod:`atoll.storage.checksum`); loads check it and raise
 :class:`~atoll.errors.CorruptRecordError` on a mismatch; :meth:`PostgreSQLStorage.verify`
-reads every revision. A server with
-``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
-naming the setting, unless ``two_phase=False`` is passed, which commits in
-``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
-transaction; a crash simply rolls it back, and a multi-database commit is no longer
-atomic against a crash between its participants' finishes).
+reads every revision.
 """
 
 from __future__ import annotations
@@ -96,7 +80,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -117,13 +100,14 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage.cache import RecordCache
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import checksum as record_checksum
-from atoll.storage.checksum import damaged
 from atoll.storage.options import check_wait
-from atoll.storage.cache import RecordCache
+from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -140,18 +124,16 @@ from atoll.storage.base import (
     check_serials,
 )
 
-__all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared", "PRUNE_EVERY"]
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+__all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_BATCH = 5000  # oids per statement when loading many (pack's walk)
-_PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 #: Commits between two housekeeping runs (decision rows; history-free: replaced
 #: transaction rows).
 PRUNE_EVERY = 1000
 _VERIFY_PAGE = 2000  # revisions per statement of verify()
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _SessionLost(StorageError):
@@ -166,20 +148,6 @@ def _lost(conn: psycopg.Connection | None) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _gid_prefix(schema: str) -> str:
-    return f"atoll|{schema}|"
-
-
-def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Roll back every prepared transaction of ``schema``, live owner or not.
-
-    For tests and for an administrator removing a schema; returns the gids."""
-    gids = [row[0] for row in conn.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(schema),))]
-    for gid in gids:
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
-    return gids
 
 
 class _Session:
@@ -443,9 +411,9 @@ class PostgreSQLStorage(Storage):
         """Resolve prepared transactions of this schema whose owning session is gone.
 
         Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
-        is alive are left alone. See the module docstring for the rule. Each one
-        settled is logged (a warning: a process stopped in the middle of a commit)."""
-        outcome = self._admin_call(self._recover)
+        is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`.
+        Each one settled is logged (a warning: a process stopped during its commit)."""
+        outcome = self._admin_call(lambda conn: recovery.recover(conn, self.schema))
         for gid, verb in outcome.items():
             log.warning(
                 "%s: %s prepared transaction %s, left by a process that stopped during its commit%s",
@@ -454,29 +422,6 @@ class PostgreSQLStorage(Storage):
                 gid,
                 " (a partner had committed it)" if verb == "committed" else " (no participant had committed it)",
             )
-        return outcome
-
-    def _recover(self, conn: psycopg.Connection) -> dict[str, str]:
-        outcome: dict[str, str] = {}
-        prefix = _gid_prefix(self.schema)
-        for (gid,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
-            try:
-                owner_key, txn_key = gid[len(prefix) :].split("|")
-                owner = int(owner_key)
-            except ValueError:
-                continue  # not one of ours
-            if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
-                continue  # its session is alive: it will finish or abort itself
-            try:
-                decided = conn.execute(SQL.DECISION_EXISTS, (txn_key,)).fetchone()[0]
-                verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
-                conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(gid)))
-                outcome[gid] = "committed" if decided else "rolled back"
-            except pg_errors.UndefinedObject:
-                pass  # another process resolved it first
-            finally:
-                conn.execute(SQL.OWNER_UNLOCK, (owner,))
-        conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
         return outcome
 
     def _lock_commit(self, conn: psycopg.Connection) -> int:
@@ -492,7 +437,7 @@ class PostgreSQLStorage(Storage):
                 continue  # a crashed committer held it: try again at once
             if time.monotonic() >= deadline:
                 with self._admin_conn() as admin:
-                    held = [r[0] for r in admin.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(self.schema),))]
+                    held = recovery.prepared_gids(admin, self.schema)
                 by = f" (prepared transactions: {', '.join(held)})" if held else ""
                 raise LockTimeoutError(
                     f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by} "
@@ -556,77 +501,12 @@ class PostgreSQLStorage(Storage):
     def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
         if self.read_only:
             raise ReadOnlyError(f"storage {self.name} is read-only")
+        from atoll.storage.postgresql_pack import Packer
+
         try:
-            return self._pack(pack_tid, references, progress)
+            return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()  # objects collected by the pack may be cached
-
-    def _pack(self, pack_tid: bytes, references: References | None, progress: Progress | None) -> PackStats:
-        stats = PackStats()
-        t = u64(pack_tid)
-        q = self._sql
-        # A session of its own, so that new_oid() and friends do not wait for the pack.
-        session = self._checkout()
-        conn = session.conn
-        try:
-            self._lock_commit(conn)  # commits wait while the pack decides and deletes
-            reachable = self._reachable(conn, t, references, progress) if references is not None else None
-            doomed: list[int] = []
-            for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
-                if reachable is not None and zoid not in reachable and not later:
-                    doomed.append(zoid)
-                    stats.revisions_removed += count
-            if doomed:
-                conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
-            stats.objects_removed = len(doomed)
-            if self.keep_history:
-                stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
-            stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
-            conn.execute("COMMIT")
-        except psycopg.Error as e:
-            raise StorageError(f"PostgreSQL error in {self.name} during pack: {_first_line(e)}") from None
-        finally:
-            self._checkin(session)  # rolls back whatever is left open
-        if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
-        return stats
-
-    def _reachable(
-        self, conn: psycopg.Connection, t: int, references: References, progress: Progress | None = None
-    ) -> set[int]:
-        """Oids that must survive a pack at tid ``t``: the root, every object written
-        after ``t``, and everything their states reference, transitively.
-
-        History-preserving: an object's references are read from its state at ``t``
-        and from each later revision, so an object linked only after ``t`` is kept.
-        History-free: only current states exist, and those are followed."""
-        q = self._sql
-        seen = {u64(ROOT_OID)} | {row[0] for row in conn.execute(q.WRITTEN_AFTER, (t,))}
-        todo = list(seen)
-        reported = len(seen)
-        while todo:
-            batch = todo[-_BATCH:]
-            del todo[-_BATCH:]  # from the end: slicing from the front would copy the rest
-            if progress is not None and len(seen) >= reported + _PROGRESS_EVERY:
-                reported = len(seen)
-                progress(f"packing {self.name}: {reported} reachable objects found so far")
-            if self.keep_history:
-                rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
-            else:
-                rows = conn.execute(q.LOAD_MANY_HF, (batch,), binary=True)
-            for row in rows:
-                state = row[1]
-                if state is None:
-                    continue
-                for ref in references(state):
-                    ref_int = u64(ref)
-                    if ref_int not in seen:
-                        seen.add(ref_int)
-                        todo.append(ref_int)
-        return seen
 
     def verify(self, progress: Progress | None = None) -> list[DamagedRecord]:
         """See :meth:`Storage.verify`: pages of revisions in (oid, tid) order, each
@@ -947,7 +827,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 if p64(last) != self.snapshot:
                     resolved = self._check_conflicts(conn, resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
-                txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
+                txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data for _, data in self._stores.values()]
                 sums = [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
@@ -962,7 +842,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     conn.execute(q.SET_LAST_TID, (tid,))
                     if storage.two_phase:
                         self._owner_key = self._store_owner()
-                        gid = f"{_gid_prefix(storage.schema)}{self._owner_key}|{txn_key}"
+                        gid = recovery.gid(storage.schema, self._owner_key, txn_key)
                         conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid

@@ -94,7 +94,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import stat
 import struct
 import threading
 import time
@@ -102,7 +101,6 @@ import weakref
 import zlib
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Literal
-from urllib.parse import quote
 
 from atoll.errors import (
     LockTimeoutError,
@@ -116,9 +114,9 @@ from atoll.ids import new_tid, p64, tid_from_time, tid_time, u64, z64
 from atoll.storage import sqlite_prepared as prepared
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import check as check_checksum
-from atoll.storage.checksum import checksum as record_checksum
 from atoll.storage.checksum import damaged
-from atoll.storage.options import check_path, check_wait
+from atoll.storage.options import check_path as check_path_text
+from atoll.storage.options import check_wait
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -136,16 +134,13 @@ from atoll.storage.base import (
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
+from atoll.storage.sqlite_open import BUSY_TIMEOUT, check_path, connect, migrate, open_schema, read_only_media
+from atoll.storage.sqlite_write import insert_commit, write_transaction
 
 __all__ = ["SQLiteStorage", "SQLiteView", "write_transaction"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds a commit waits for a lock by default (the commit_lock_timeout argument):
-#: this process's commit lock, then the file's write lock (another process's commit).
-BUSY_TIMEOUT = 60.0
-#: Revisions per statement of verify().
-VERIFY_PAGE = 2000
 #: Oids per JSON batch in load_many and the pack's walk.
 BATCH = 1000
 #: The largest tid/oid SQLite can hold (signed 64 bits): "no upper bound".
@@ -154,6 +149,8 @@ MAX_ID = 2**63 - 1
 OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
 #: Transactions per page of the iterator (one read transaction each).
 ITERATOR_PAGE = 100
+#: Revisions per statement of verify().
+VERIFY_PAGE = 2000
 
 Synchronous = Literal["full", "normal"]
 
@@ -174,54 +171,6 @@ def json_ids(ids: Iterable[int]) -> str:
 def split_oids(packed: bytes) -> list[bytes]:
     """The oids of a ``transactions.oids`` value (concatenated 8-byte oids)."""
     return [packed[i : i + 8] for i in range(0, len(packed), 8)]
-
-
-@contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction (``BEGIN IMMEDIATE``) on ``conn``, committed when the block
-    ends, rolled back when it raises."""
-    conn.execute(sql.BEGIN_WRITE)
-    try:
-        yield conn
-        conn.execute(sql.COMMIT)
-    except BaseException:
-        conn.execute(sql.ROLLBACK)
-        raise
-
-
-def _insert_commit(
-    writer: sqlite3.Connection,
-    tid: int,
-    meta: tuple[str, str, bytes, str],
-    stores: dict[bytes, tuple[bytes, bytes]],
-    oids: list[bytes],
-    keep_history: bool,
-    partners: int = 0,
-) -> int:
-    """Write one commit inside an open write transaction: its ``transactions`` row
-    (``meta`` is user, description, extension bytes and shared id; ``partners`` the
-    number of other files it was prepared with), a revision per record of ``stores``
-    (oid -> (read serial, data)) with its checksum, inserted in the order of
-    ``oids`` (ascending), the file's oid counter moved past the highest oid, and in
-    a history-free file the deletion of the revisions they replace. Returns the
-    bytes of record data written."""
-    user, description, extension, txn_id = meta
-    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
-    per_insert, written = sql.STATES_PER_INSERT, 0
-    for start in range(0, len(oids), per_insert):
-        part = oids[start : start + per_insert]
-        params: list = [tid]
-        for oid in part:
-            data = stores[oid][1]
-            zoid = _unpack64(oid)[0]
-            params += (zoid, data, _crc32(data, _crc32(_seed(zoid, tid))) - _OFFSET)
-            written += len(data)
-        writer.execute(sql.insert_states(len(part)), params)
-    if oids:
-        writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(oids[-1])[0] + 1,))
-    if not keep_history:
-        writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
-    return written
 
 
 class SQLiteStorage(Storage):
@@ -248,7 +197,7 @@ class SQLiteStorage(Storage):
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         self.commit_lock_timeout = check_wait("commit_lock_timeout", commit_lock_timeout)
-        self.path = os.path.abspath(check_path(path))
+        self.path = os.path.abspath(check_path_text(path))
         self.name = self.path
         self.read_only = read_only
         self.keep_history = keep_history
@@ -270,12 +219,24 @@ class SQLiteStorage(Storage):
         self._conn: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpointer = Checkpointer(self._connect_writer)
-        creating = self._check_path()
+        creating = check_path(self.path, read_only)
         self._sort_key = f"sqlite:{os.path.realpath(self.path)}"
         self._prepared_path = prepared.prepared_path(self.path)
         try:
             self._conn = self._connect(create=creating)
-            self._open_schema()
+            try:
+                self._conn.execute(sql.COUNT_TABLES).fetchone()
+            except sqlite3.OperationalError as e:  # read-only media, most likely
+                read_only_media(self.path, read_only, e)
+                self._conn.close()
+                self._immutable = True
+                self._conn = self._connect()
+            version = open_schema(self._conn, self.path, read_only, keep_history)
+            if version < sql.SCHEMA_VERSION:
+                if read_only:
+                    self._q = sql.reads(checksums=False)  # read as it is: no checksums to check
+                else:
+                    migrate(self._conn, self.path, version)
             if not read_only:
                 self._writer = self._connect_writer()
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
@@ -299,73 +260,9 @@ class SQLiteStorage(Storage):
 
     # -- opening --------------------------------------------------------------
 
-    def _check_path(self) -> bool:
-        """Refuse a path that cannot be this storage's file; True if it must be created."""
-        path = self.path
-        if os.path.isdir(path):
-            raise StorageError(f"{path} is a directory, not an SQLite database file")
-        if os.path.exists(path):
-            if not os.path.isfile(path):
-                raise StorageError(f"{path} is not a regular file")
-            if not self.read_only and not self._writable(path):
-                raise StorageError(f"{path} is read-only; open it with read_only=True")
-            folder = os.path.dirname(path)
-            if not self.read_only and not os.access(folder, os.W_OK):
-                raise StorageError(
-                    f"cannot write {path}: its folder {folder} is read-only, and SQLite writes its log "
-                    "beside the file; open it with read_only=True"
-                )
-            return False
-        folder = os.path.dirname(path)
-        if not os.path.isdir(folder):
-            raise StorageError(f"cannot create {path}: folder {folder} does not exist")
-        if self.read_only:
-            raise StorageError(f"{path} does not exist (read-only mode creates nothing)")
-        if not os.access(folder, os.W_OK):
-            raise StorageError(f"cannot create {path}: folder {folder} is not writable")
-        return True
-
-    @staticmethod
-    def _writable(path: str) -> bool:
-        # A file without any write bit counts as read-only even for root, who could
-        # write it: the owner has said it must not change.
-        mode = os.stat(path).st_mode
-        return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
     def _connect(self, create: bool = False) -> sqlite3.Connection:
-        """A new sqlite3 connection to the file, in autocommit mode (we BEGIN ourselves)."""
-        mode = "ro" if self.read_only else ("rwc" if create else "rw")
-        uri = f"file:{quote(self.path)}?mode={mode}"
-        if self._immutable:
-            uri += "&immutable=1"
-        try:
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=self.commit_lock_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open {self.path}: {e}") from None
-        return conn
-
-    def _read_only_media(self, error: sqlite3.Error) -> None:
-        """A read-only open failed because SQLite cannot create the ``-shm`` file
-        beside the database (a folder this process cannot write): switch to the
-        immutable read path, or raise the reason it cannot be used."""
-        name = getattr(error, "sqlite_errorname", "")
-        if not (self.read_only and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))):
-            raise StorageError(f"{self.path} is not an SQLite database ({error})") from None
-        wal = self.path + "-wal"
-        if os.path.exists(wal) and os.path.getsize(wal) > 0:
-            raise StorageError(
-                f"cannot read {self.path} here: its folder is not writable ({error}), and its write-ahead log "
-                f"{wal} holds commits not yet copied into the file, which SQLite can read only with a "
-                f"{self.path}-shm file beside it; open it once where its folder is writable (closing it copies the "
-                "log into the file), then it opens read-only anywhere"
-            ) from None
-        log.info("%s: folder not writable; reading the file through SQLite's immutable mode", self.path)
-        if self._conn is not None:
-            self._conn.close()
-        self._immutable = True
-        self._conn = self._connect()
+        """A new sqlite3 connection to the file (see :mod:`atoll.storage.sqlite_open`)."""
+        return connect(self.path, self.read_only, create, timeout=self.commit_lock_timeout, immutable=self._immutable)
 
     def _connect_writer(self) -> sqlite3.Connection:
         """A connection that writes: the commit writer, or the checkpointer's."""
@@ -373,148 +270,20 @@ class SQLiteStorage(Storage):
         conn.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
         return conn
 
-    def _open_schema(self) -> None:
-        """Check the file is an atoll database this code can use, creating the tables in
-        a new (empty) one. Nothing is written to a file that is refused."""
-        conn = self._conn
-        assert conn is not None
-        path = self.path
-        try:
-            try:
-                tables = conn.execute(sql.COUNT_TABLES).fetchone()[0]
-            except sqlite3.OperationalError as e:
-                self._read_only_media(e)
-                conn = self._conn
-                assert conn is not None
-                tables = conn.execute(sql.COUNT_TABLES).fetchone()[0]
-            app_id = conn.execute(sql.SELECT_APPLICATION_ID).fetchone()[0]
-        except sqlite3.DatabaseError as e:
-            raise StorageError(f"{path} is not an SQLite database ({e})") from None
-        if app_id not in (0, sql.APPLICATION_ID):
-            raise StorageError(
-                f"{path} belongs to another application (SQLite application_id {app_id:#x}, atoll's is "
-                f"{sql.APPLICATION_ID:#x})"
-            )
-        if tables == 0:
-            if self.read_only:
-                raise StorageError(f"{path} is an empty SQLite database, not an atoll database")
-            self._create_schema()
-        meta = self._read_meta()
-        version = int(meta.get("schema_version", 0))
-        if version > sql.SCHEMA_VERSION:
-            raise StorageError(
-                f"{path} has atoll schema version {version}, newer than this atoll supports "
-                f"({sql.SCHEMA_VERSION}): upgrade atoll to open it"
-            )
-        if version < 1:
-            raise StorageError(f"{path} has an invalid atoll schema version {meta.get('schema_version')!r}")
-        if version < sql.SCHEMA_VERSION:
-            if self.read_only:
-                self._q = sql.reads(checksums=False)  # read as it is: no checksums to check
-            else:
-                self._migrate(version)
-        file_history = bool(int(meta.get("keep_history", 1)))
-        if file_history != self.keep_history:
-            raise StorageError(
-                f"{path} was created with keep_history={file_history}; open it with keep_history={file_history}"
-            )
-        if not self.read_only and conn.execute(sql.SELECT_JOURNAL_MODE).fetchone()[0].lower() != "wal":
-            conn.execute(sql.SET_WAL)
-
-    def _migrate(self, version: int) -> None:
-        """Bring a file of an older schema version up to this one (one transaction)."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            with write_transaction(conn):
-                current = int(dict(conn.execute(sql.SELECT_META).fetchall())["schema_version"])
-                while current < sql.SCHEMA_VERSION:  # another process may have done it
-                    for statement in sql.MIGRATIONS[current]:
-                        conn.execute(statement)
-                    current += 1
-                    conn.execute(sql.UPDATE_SCHEMA_VERSION, (current,))
-                    conn.execute(sql.SET_USER_VERSION.format(version=current))
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot upgrade {self.path} from atoll schema version {version}: {e}") from None
-        log.info("%s: upgraded from atoll schema version %d to %d", self.path, version, sql.SCHEMA_VERSION)
-
-    def _read_meta(self) -> dict[str, object]:
-        conn = self._conn
-        assert conn is not None
-        if not conn.execute(sql.HAS_META_TABLE).fetchone()[0]:
-            raise StorageError(f"{self.path} is an SQLite database of another application (it has no atoll tables)")
-        meta = dict(conn.execute(sql.SELECT_META).fetchall())
-        if meta.get("application") != sql.APPLICATION_NAME:
-            raise StorageError(f"{self.path} is an SQLite database of another application")
-        return meta
-
-    def _create_schema(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        conn.execute(sql.SET_WAL)  # persistent in the file; must be outside a transaction
-        with write_transaction(conn):
-            # Another process may have created the tables since we looked.
-            if conn.execute(sql.COUNT_TABLES).fetchone()[0] == 0:
-                for statement in sql.CREATE_SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.executemany(
-                    sql.INSERT_META,
-                    [
-                        ("application", sql.APPLICATION_NAME),
-                        ("schema_version", sql.SCHEMA_VERSION),
-                        ("keep_history", int(self.keep_history)),
-                        ("next_oid", 1),  # 0 is the root
-                    ],
-                )
-
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"storage {self.path} is closed")
 
     def _settle_prepared(self) -> None:
         """Complete or drop the commit a process prepared here and did not finish, if
-        there is one (see :mod:`atoll.storage.sqlite_prepared`). The caller holds
-        ``_commit_lock``; each step runs under SQLite's write lock."""
-        path, writer = self._prepared_path, self._writer
+        there is one (:func:`atoll.storage.sqlite_prepared.settle`). The caller holds
+        ``_commit_lock``."""
+        writer = self._writer
         assert writer is not None
-        while os.path.exists(path):
-            try:
-                with write_transaction(writer):
-                    done = self._settle_step(writer, path)
-            except sqlite3.Error as e:
-                raise self._error(e, "settling a prepared commit") from None
-            if done:
-                log.warning("%s: %s", self.path, done)
-
-    def _settle_step(self, writer: sqlite3.Connection, path: str) -> str | None:
-        """One step of settling, inside a write transaction; what it did, for the log
-        (None when the file only had to go)."""
-        commit = prepared.read(path)
-        if commit is None:
-            return None
-        row = writer.execute(sql.SELECT_TXN_ID, (commit.tid,)).fetchone()
-        if row is not None:
-            if row[0] != commit.txn_id:
-                raise StorageError(f"{path} does not belong to {self.path} (its tid holds another transaction)")
-            prepared.remove(path)  # the commit finished here
-            return None
-        described = f"transaction {p64(commit.tid).hex()} (id {commit.txn_id}), prepared by a process that stopped"
-        if not prepared.decided(commit, path):
-            prepared.remove(path)
-            return f"dropped {described}: no other database of its collection committed it"
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-        if last >= commit.tid:
-            raise StorageError(
-                f"{path} cannot be settled: {self.path} has commits after it; delete it to give that commit up"
-            )
-        commit = prepared.read(path, records=True)
-        assert commit is not None
-        meta = (commit.user, commit.description, commit.extension, commit.txn_id)
-        _insert_commit(
-            writer, commit.tid, meta, dict(commit.records), sorted(commit.records), self.keep_history, len(commit.partners)
-        )
-        return f"committed {described}, as another database of its collection had"  # the file goes next step
+        try:
+            prepared.settle(writer, self.path, self.keep_history)
+        except sqlite3.Error as e:
+            raise self._error(e, "settling a prepared commit") from None
 
     def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
         if self._closed:
@@ -555,7 +324,7 @@ class SQLiteStorage(Storage):
         """Give up the rest of the reserved oid block if ``oids`` (written by a commit,
         this process's or another's) fall in it: such an oid was not handed out from
         the block, so a copy or import stored it, and the block may hold more. The
-        next new_oid() reserves past everything stored (_insert_commit moves the
+        next new_oid() reserves past everything stored (insert_commit moves the
         file's counter)."""
         low, high = self._next_oid, self._oid_limit
         if low >= high or not oids:
@@ -1003,7 +772,7 @@ class SQLiteView(CommitBuffer, StorageView):
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         storage = self._storage
-        self._written = _insert_commit(writer, tid, fields, stores, oids, storage.keep_history, partners)
+        self._written = insert_commit(writer, tid, fields, stores, oids, storage.keep_history, partners)
         if not storage.keep_history:
             storage._commits_since_prune += 1
             if storage._commits_since_prune >= sql.PRUNE_EVERY:
