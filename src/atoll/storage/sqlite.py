@@ -231,6 +231,8 @@ class SQLiteStorage(Storage):
                 self._conn.close()
                 self._immutable = True
                 self._conn = self._connect()
+            except sqlite3.DatabaseError:
+                pass  # not a database: open_schema says so
             version = open_schema(self._conn, self.path, read_only, keep_history)
             if version < sql.SCHEMA_VERSION:
                 if read_only:
