@@ -29,7 +29,7 @@ wakes idle processes promptly without polling in a loop.
 Commits. ``tpc_vote`` opens a transaction and locks the single row of
 ``commit_lock`` (``SELECT ... FOR UPDATE``): that row lock is the commit lock of
 every process on every machine. Under it the view reads the current serials of the
-oids it writes, runs :func:`~atoll.storage.base.check_serials`, allocates a tid later
+oids it writes, runs :func:`~atoll.storage.base.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
 transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
 prepared transaction keeps its row locks (so the commit lock stays held, whatever
@@ -121,7 +121,7 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
+    moved_serials,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
@@ -821,11 +821,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             with self._errors():
                 conn = self._store_conn()
                 last = storage._lock_commit(conn)
-                resolved: dict[bytes, bytes] = {}
-                # Nothing committed since our snapshot: every serial we read is still
-                # current, so nothing can conflict and the check can be skipped.
-                if p64(last) != self.snapshot:
-                    resolved = self._check_conflicts(conn, resolve)
+                resolved = self._check_conflicts(conn, p64(last), resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
@@ -853,30 +849,24 @@ class PostgreSQLView(CommitBuffer, StorageView):
             raise
         self._tid = tid
         storage._skip_oids_of(self._stores)
-        return set(resolved)
+        return resolved
 
-    def _check_conflicts(self, conn: psycopg.Connection, resolve: Resolver | None) -> dict[bytes, bytes]:
+    def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
         """The shared conflict check, under the commit lock; merged records replace ours."""
         q = self._sql
-        oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
-        current_query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
-        current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
+
+        def moved() -> dict[bytes, bytes]:
+            oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
+            query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
+            current = {p64(z): p64(t) for z, t in conn.execute(query, (oids,))}
+            return moved_serials(self._stores, self._checks, lambda oid: current.get(oid, z64))
 
         def load_current(oid: bytes) -> bytes:
             state, tid, stored = conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()
             check_checksum(self._storage.name, u64(oid), tid, state, stored)
             return state
 
-        resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
-        for oid, data in resolved.items():
-            self._stores[oid] = (current[oid], data)
-        return resolved
-
-    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
-        try:
-            return self.load_serial(oid, serial)
-        except POSKeyError:
-            return None
+        return self._resolve_conflicts(last, moved, load_current, resolve)
 
     def _rollback(self, conn: psycopg.Connection) -> None:
         try:

@@ -130,7 +130,6 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
@@ -558,12 +557,11 @@ class SQLiteView(CommitBuffer, StorageView):
         self._prepared = False  # this commit wrote the storage's prepared file
         cached_through = storage._records.tid
         if before is not None:
-            self._snap = max(u64(before) - 1, 0)
+            self.snapshot = p64(max(u64(before) - 1, 0))
         elif cached_through is not None:
-            self._snap = u64(cached_through)  # poll from there, so the record cache advances too
+            self.snapshot = cached_through  # poll from there, so the record cache advances too
         else:
-            self._snap = self._newest()
-        self.snapshot = p64(self._snap)
+            self.snapshot = p64(self._newest())
         if before is None:
             try:
                 self.poll()
@@ -618,7 +616,8 @@ class SQLiteView(CommitBuffer, StorageView):
             conn.execute(sql.BEGIN_READ)
             try:
                 last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-                rows = conn.execute(sql.CHANGED_SINCE, (self._snap, last)).fetchall() if last != self._snap else []
+                since = u64(self.snapshot)
+                rows = conn.execute(sql.CHANGED_SINCE, (since, last)).fetchall() if last != since else []
             finally:
                 conn.execute(sql.COMMIT)
         except sqlite3.Error as e:
@@ -629,7 +628,7 @@ class SQLiteView(CommitBuffer, StorageView):
             if tid not in own:
                 changed.update(split_oids(oids))
         start = self.snapshot
-        self._snap, self.snapshot, self._own = last, p64(last), set()
+        self.snapshot, self._own = p64(last), set()
         storage = self._storage
         storage._records.advance(start, self.snapshot, changed)
         storage._skip_oids_of(changed)
@@ -643,7 +642,7 @@ class SQLiteView(CommitBuffer, StorageView):
         zoid = _unpack64(oid)[0]
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(self._storage._q.LOAD_AT, (zoid, self._snap)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(self._storage._q.LOAD_AT, (zoid, _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.DatabaseError as e:
@@ -677,11 +676,12 @@ class SQLiteView(CommitBuffer, StorageView):
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
         load_many_at = self._storage._q.LOAD_MANY_AT
+        snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid, stored in conn.execute(load_many_at, (ids, self._snap)):  # type: ignore[union-attr]
+                for zoid, state, tid, stored in conn.execute(load_many_at, (ids, snapshot)):  # type: ignore[union-attr]
                     if stored is not None and (
                         state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
                     ):
@@ -755,20 +755,22 @@ class SQLiteView(CommitBuffer, StorageView):
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
-        checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
-        resolved: dict[bytes, bytes] = {}
         last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
-        # Nothing committed since our snapshot: every serial we read is still current
-        # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (oids or checks) and (last or 0) != self._snap:
+
+        def moved() -> dict[bytes, bytes]:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
-            pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
-            mismatched = {
-                p64(zoid): (p64(tid) if tid else None)
-                for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
-            }
-            if mismatched:
-                resolved = self._resolve(writer, mismatched, resolve)  # replaces merged records
+            checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
+            pairs = "[" + ",".join(stored + checks) + "]"
+            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+
+        q, path = self._storage._q, self._storage.path
+
+        def load_current(oid: bytes) -> bytes:
+            state, tid, stored = writer.execute(q.LOAD_CURRENT, (u64(oid),)).fetchone()
+            check_checksum(path, u64(oid), tid, state, stored)
+            return state
+
+        resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
@@ -781,7 +783,7 @@ class SQLiteView(CommitBuffer, StorageView):
                 storage._commits_since_prune = 0
                 window = u64(tid_from_time(max(time.time() - prepared.DECISION_WINDOW, 0.0)))
                 writer.execute(sql.PRUNE_REPLACED_TRANSACTIONS, (tid, window))
-        return set(resolved)
+        return resolved
 
     def _prepare(self, partners: list[str]) -> None:
         """Write this commit to the storage's prepared file: other SQLite files take
@@ -803,41 +805,6 @@ class SQLiteView(CommitBuffer, StorageView):
             prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
         except OSError as e:
             raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
-
-    def _resolve(
-        self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
-    ) -> dict[bytes, bytes]:
-        """The shared conflict check, over the oids whose serial moved (``mismatched``:
-        oid -> current serial or None); replaces merged records in ``self._stores``."""
-        stores = self._stores
-        conflicting = {oid: stores[oid] for oid in mismatched if oid in stores}
-        checks = {oid: serial for oid, serial in self._checks.items() if oid not in stores}
-        # A read check that did not mismatch is current at its serial.
-        current = {oid: serial for oid, serial in checks.items() if serial != z64}
-        for oid, serial in mismatched.items():
-            if serial is None:
-                current.pop(oid, None)
-            else:
-                current[oid] = serial
-
-        q, path = self._storage._q, self._storage.path
-
-        def load_serial(oid: bytes, serial: bytes) -> bytes | None:
-            row = writer.execute(q.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
-            if row is None:
-                return None
-            check_checksum(path, u64(oid), u64(serial), row[0], row[1])
-            return row[0]
-
-        def load_current(oid: bytes) -> bytes:
-            state, tid, stored = writer.execute(q.LOAD_CURRENT, (u64(oid),)).fetchone()
-            check_checksum(path, u64(oid), tid, state, stored)
-            return state
-
-        resolved = check_serials(conflicting, checks, current, load_serial, load_current, resolve)
-        for oid, data in resolved.items():
-            stores[oid] = (current[oid], data)
-        return resolved
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None or not self._locked:
