@@ -103,6 +103,7 @@ from atoll.errors import (
 from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage import postgresql_undo as undo
 from atoll.storage.cache import RecordCache
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import checksum as record_checksum
@@ -119,6 +120,7 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
     moved_serials,
@@ -538,6 +540,14 @@ class PostgreSQLStorage(Storage):
             progress(f"verified {self.name}: {checked} revisions, {len(found)} damaged{extra}")
         return found
 
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        return undo.transaction_log(self, before, limit)
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        return undo.find_transactions(self, keys, low, high)
+
     def __len__(self) -> int:
         query = self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF
         return self._admin_call(lambda conn: conn.execute(query).fetchone()[0])
@@ -825,7 +835,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
-                datas = [data for _, data in self._stores.values()]
+                datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
                 sums = [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
                 with conn.pipeline():
                     if zoids:

@@ -117,6 +117,7 @@ from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import damaged
 from atoll.storage.options import check_path as check_path_text
 from atoll.storage.options import check_wait
+from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -128,6 +129,7 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
 )
@@ -430,7 +432,7 @@ class SQLiteStorage(Storage):
                             check_checksum(self.path, zoid, tid, state, stored)
                             states[zoid] = state
                         records = [  # in the order the commit stored them; gone ones left out
-                            DataRecord(oid, btid, states[u64(oid)]) for oid in split_oids(oids) if u64(oid) in states
+                            DataRecord(oid, btid, states[u64(oid)] or None) for oid in split_oids(oids) if u64(oid) in states
                         ]
                         meta = TransactionMeta.extension_from_bytes(extension)
                         page.append(TransactionRecord(btid, user, description, meta, records))
@@ -501,6 +503,14 @@ class SQLiteStorage(Storage):
             extra = f", {unchecked} written before checksums (unchecked)" if unchecked else ""
             progress(f"verified {self.path}: {checked + len(found)} revisions, {len(found)} damaged{extra}")
         return found
+
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        return undo.transaction_log(self, before, limit)
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        return undo.find_transactions(self, keys, low, high)
 
     def __len__(self) -> int:
         self._check_open()
@@ -652,6 +662,8 @@ class SQLiteView(CommitBuffer, StorageView):
             state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
         ):
             raise damaged(self._storage.path, zoid, tid)
+        if not state:  # DELETED: its creation was undone
+            raise POSKeyError(oid)
         serial = _pack64(tid)
         records.put(oid, state, serial, self.snapshot)
         return state, serial
@@ -676,6 +688,7 @@ class SQLiteView(CommitBuffer, StorageView):
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
         load_many_at = self._storage._q.LOAD_MANY_AT
+        wanted_deleted: set[int] = set()  # oids whose creation was undone
         snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
@@ -686,6 +699,9 @@ class SQLiteView(CommitBuffer, StorageView):
                         state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
                     ):
                         raise damaged(self._storage.path, zoid, tid)
+                    if not state:  # DELETED
+                        wanted_deleted.add(zoid)
+                        continue
                     serial = serials.get(tid)
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
@@ -695,7 +711,7 @@ class SQLiteView(CommitBuffer, StorageView):
         if not self._storage.keep_history and len(found) < len(wanted):
             for zoid in wanted:  # a replaced revision must not pass for a missing object
                 oid = p64(zoid)
-                if oid not in found and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
+                if oid not in found and zoid not in wanted_deleted and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
                     self._missing(conn, oid)  # type: ignore[arg-type]
         records.put_many(found, self.snapshot)
         found.update(cached)
@@ -708,9 +724,10 @@ class SQLiteView(CommitBuffer, StorageView):
             row = conn.execute(self._storage._q.LOAD_SERIAL, (zoid, tid)).fetchone()  # type: ignore[union-attr]
         except sqlite3.DatabaseError as e:
             raise self._storage._read_error(e, zoid) from None
-        if row is None:
+        if row is not None:
+            check_checksum(self._storage.path, zoid, tid, row[0], row[1])
+        if row is None or not row[0]:
             raise POSKeyError(oid)
-        check_checksum(self._storage.path, zoid, tid, row[0], row[1])
         return row[0]
 
     def new_oid(self) -> bytes:
@@ -761,7 +778,10 @@ class SQLiteView(CommitBuffer, StorageView):
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
             checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
             pairs = "[" + ",".join(stored + checks) + "]"
-            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+            found = {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+            if found:
+                undo.no_serial_when_ended(writer, found, stores, self._checks)
+            return found
 
         q, path = self._storage._q, self._storage.path
 
