@@ -12,7 +12,8 @@ A target is one of:
     ``memory://?keep_history=false``: a :class:`~atoll.storage.MinimalMemoryStorage`;
   - ``sqlite:///abs/path.db?keep_history=false&read_only=true``: an SQLite file
     (the path is absolute: ``/abs/path.db``); options ``keep_history``,
-    ``read_only``, ``synchronous``, ``cache_size_bytes``;
+    ``read_only``, ``synchronous``, ``cache_size_bytes``, ``commit_lock_timeout``
+    (seconds);
   - ``postgresql://user@host/db?keep_history=false`` (or ``postgres://``): a
     :class:`~atoll.storage.PostgreSQLStorage`; options ``keep_history``,
     ``read_only``, ``schema``, ``two_phase``, ``commit_lock_timeout``, ``lock_wait``
@@ -221,6 +222,7 @@ _SQLITE_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "read_only": _boolean,
     "synchronous": _synchronous,
     "cache_size_bytes": _count,
+    "commit_lock_timeout": _seconds,
 }
 
 # The options of PostgreSQL URIs that are atoll's (PostgreSQLStorage's keyword
