@@ -703,3 +703,14 @@ def test_view_close_releases_the_view(storage):
         other.load(p64(1))  # the commit in progress was aborted
     commit(other, {p64(2): (z64, record("after"))})  # and no lock is left held
     other.release()
+
+
+def test_last_pack_remembers_the_newest_pack(storage):
+    assert storage.last_pack() == z64
+    view = storage.open_view()
+    t1 = commit(view, {ROOT_OID: (z64, record("root"))})
+    t2 = commit(view, {ROOT_OID: (t1, record("root 2"))})
+    storage.pack(t2, references)
+    assert storage.last_pack() == t2
+    storage.pack(t1, references)  # an older pack tid does not move it back
+    assert storage.last_pack() == t2

@@ -548,6 +548,9 @@ class PostgreSQLStorage(Storage):
     ) -> dict[str, bytes]:
         return undo.find_transactions(self, keys, low, high)
 
+    def last_pack(self) -> bytes:
+        return undo.last_pack(self)
+
     def __len__(self) -> int:
         query = self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF
         return self._admin_call(lambda conn: conn.execute(query).fetchone()[0])

@@ -57,7 +57,7 @@ def insert_commit(
     of record data written."""
     user, description, extension, txn_id = meta
     writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
-    per_insert, written = sql.STATES_PER_INSERT, 0
+    per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
         params: list = [tid]
@@ -66,9 +66,13 @@ def insert_commit(
             zoid = _unpack64(oid)[0]
             params += (zoid, data, _crc32(data, _crc32(_seed(zoid, tid))) - _OFFSET)
             written += len(data)
+            if not data:
+                ends = True
         writer.execute(sql.insert_states(len(part)), params)
     if oids:
         writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids))[0] + 1,))
+    if ends:  # an undone creation: len() must look for ended objects from now on
+        writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history:
         writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
     return written
