@@ -17,6 +17,7 @@ import psycopg
 from atoll.errors import StorageError
 from atoll.ids import u64
 from atoll.storage.base import PackSession, PackStats
+from atoll.storage.checksum import check as check_checksum
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage, _Session
@@ -73,7 +74,8 @@ class PostgreSQLPackSession(PackSession):
                 ).fetchall()
                 if not rows:
                     return
-                for zoid, tid, state in rows:
+                for zoid, tid, state, stored in rows:
+                    check_checksum(self._storage.name, zoid, tid, state, stored)
                     if state:  # None or DELETED (b"") refer to nothing
                         yield zoid, state
                     self._after = (tid, zoid)
@@ -89,7 +91,10 @@ class PostgreSQLPackSession(PackSession):
                 rows = self._conn().execute(q.LOAD_MANY_HF, (list(oids),), binary=True).fetchall()
         except psycopg.Error as e:
             raise self._error(e) from None
-        return ((zoid, state) for zoid, state, _ in rows if state)
+        # A damaged record could hide references: the pack stops rather than guess.
+        for zoid, state, tid, stored in rows:
+            check_checksum(storage.name, zoid, tid, state, stored)
+        return ((zoid, state) for zoid, state, _, _ in rows if state)
 
     def lock(self) -> None:
         if self._locked:

@@ -19,6 +19,7 @@ from atoll.ids import u64
 from atoll.storage import sqlite as _sqlite
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import PackSession, PackStats
+from atoll.storage.checksum import check as check_checksum
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
@@ -73,24 +74,31 @@ class SQLitePackSession(PackSession):
                     ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
                     # A revision since replaced (history-free) is gone: its successor is
                     # in a later transaction, which this loop reaches too.
-                    yield from conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall()
+                    rows = conn.execute(self._storage._q.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall()
+                    for zoid, state, stored in rows:
+                        check_checksum(self._storage.path, zoid, tid, state, stored)
+                        yield zoid, state
                     self._reported = tid
         except sqlite3.Error as e:
             raise self._storage._error(e, "packing") from None
 
     def states(self, oids: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        storage = self._storage
         try:
-            rows = self._conn().execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(oids), self._walk_tid)).fetchall()
+            rows = self._conn().execute(storage._q.LOAD_MANY_AT, (_sqlite.json_ids(oids), self._walk_tid)).fetchall()
         except sqlite3.Error as e:
-            raise self._storage._error(e, "packing") from None
-        return ((zoid, state) for zoid, state, _ in rows)
+            raise storage._error(e, "packing") from None
+        # A damaged record could hide references: the pack stops rather than guess.
+        for zoid, state, tid, stored in rows:
+            check_checksum(storage.path, zoid, tid, state, stored)
+        return ((zoid, state) for zoid, state, _, _ in rows)
 
     def lock(self) -> None:
         storage = self._storage
         storage._check_open()
         if self._writer is not None:
             return
-        storage._commit_lock.acquire()
+        storage._acquire_commit_lock("packing")
         try:
             storage._settle_prepared()  # a commit left prepared by a stopped process first
             writer = storage._writer
@@ -162,7 +170,7 @@ def vacuum(storage: SQLiteStorage) -> int:
     storage._check_open()
     writer = storage._writer
     assert writer is not None
-    with storage._commit_lock:
+    with storage._holding_commit_lock("vacuuming"):
         try:
             if writer.execute(sql.SELECT_AUTO_VACUUM).fetchone()[0] == sql.AUTO_VACUUM_INCREMENTAL:
                 # executescript steps the pragma to the end; execute() would free one page.
