@@ -8,6 +8,7 @@ import types
 
 import atoll
 import atoll.collection
+import pytest
 from atoll.ids import p64, u64
 from helpers import Item
 
@@ -125,3 +126,27 @@ def oid_of_class(db: atoll.DB, key: str) -> int:
     finally:
         view.release()
     raise AssertionError("no such object")
+
+
+def test_check_reports_a_record_whose_checksum_fails(tmp_path):
+    import sqlite3
+
+    from atoll.storage.sqlite import SQLiteStorage
+
+    path = tmp_path / "a.db"
+    databases: dict = {}
+    db = atoll.DB(SQLiteStorage(path), database_name="a", databases=databases)
+    with db.transaction() as conn:
+        conn.root()["x"] = Item("intact")
+    x = oid_of(db, "x")
+    raw = sqlite3.connect(path)
+    (state,) = raw.execute("SELECT state FROM object_state WHERE zoid = ?", (u64(x),)).fetchone()
+    raw.execute("UPDATE object_state SET state = ? WHERE zoid = ?", (state.replace(b"intact", b"broken"), u64(x)))
+    raw.commit()
+    raw.close()
+    report = atoll.collection.check(databases)
+    assert [(p.database, p.kind, p.oid) for p in report.problems] == [("a", "damaged", x)]
+    assert "checksum" in report.problems[0].detail
+    with pytest.raises(Exception, match="checksum"):
+        atoll.collection.pack(databases)  # a damaged record stops a pack: it could hide references
+    db.close()

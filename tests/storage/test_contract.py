@@ -711,7 +711,7 @@ def test_last_pack_remembers_the_newest_pack(storage):
     view = storage.open_view()
     t1 = commit(view, {ROOT_OID: (z64, record("root"))})
     t2 = commit(view, {ROOT_OID: (t1, record("root 2"))})
-    storage.pack(t2, references)
+    pack_storage(storage, t2, references=references)
     assert storage.last_pack() == t2
-    storage.pack(t1, references)  # an older pack tid does not move it back
+    pack_storage(storage, t1, references=references)  # an older pack tid does not move it back
     assert storage.last_pack() == t2
