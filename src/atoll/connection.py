@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
+from persistent.wref import WeakRef
 
 from atoll.conflict import resolve
 from atoll import gcpause
@@ -104,7 +105,7 @@ class Connection:
         self.before = before
         self._view = db.storage.open_view(before)
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
-        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost)
+        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost, self._weak_reference)
         self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
@@ -443,6 +444,24 @@ class Connection:
                 self._new_foreign_ghosts = {}
             created = self._new_foreign_ghosts.setdefault(connection, [])
         return connection._ghost(oid, klass, created)
+
+    def _weak_reference(self, oid: bytes, database_name: str | None) -> WeakRef:
+        """The ``WeakRef`` a record's weak reference reads as; calling it loads the
+        object (None once it is gone)."""
+        ref = WeakRef.__new__(WeakRef)
+        ref.oid = oid
+        if database_name is None or database_name == self._db.database_name:
+            ref.dm = self
+        else:
+            try:
+                ref.dm = self.get_connection(database_name)
+            except KeyError:
+                raise InvalidObjectReference(
+                    f"an object of {self._db.database_name!r} refers weakly to database "
+                    f"{database_name!r}, which is not in the collection"
+                ) from None
+        ref.database_name = ref.dm.db().database_name
+        return ref
 
     # -- building commits ------------------------------------------------------
 
