@@ -33,7 +33,8 @@ ADDED = 2
 _HEADER = struct.Struct(">q8s8sBI")
 _FLAG_BITS = 2
 _FLAG_MASK = (1 << _FLAG_BITS) - 1
-_CHUNK = 1 << 22  # bytes of records handed to the storage per store_many at commit
+_CHUNK = 1 << 22
+_Z64 = b"\0" * 8  # bytes of records handed to the storage per store_many at commit
 
 
 class SavepointStore:
@@ -121,17 +122,25 @@ class SavepointStore:
 
     def records(self, exclude: dict | set) -> Iterator[dict[bytes, tuple[bytes, bytes]]]:
         """The newest record of every saved oid not in ``exclude``, in batches of
-        oid -> ``(read_serial, data)`` (for ``StorageView.store_many``)."""
-        index, file = self.index, self._file
+        oid -> ``(read_serial, data)`` (for ``StorageView.store_many``).
+
+        The batches share the index's oid objects and one ``z64`` for every new
+        object: a storage that queues records until its vote keeps only the
+        record bytes and a tuple per object."""
+        file = self._file
+        file.flush()
         batch: dict[bytes, tuple[bytes, bytes]] = {}
         size = 0
-        for position, _, oid, read_serial, flags, length in self._headers(0):
-            if index.get(oid) == position << _FLAG_BITS | flags and oid not in exclude:
-                batch[oid] = (read_serial, file.read(length))
-                size += length
-                if size >= _CHUNK:
-                    yield batch
-                    batch, size = {}, 0
+        for oid, packed in self.index.items():
+            if oid in exclude:
+                continue
+            file.seek(packed >> _FLAG_BITS)
+            _, _, read_serial, flags, length = _HEADER.unpack(file.read(_HEADER.size))
+            batch[oid] = (_Z64 if flags & NEW else read_serial, file.read(length))
+            size += length
+            if size >= _CHUNK:
+                yield batch
+                batch, size = {}, 0
         if batch:
             yield batch
 

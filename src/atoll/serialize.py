@@ -67,8 +67,11 @@ __all__ = [
     "make_record",
     "class_pickle",
     "needs_args",
+    "PersistentReference",
+    "dump_state",
 ]
 
+#: The record format version this module writes (see the module docstring).
 FORMAT_VERSION = 1
 PROTOCOL = 3
 
