@@ -17,6 +17,7 @@ dict shared by all of them, and all use the same transaction manager.
 from __future__ import annotations
 
 import logging
+import pickle
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -24,6 +25,7 @@ from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
 from persistent.wref import WeakRef
 
+from atoll.arguments import check_oid
 from atoll.conflict import resolve
 from atoll import gcpause
 from atoll.errors import (
@@ -33,12 +35,16 @@ from atoll.errors import (
     POSError,
     POSKeyError,
     ReadOnlyHistoryError,
+    StorageTransactionError,
+    UndoError,
+    UnpicklableError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.savepoint import ADDED, NEW, SavepointStore
 from atoll.readahead import ReadAhead
 from atoll.serialize import ObjectReader, ObjectWriter, needs_args
 from atoll.storage.base import TransactionMeta
+from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
     from atoll.db import DB
@@ -49,6 +55,17 @@ logger = logging.getLogger(__name__)
 
 # Key under which a transaction keeps the id shared by all storages of one commit.
 _TRANSACTION_ID = object()
+# Key under which a transaction keeps its committing connections, by storage sort key.
+_COMMITTING = object()
+
+
+def committing_connection(txn: Any, storage: Any) -> Connection | None:
+    """The connection that began committing ``txn`` to ``storage``, if one did (an
+    undo writes through it: see :mod:`atoll.undo`)."""
+    try:
+        return txn.data(_COMMITTING).get(storage.sort_key())
+    except KeyError:
+        return None
 
 
 class RootConvenience:
@@ -126,6 +143,7 @@ class Connection:
         # Records of the changes saved by savepoints (atoll.savepoint), while the
         # objects themselves may be ghosts again; None until the first savepoint.
         self._saved: SavepointStore | None = None
+        self._undo: dict[bytes, tuple[bytes, bytes]] = {}  # an undo's records in this commit
         # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
         # for one snapshot, so emptied whenever the snapshot moves.
         self._ahead = ReadAhead(self)
@@ -184,15 +202,19 @@ class Connection:
                 reusable = False
         self._db._return_connection(self, reusable)
         if self._closes_db:
-            self._closes_db = False
-            failures = []
-            for db in list(self._db.databases.values()):
-                try:
-                    db.close()
-                except Exception as exc:  # close the others all the same
-                    failures.append(exc)
-            if failures:
-                raise failures[0]
+            self._close_databases()
+
+    def _close_databases(self) -> None:
+        """Close the collection this connection's ``atoll.connect()`` opened."""
+        self._closes_db = False
+        failures = []
+        for db in list(self._db.databases.values()):
+            try:
+                db.close()
+            except Exception as exc:  # close the others all the same
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""
@@ -232,14 +254,21 @@ class Connection:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.opened is None:
             return
-        if self._commit_on_exit:
-            if exc_type is None:
-                self.transaction_manager.commit()
-            else:
-                self.transaction_manager.abort()
-        elif exc_type is not None:
-            self.transaction_manager.abort()
-        self.close()
+        manager = self.transaction_manager
+        try:
+            if self._commit_on_exit and exc_type is None:
+                manager.commit()
+            elif exc_type is not None:
+                manager.abort()
+        except BaseException:
+            manager.abort()  # a failed commit: the connection must leave the transaction to close
+            raise
+        finally:
+            try:
+                self.close()  # with atoll.connect(), closes the databases and storages too
+            finally:
+                if self._closes_db:  # close() failed before it got to them
+                    self._close_databases()
 
     def _check_open(self) -> None:
         if self.opened is None:
@@ -275,6 +304,7 @@ class Connection:
         obj = self._creating.get(oid)
         if obj is not None:
             return obj
+        check_oid(oid)  # after the cache: a bad oid is never found there
         if self._saved is not None and oid in self._saved:
             record = self._saved.load(oid)  # new or changed, saved by a savepoint
         else:
@@ -536,7 +566,12 @@ class Connection:
                 if obj._p_changed is None:
                     continue  # invalidated after it registered: nothing to write
                 read = obj._p_serial
-            data = serialize(obj)
+            try:
+                data = serialize(obj)
+            except POSError:
+                raise
+            except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+                raise self._unpicklable(obj, exc) from exc
             if store:
                 into[oid] = obj
                 records[oid] = (read, data)
@@ -545,6 +580,15 @@ class Connection:
                 into[oid] = data
         if records:
             self._view.store_many(records)
+
+    def _unpicklable(self, obj: Persistent, exc: BaseException) -> UnpicklableError:
+        """The error for an object whose record cannot be written, saying where."""
+        klass = type(obj)
+        try:
+            detail = describe(obj, obj.__getstate__(), exc)
+        except Exception as inner:  # noqa: BLE001 - the message must not hide the first error
+            detail = f"{exc} (and looking for the part that failed raised {inner!r})"
+        return UnpicklableError(f"{klass.__module__}.{klass.__qualname__}", obj._p_oid, self._db.database_name, detail)
 
     # -- the transaction package's data-manager protocol --------------------------
 
@@ -563,7 +607,20 @@ class Connection:
             # list is complete before any votes (see TransactionMeta).
             shared_id, participants = uuid.uuid4().hex, []
             txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        participants.append(self._db.storage.sort_key())
+        key = self._db.storage.sort_key()
+        if key in participants:
+            # Its vote would wait for the storage's commit lock, held by the other one.
+            raise StorageTransactionError(
+                f"two connections to the storage of database {self._db.database_name!r} ({key}) "
+                "take part in one transaction; a transaction writes each storage through one "
+                "connection: give each connection its own transaction manager, "
+                "e.g. db.open(transaction.TransactionManager())"
+            )
+        participants.append(key)
+        try:
+            txn.data(_COMMITTING)[key] = self
+        except KeyError:
+            txn.set_data(_COMMITTING, {key: self})
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
@@ -584,24 +641,47 @@ class Connection:
             if oid not in self._stored:
                 self._view.check_current(oid, serial)
 
+    def _add_undo(self, records: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Write an undo's records (oid -> (read serial, data)) in this commit."""
+        self._check_undo(records)
+        self._undo.update(records)
+        self._view.store_many(records)
+
+    def _check_undo(self, oids: Iterable[bytes]) -> None:
+        """UndoError if this transaction also changes one of the objects an undo writes."""
+        changed = {obj._p_oid for obj in self._registered if obj._p_jar is self} | self._stored.keys()
+        both = changed.intersection(oids)
+        if both:
+            raise UndoError(
+                f"cannot undo a change to object {oid_repr(min(both))} of database "
+                f"{self._db.database_name!r} and change it in the same transaction",
+                oid=min(both),
+            )
+
     def tpc_vote(self, txn: Any) -> None:
+        if self._undo:
+            self._check_undo(self._undo)
         try:
-            with gcpause.paused():
-                self._resolved = self._view.tpc_vote(resolve)
+            # Not paused (see atoll.gcpause): the vote waits for the commit lock.
+            self._resolved = self._view.tpc_vote(resolve)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:
                 obj = self._stored.get(exc.oid) or self._cache.get(exc.oid)
                 if obj is not None:
                     exc.class_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            if exc.oid in self._undo:
+                from atoll.undo import undo_error
+
+                raise undo_error(exc.oid, self._db.database_name, exc.class_name) from exc
             raise
 
     def tpc_finish(self, txn: Any) -> None:
-        with gcpause.paused():
-            self._finish()
-
-    def _finish(self) -> None:
         tid = self._view.tpc_finish()
+        with gcpause.paused():
+            self._finish(tid)
+
+    def _finish(self, tid: bytes) -> None:
         for obj in self._stored.values():
             obj._p_changed = False
             obj._p_serial = tid
@@ -618,6 +698,8 @@ class Connection:
             obj = self._stored.get(oid) or cache.get(oid)
             if obj is not None:
                 obj._p_invalidate()  # the storage holds a merged state we never saw
+        if self._undo:
+            cache.invalidate(list(self._undo))  # our own commit: no poll will report these
         self._clear_transaction()
 
     def tpc_abort(self, txn: Any) -> None:
@@ -663,6 +745,7 @@ class Connection:
         self._pending = []
         self._stored = {}
         self._resolved = set()
+        self._undo = {}
         if self._saved is not None:
             self._saved.close()
             self._saved = None
@@ -723,9 +806,15 @@ class Connection:
 
     # -- transaction synchronizer (snapshot moves) ---------------------------------
 
+    # A transaction boundary is where the cache shrinks back towards its target
+    # size, as in ZODB: objects changed or loaded by the transaction are saved or
+    # discarded by now, so any of them may become a ghost. (Under the target, incrgc
+    # returns at once.)
+
     def newTransaction(self, txn: Any = None, sync: bool = True) -> None:
         if self.opened is not None and not self._joined:
             self._poll()
+            self._cache.incrgc()
 
     def beforeCompletion(self, txn: Any) -> None:
         pass
@@ -734,6 +823,7 @@ class Connection:
         self._forget_refused()
         if self.opened is not None:
             self._poll()
+            self._cache.incrgc()
 
     def _forget_refused(self) -> None:
         """Give objects changed through a historical connection their stored state."""
