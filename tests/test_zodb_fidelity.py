@@ -245,6 +245,24 @@ def test_btree_with_persistent_values_under_different_new_keys_still_merges(db):
         c.close()
 
 
+def test_btree_value_replaced_by_another_persistent_object_is_a_conflict_as_in_zodb(db):
+    # Merging needs to know whether the committed value is the one both started
+    # from; two different references cannot be compared (ZODB refuses too).
+    conn = db.open()
+    conn.root()["tree"] = tree = OOBTree()
+    tree["a"] = Item("A")
+    transaction.commit()
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["tree"]["a"] = Item("B")
+    second.root()["tree"]["b"] = 2
+    first.transaction_manager.commit()
+    with pytest.raises(ConflictError, match="conflict resolution failed"):
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    for c in (first, second, conn):
+        c.close()
+
+
 def test_failed_resolution_message_starts_as_zodbs_and_gives_the_reason(db):
     conn = db.open()
     conn.root()["set"] = OOTreeSet()
