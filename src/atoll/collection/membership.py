@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Membership", "read", "record", "NAME_KEY", "MEMBER_PREFIX"]
 
+#: The metadata key of this database's name in its collection.
 NAME_KEY = "collection.name"
+#: The metadata key of each other member, followed by its name.
 MEMBER_PREFIX = "collection.member."
 
 
