@@ -77,6 +77,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when the check found no problem."""
         return not self.problems
 
     def __str__(self) -> str:
