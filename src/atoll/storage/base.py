@@ -37,8 +37,8 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
    and never the root oid, nor an oid that exists: a commit that stores an oid
    ``new_oid()`` never handed out (a copy, an import) moves the counter past it,
    for every process of the storage.
-6. Every revision is stored with a checksum (CRC-32 over the oid, the tid and the
-   data); a load whose bytes do not match raises
+6. Every revision is stored with a checksum (CRC-32 of the data, seeded by the oid and
+   tid); a load whose bytes do not match raises
    :class:`~atoll.errors.CorruptRecordError` naming the database, oid and tid,
    never returns the damaged bytes. ``verify()`` lists every damaged record.
    Revisions written before checksums existed (older files) carry none and are
