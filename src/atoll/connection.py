@@ -35,7 +35,7 @@ from atoll.errors import (
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.serialize import ObjectReader, ObjectWriter, foreign_references, needs_args, references
-from atoll.storage.base import TransactionMeta
+from atoll.storage.base import Member, TransactionMeta
 
 if TYPE_CHECKING:
     from atoll.db import DB
@@ -575,19 +575,24 @@ class Connection:
     def tpc_begin(self, txn: Any) -> None:
         self._check_open()
         try:
-            shared_id, participants = txn.data(_TRANSACTION_ID)
+            shared_id, participants, members = txn.data(_TRANSACTION_ID)
         except KeyError:
             # One id and one list of storages for every connection of the commit; the
-            # list is complete before any votes (see TransactionMeta).
-            shared_id, participants = uuid.uuid4().hex, []
-            txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        participants.append(self._db.storage.sort_key())
+            # lists are complete before any votes (see TransactionMeta).
+            shared_id, participants, members = uuid.uuid4().hex, [], []
+            txn.set_data(_TRANSACTION_ID, (shared_id, participants, members))
+        storage = self._db.storage
+        participants.append(storage.sort_key())
+        order_key = self.sortKey()
+        members.append(Member(order_key, storage.decision_home()))
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
             extension=dict(txn.extension),
             id=shared_id,
             participants=participants,
+            members=members,
+            order_key=order_key,
         )
         self._view.tpc_begin(meta)
 

@@ -31,12 +31,12 @@ Commits
     IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
     the next tid from the stored last tid (so tids increase across processes) and
     writes the rows; ``tpc_finish`` commits; ``tpc_abort`` rolls back.
-Commits across several files
-    A commit of a collection that writes to several SQLite files is prepared in each
-    (a durable copy of it beside the file) before any of them commits, so that a
-    process killed between two files' commits leaves a commit that the next writer
-    of each file completes or drops, the same way everywhere
-    (:mod:`atoll.storage.sqlite_prepared`).
+Commits of a collection
+    When other durable storages (SQLite files, PostgreSQL schemas) take part in the
+    commit, the file either decides it or prepares its part, as the collection's
+    protocol says (:mod:`atoll.storage.sqlite_pending`): a process killed at any
+    step leaves the transaction in every database or in none, once each is opened
+    again.
 Checkpoints
     Copying the write-ahead log back into the file happens in a background thread
     once about 4 MiB were committed (:mod:`atoll.storage.sqlite_checkpoint`), not
@@ -85,7 +85,8 @@ from atoll.errors import (
     StorageTransactionError,
 )
 from atoll.ids import new_tid, p64, tid_time, u64, z64
-from atoll.storage import sqlite_prepared as prepared
+from atoll.storage import decisions
+from atoll.storage import sqlite_pending as pending
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import (
     CommitBuffer,
@@ -100,6 +101,7 @@ from atoll.storage.base import (
     TransactionMeta,
     TransactionRecord,
     check_serials,
+    commit_role,
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
@@ -156,14 +158,20 @@ def _insert_commit(
     stores: dict[bytes, tuple[bytes, bytes]],
     oids: list[bytes],
     keep_history: bool,
+    decider: str | None = None,
 ) -> int:
     """Write one commit inside an open write transaction: its ``transactions`` row
     (``meta`` is user, description, extension bytes and shared id), a revision per
     record of ``stores`` (oid -> (read serial, data)), inserted in the order of
     ``oids``, and in a history-free file the deletion of the revisions they replace.
+    With ``decider`` (its home), the commit is a collection member's prepared part
+    instead: a pending row, no ``transactions`` row, nothing deleted yet.
     Returns the bytes of record data written."""
     user, description, extension, txn_id = meta
-    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
+    if decider is None:
+        writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
+    else:
+        pending.prepare(writer, tid, txn_id, decider, (user, description, extension), b"".join(stores))
     per_insert, written = sql.STATES_PER_INSERT, 0
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
@@ -173,7 +181,7 @@ def _insert_commit(
             params += (_unpack64(oid)[0], data)
             written += len(data)
         writer.execute(sql.insert_states(len(part)), params)
-    if not keep_history:
+    if not keep_history and decider is None:
         writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
     return written
 
@@ -220,7 +228,7 @@ class SQLiteStorage(Storage):
         self._checkpointer = Checkpointer(self._connect_writer)
         creating = self._check_path()
         self._sort_key = f"sqlite:{os.path.realpath(self.path)}"
-        self._prepared_path = prepared.prepared_path(self.path)
+        self._home = decisions.sqlite_home(self.path)
         try:
             self._conn = self._connect(create=creating)
             self._open_schema()
@@ -229,8 +237,10 @@ class SQLiteStorage(Storage):
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
                 self._writer.execute(sql.WRITER_CACHE)
                 with self._commit_lock:
-                    self._settle_prepared()
-            elif os.path.exists(self._prepared_path):
+                    self._settle()
+            elif self._conn.execute(sql.HAS_PENDING_TABLE).fetchone()[0] and self._conn.execute(
+                sql.SELECT_PENDING
+            ).fetchone():
                 log.warning(
                     "%s holds a commit that a process prepared and did not finish; a read-only storage "
                     "cannot settle it, so its readers may miss part of a collection's transaction until a "
@@ -321,6 +331,8 @@ class SQLiteStorage(Storage):
             )
         if version < 1:
             raise StorageError(f"{path} has an invalid atoll schema version {meta.get('schema_version')!r}")
+        if version < sql.SCHEMA_VERSION and not self.read_only:
+            self._upgrade_schema()
         file_history = bool(int(meta.get("keep_history", 1)))
         if file_history != self.keep_history:
             raise StorageError(
@@ -359,51 +371,29 @@ class SQLiteStorage(Storage):
                     ],
                 )
 
+    def _upgrade_schema(self) -> None:
+        """Version 1 -> 2: the tables of the collection commit protocol."""
+        conn = self._conn
+        assert conn is not None
+        with write_transaction(conn):
+            for statement in sql.CREATE_COMMIT_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(sql.UPDATE_META, (sql.SCHEMA_VERSION, "schema_version"))
+            conn.execute(sql.SET_USER_VERSION.format(version=sql.SCHEMA_VERSION))
+
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"storage {self.path} is closed")
 
-    def _settle_prepared(self) -> None:
-        """Complete or drop the commit a process prepared here and did not finish, if
-        there is one (see :mod:`atoll.storage.sqlite_prepared`). The caller holds
-        ``_commit_lock``; each step runs under SQLite's write lock."""
-        path, writer = self._prepared_path, self._writer
-        assert writer is not None
-        while os.path.exists(path):
-            try:
-                with write_transaction(writer):
-                    done = self._settle_step(writer, path)
-            except sqlite3.Error as e:
-                raise self._error(e, "settling a prepared commit") from None
-            if done:
-                log.warning("%s: %s", self.path, done)
-
-    def _settle_step(self, writer: sqlite3.Connection, path: str) -> str | None:
-        """One step of settling, inside a write transaction; what it did, for the log
-        (None when the file only had to go)."""
-        commit = prepared.read(path)
-        if commit is None:
-            return None
-        row = writer.execute(sql.SELECT_TXN_ID, (commit.tid,)).fetchone()
-        if row is not None:
-            if row[0] != commit.txn_id:
-                raise StorageError(f"{path} does not belong to {self.path} (its tid holds another transaction)")
-            prepared.remove(path)  # the commit finished here
-            return None
-        described = f"transaction {p64(commit.tid).hex()} (id {commit.txn_id}), prepared by a process that stopped"
-        if not prepared.decided(commit, path):
-            prepared.remove(path)
-            return f"dropped {described}: no other database of its collection committed it"
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-        if last >= commit.tid:
-            raise StorageError(
-                f"{path} cannot be settled: {self.path} has commits after it; delete it to give that commit up"
-            )
-        commit = prepared.read(path, records=True)
-        assert commit is not None
-        meta = (commit.user, commit.description, commit.extension, commit.txn_id)
-        _insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), self.keep_history)
-        return f"committed {described}, as another database of its collection had"  # the file goes next step
+    def _settle(self) -> None:
+        """Finish or drop the parts of collection commits that a stopped process
+        prepared here (:mod:`atoll.storage.sqlite_pending`). The caller holds
+        ``_commit_lock`` and no write transaction."""
+        try:
+            pending.settle(self._writer, write_transaction, self.path, self.keep_history)  # type: ignore[arg-type]
+        except sqlite3.Error as e:
+            raise self._error(e, "settling a prepared commit") from None
 
     def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
         if self._closed:
@@ -521,7 +511,8 @@ class SQLiteStorage(Storage):
             from atoll.storage.sqlite_pack import Packer
 
             with self._commit_lock:
-                self._settle_prepared()
+                self._settle()
+                self._prune_decisions()
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
@@ -542,6 +533,17 @@ class SQLiteStorage(Storage):
     def sort_key(self) -> str:
         return self._sort_key
 
+    def decision_home(self) -> str:
+        return self._home
+
+    def _prune_decisions(self) -> None:
+        """Drop decisions older than :data:`decisions.RETENTION` (under _commit_lock)."""
+        try:
+            with write_transaction(self._writer):  # type: ignore[arg-type]
+                self._writer.execute(sql.PRUNE_DECISIONS, (time.time() - decisions.RETENTION,))  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            raise self._error(e, "pruning commit decisions") from None
+
     def close(self) -> None:
         if self._closed:
             return
@@ -549,14 +551,6 @@ class SQLiteStorage(Storage):
         for view in list(self._views):
             view._close()
         self._checkpointer.stop()
-        if self._writer is not None and os.path.exists(self._prepared_path):
-            # Our last commit's prepared file, most likely: it goes now rather than
-            # stay beside the database until the next process writes.
-            try:
-                with self._commit_lock:
-                    self._settle_prepared()
-            except StorageError as e:
-                log.warning("%s", e)
         with self._lock:
             self._close_connections()
 
@@ -579,7 +573,8 @@ class SQLiteView(CommitBuffer, StorageView):
         self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._locked = False  # we hold the storage's commit lock and SQLite's write lock
-        self._prepared = False  # this commit wrote the storage's prepared file
+        self._prepared = False  # a collection member whose prepared part is committed
+        self._deciding = False  # this view's commit will decide a collection's commit
         cached_through = storage._records.tid
         if before is not None:
             self._snap = max(u64(before) - 1, 0)
@@ -714,45 +709,68 @@ class SQLiteView(CommitBuffer, StorageView):
     # -- two-phase commit -----------------------------------------------------
 
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        self._check_voting()
+        meta = self._check_voting()
         if self._locked:
             raise StorageTransactionError("tpc_vote called twice")
         storage = self._storage
         storage._check_open()
+        role = commit_role(meta)
         storage._commit_lock.acquire()
         self._locked = True
         writer = storage._writer
         assert writer is not None
         try:
-            if os.path.exists(storage._prepared_path):
-                storage._settle_prepared()
+            last = self._begin_write(writer)
+            resolved = self._write(writer, last, resolve, None if role.decider else role.decider_home)
+            if role.alone:
+                pass
+            elif role.decider:  # this COMMIT, in tpc_finish, will be the collection's decision
+                writer.execute(sql.INSERT_DECISION, (meta.id, self._tid, time.time()))
+                decisions.holding(storage._home)
+                self._deciding = True
+            else:  # a member: the prepared part is durable now, and invisible
+                self._prepared = True
+                writer.execute(sql.COMMIT)
+        except sqlite3.Error as e:
+            self._abort_write()
+            raise storage._error(e, "voting") from None
+        except BaseException:
+            self._abort_write()
+            raise
+        return resolved
+
+    def _begin_write(self, writer: sqlite3.Connection) -> int:
+        """Begin the commit's write transaction, once whatever a stopped process
+        prepared here is settled; the last committed tid."""
+        storage = self._storage
+        while True:
             try:
                 writer.execute(sql.BEGIN_WRITE)
             except sqlite3.OperationalError as e:
                 raise StorageError(
                     f"could not lock {storage.path} for commit within {BUSY_TIMEOUT:.0f} s: {e}"
                 ) from None
-            resolved = self._write(writer, resolve)
-            partners = prepared.sqlite_partners(self._meta.participants, storage._sort_key)  # type: ignore[union-attr]
-            if partners and self._meta.id:  # type: ignore[union-attr]
-                self._prepare(partners)
-        except BaseException:
-            self._abort_write()
-            raise
-        return resolved
+            last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
+            if not waiting:
+                return last or 0
+            # Settled without the write lock: see sqlite_pending, "Settling".
+            writer.execute(sql.ROLLBACK)
+            storage._settle()
 
-    def _write(self, writer: sqlite3.Connection, resolve: Resolver | None) -> set[bytes]:
-        """Check conflicts and insert this commit's rows (inside the write transaction)."""
+    def _write(
+        self, writer: sqlite3.Connection, last: int, resolve: Resolver | None, decider: str | None
+    ) -> set[bytes]:
+        """Check conflicts and insert this commit's rows (inside the write transaction);
+        with ``decider``, as a prepared part of a collection's commit."""
         stores = self._stores
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
         checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
         resolved: dict[bytes, bytes] = {}
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
         # Nothing committed since our snapshot: every serial we read is still current
         # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (oids or checks) and (last or 0) != self._snap:
+        if (oids or checks) and last != self._snap:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
             pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
             mismatched = {
@@ -765,29 +783,8 @@ class SQLiteView(CommitBuffer, StorageView):
         meta = self._meta
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
-        self._written = _insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
+        self._written = _insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history, decider)
         return set(resolved)
-
-    def _prepare(self, partners: list[str]) -> None:
-        """Write this commit to the storage's prepared file: other SQLite files take
-        part in it (see :mod:`atoll.storage.sqlite_prepared`)."""
-        storage, meta = self._storage, self._meta
-        assert meta is not None and self._tid is not None
-        commit = prepared.PreparedCommit(
-            tid=self._tid,
-            txn_id=meta.id,
-            partners=partners,
-            prepared_at=time.time(),
-            user=meta.user,
-            description=meta.description,
-            extension=meta.extension_bytes(),
-            records=self._stores,
-        )
-        self._prepared = True  # from here on, an abort removes whatever was written
-        try:
-            prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
-        except OSError as e:
-            raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
 
     def _resolve(
         self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
@@ -822,40 +819,90 @@ class SQLiteView(CommitBuffer, StorageView):
             raise StorageTransactionError("tpc_finish before tpc_vote")
         storage = self._storage
         tid = self._tid
-        try:
-            storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
-        except sqlite3.Error as e:
-            self._prepared = False  # partners may have committed: the next writer settles it
-            self._abort_write()
-            raise storage._error(e, "committing") from None
-        # A prepared file stays: the next writer removes it under the write lock.
+        if self._prepared:
+            self._finish_prepared(tid)
+        else:
+            try:
+                storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                self._abort_write()
+                raise storage._error(e, "committing") from None
         self._own.add(tid)
-        self._locked = False
-        storage._commit_lock.release()
+        self._unlock()
         storage._checkpointer.wrote(self._written)
         storage._records.invalidate(self._stores, p64(tid))
         self._reset()
         return p64(tid)
 
+    def _finish_prepared(self, tid: int) -> None:
+        """Make this member's prepared part visible, the decider having decided. Not
+        fsynced: the durable decision redoes it after a power loss."""
+        storage = self._storage
+        writer = storage._writer
+        assert writer is not None
+        relax = storage.synchronous == "full"
+        try:
+            if relax:
+                writer.execute(sql.SET_SYNCHRONOUS.format(mode="NORMAL"))
+            try:
+                with write_transaction(writer):
+                    finished = pending.finish(writer, tid, storage.keep_history)
+            finally:
+                if relax:
+                    writer.execute(sql.SET_SYNCHRONOUS.format(mode="FULL"))
+        except sqlite3.Error as e:
+            # The part stays pending: whoever writes here next commits it, as decided.
+            self._unlock()
+            self._reset()
+            raise storage._error(e, "finishing a prepared commit") from None
+        if not finished:
+            self._unlock()
+            self._reset()
+            pending.check_finished(finished, storage.path, tid)
+
     def tpc_abort(self) -> None:
         self._abort_write()
 
     def _abort_write(self) -> None:
-        """Roll back the write transaction, if any, release the locks, forget the commit."""
+        """Roll back the write transaction, if any, release the locks, forget the commit.
+
+        A member whose prepared part is committed already asks the decider: the
+        transaction package aborts every participant when one of them fails to
+        finish, even after the decider committed, and then the part must stay."""
         if self._locked:
-            self._locked = False
+            storage = self._storage
             try:
-                if self._prepared:  # still under the write lock; no partner has finished
-                    try:
-                        prepared.remove(self._storage._prepared_path)
-                    except OSError as e:  # the next writer finds no partner committed it: dropped
-                        log.warning("cannot remove %s: %s", self._storage._prepared_path, e)
-                writer = self._storage._writer
+                writer = storage._writer
                 if writer is not None and writer.in_transaction:
                     writer.execute(sql.ROLLBACK)
+                if self._prepared and writer is not None and self._tid is not None:
+                    self._settle_own(writer, self._tid)
             finally:
-                self._storage._commit_lock.release()
+                self._unlock()
         self._reset()
+
+    def _settle_own(self, writer: sqlite3.Connection, tid: int) -> None:
+        """Finish or drop this view's own prepared part as its decider decided."""
+        storage, meta = self._storage, self._meta
+        assert meta is not None
+        role = commit_role(meta)
+        try:
+            committed = decisions.outcome(role.decider_home or "", meta.id, time.time(), storage.path)
+            with write_transaction(writer):
+                if committed:
+                    pending.finish(writer, tid, storage.keep_history)
+                else:
+                    pending.drop(writer, tid)
+        except (StorageError, sqlite3.Error) as e:  # the next writer settles it
+            log.warning("%s: leaving prepared transaction %s to recovery: %s", storage.path, p64(tid).hex(), e)
+
+    def _unlock(self) -> None:
+        if self._deciding:
+            self._deciding = False
+            decisions.released(self._storage._home)
+        if self._locked:
+            self._locked = False
+            self._storage._commit_lock.release()
 
     def _reset(self) -> None:
         self._reset_buffer()

@@ -1,6 +1,6 @@
 """Every SQL statement of :mod:`atoll.storage.sqlite`, in one place.
 
-The file format (schema version 1)
+The file format (schema version 2)
 ----------------------------------
 
 ``PRAGMA application_id`` is :data:`APPLICATION_ID` ("ATOL") and ``PRAGMA
@@ -32,6 +32,18 @@ their order.
 ``atoll_meta``
     ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
     ``next_oid``, the first oid no storage instance has been given yet.
+``commit_pending`` (schema version 2)
+    A part of a collection's commit that this file prepared (see
+    :mod:`atoll.storage.sqlite_pending`): its revisions are in ``object_state``
+    under ``tid``, but no ``transactions`` row names that tid yet, so no snapshot
+    includes it. The row holds what that ``transactions`` row will hold, the
+    ``decider``'s home and when it was prepared.
+``commit_decisions`` (schema version 2)
+    The collection commits this file decided: ``txn_id`` -> ``tid`` and the time
+    (see :mod:`atoll.storage.decisions`).
+
+Version 1 files (no commit tables) are brought to version 2 by the first writable
+open.
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
 files whose version is lower; a file whose version is higher is refused.
@@ -44,7 +56,7 @@ import functools
 #: "ATOL" as a big-endian 32-bit integer: PRAGMA application_id of every atoll file.
 APPLICATION_ID = 0x41544F4C
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The value of the ``application`` row in ``atoll_meta``.
 APPLICATION_NAME = "atoll"
 
@@ -73,10 +85,34 @@ CREATE TABLE object_state (
 );
 
 CREATE UNIQUE INDEX object_state_by_oid ON object_state (zoid, tid);
-
+{{commit_tables}}
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+#: The tables of the collection commit protocol (schema version 2).
+CREATE_COMMIT_TABLES = """
+CREATE TABLE IF NOT EXISTS commit_pending (
+    tid         INTEGER PRIMARY KEY,
+    txn_id      TEXT NOT NULL,
+    decider     TEXT NOT NULL,
+    prepared_at REAL NOT NULL,
+    username    TEXT NOT NULL,
+    description TEXT NOT NULL,
+    extension   BLOB NOT NULL,
+    oids        BLOB NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS commit_decisions (
+    txn_id     TEXT PRIMARY KEY,
+    tid        INTEGER NOT NULL,
+    decided_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+CREATE_SCHEMA = CREATE_SCHEMA.replace("{commit_tables}", CREATE_COMMIT_TABLES)
+SET_USER_VERSION = "PRAGMA user_version = {version}"
+UPDATE_META = "UPDATE atoll_meta SET value = ? WHERE key = ?"
 
 INSERT_META = "INSERT INTO atoll_meta (key, value) VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM atoll_meta"
@@ -152,12 +188,32 @@ WHERE coalesce(current, 0) != expected
 
 LOAD_CURRENT = "SELECT state FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1"
 
-# -- prepared commits (sqlite_prepared.py) -----------------------------------
+#: The writer's first statement of a commit: the last tid, and whether a prepared
+#: part waits to be settled (sqlite_pending.py) before anything else is written.
+LAST_TID_AND_PENDING = "SELECT (SELECT max(tid) FROM transactions), EXISTS (SELECT 1 FROM commit_pending)"
 
-#: The shared id of the transaction a tid committed, if that tid was committed.
-SELECT_TXN_ID = "SELECT txn_id FROM transactions WHERE tid = ?"
-#: Did this file commit a multi-database transaction (no earlier than a tid)?
-PARTNER_COMMITTED = "SELECT 1 FROM transactions WHERE tid >= ? AND txn_id = ? LIMIT 1"
+# -- the collection commit protocol (sqlite_pending.py, decisions.py) --------
+
+HAS_PENDING_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'commit_pending'"
+HAS_DECISIONS_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'commit_decisions'"
+SELECT_PENDING = "SELECT tid, txn_id, decider, prepared_at FROM commit_pending ORDER BY tid"
+PENDING_OIDS = "SELECT oids FROM commit_pending WHERE tid = ?"
+INSERT_PENDING = """
+INSERT INTO commit_pending (tid, txn_id, decider, prepared_at, username, description, extension, oids)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+#: A prepared part becomes a committed transaction.
+PENDING_TO_TRANSACTION = """
+INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
+SELECT tid, username, description, extension, txn_id, oids FROM commit_pending WHERE tid = ?
+"""
+DELETE_PENDING = "DELETE FROM commit_pending WHERE tid = ?"
+#: A dropped prepared part's revisions.
+DELETE_STATES_OF = "DELETE FROM object_state WHERE tid = ?"
+HAS_TRANSACTION = "SELECT 1 FROM transactions WHERE tid = ?"
+INSERT_DECISION = "INSERT INTO commit_decisions (txn_id, tid, decided_at) VALUES (?, ?, ?)"
+SELECT_DECISION = "SELECT tid FROM commit_decisions WHERE txn_id = ?"
+PRUNE_DECISIONS = "DELETE FROM commit_decisions WHERE decided_at < ?"
 
 INSERT_TRANSACTION = """
 INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
