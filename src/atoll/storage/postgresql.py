@@ -31,41 +31,44 @@ Commits. ``tpc_vote`` opens a transaction and locks the single row of
 every process on every machine. Under it the view reads the current serials of the
 oids it writes, runs :func:`~atoll.storage.base.check_serials`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
-transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
-prepared transaction keeps its row locks (so the commit lock stays held, whatever
-happens to the session) until ``tpc_finish`` runs ``COMMIT PREPARED`` (or
-``tpc_abort`` ``ROLLBACK PREPARED``). Transaction-level advisory locks are kept
-across PREPARE too; a row lock is used because it needs no key management.
+transaction and updates the last tid. What comes next depends on the storage's
+role in the commit (:func:`~atoll.storage.base.commit_role`):
+
+* alone (no other durable storage takes part): ``tpc_finish`` runs a plain
+  ``COMMIT``. No ``PREPARE TRANSACTION``: a crash before the COMMIT rolls the
+  transaction back with the session, and the row lock goes with it.
+* decider of a collection's commit: the vote also inserts the decision row
+  (``commit_decisions``); ``tpc_finish``'s ``COMMIT`` is the collection's decision.
+* member: the vote ends with ``PREPARE TRANSACTION gid``. A prepared transaction
+  keeps its row locks (so the commit lock stays held, whatever happens to the
+  session) until ``tpc_finish`` runs ``COMMIT PREPARED``.
+
 Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recovery
 (below) and waits again, and gives up with StorageError after
 ``commit_lock_timeout``.
 
 Recovery of prepared transactions left by a crashed process. The gid is
-``atoll|<schema>|<owner key>|<txn key>``:
+``atoll|<schema>|<owner key>|<txn id>|<home id>``:
 
 * *owner key*: each pooled session holds a session-level advisory lock on a random
   key for its whole life. The lock vanishes with the session, so recovery can tell
   a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
   and the transaction is left alone).
-* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
-  multi-database transaction shares. Each prepared transaction also inserts
-  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
-  visible exactly when its participant commits. The commit decision is reached when
-  the first participant's ``tpc_finish`` commits, so: a crashed prepared
-  transaction is committed if some partner's decision row is visible, and rolled
-  back otherwise (for a single database: its finish never ran). A crash during the
-  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
-  with no visible row, so all of them end the same way. This needs the participants
-  to share one PostgreSQL database (any schemas); across servers recovery cannot
-  see a partner's decision and rolls back.
+* *txn id*: ``TransactionMeta.id``, the key of the collection's decision.
+* *home id*: a row of ``decision_homes``, the address of the decider (another
+  schema, database or server, or an SQLite file), written before the first
+  prepare that needs it.
+
+A crashed member's transaction is committed if its decider holds the decision, and
+rolled back otherwise (:func:`atoll.storage.decisions.outcome`, which takes the
+decider's commit lock before it presumes an abort).
 
 Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
 the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`). A server with
 ``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
-naming the setting, unless ``two_phase=False`` is passed, which commits in
-``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
-transaction; a crash simply rolls it back, and a multi-database commit is no longer
-atomic against a crash between its participants' finishes).
+naming the setting, unless ``two_phase=False`` is passed, which never prepares (a
+member of a collection's commit then commits in ``tpc_finish`` like a decider, and
+the collection is no longer atomic against a crash between the finishes).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ from psycopg.pq import TransactionStatus
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.storage import decisions
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
 from atoll.storage.base import (
@@ -103,6 +107,7 @@ from atoll.storage.base import (
     TransactionMeta,
     TransactionRecord,
     check_serials,
+    commit_role,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
@@ -110,7 +115,7 @@ __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _BATCH = 5000  # oids per statement when loading many (pack's walk)
 _PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
-_PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
+_PRUNE_EVERY = 1000  # commits between two prunings of old decisions
 
 
 def _first_line(error: BaseException) -> str:
@@ -190,6 +195,8 @@ class PostgreSQLStorage(Storage):
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
+        self._home = decisions.postgresql_home(schema, dsn)
+        self._home_ids: dict[str, int] = {}  # decider home -> its row in decision_homes
         self._closed = False
         self.name = self._safe_name(dsn)
         self._admin = self._connect()
@@ -300,11 +307,6 @@ class PostgreSQLStorage(Storage):
                     raise StorageError(f"{self.name}: no atoll database in schema {self.schema!r}")
             else:
                 with conn.transaction():
-                    # Only when missing: CREATE ... IF NOT EXISTS would still lock the
-                    # table against the rows prepared transactions hold.
-                    if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.DECISIONS_TABLE,)).fetchone()[0]:
-                        conn.execute(SQL.SCHEMA_CREATE_LOCK, (SQL.SHARED_SCHEMA,))
-                        conn.execute(SQL.CREATE_SHARED)
                     conn.execute(SQL.SCHEMA_CREATE_LOCK, (self.schema,))
                     if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
                         conn.execute(q.CREATE_HISTORY_PRESERVING if self.keep_history else q.CREATE_HISTORY_FREE)
@@ -343,16 +345,16 @@ class PostgreSQLStorage(Storage):
         outcome: dict[str, str] = {}
         with self._admin_conn() as conn:
             prefix = _gid_prefix(self.schema)
-            for (gid,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
+            for gid, prepared in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
+                parts = gid[len(prefix) :].split("|")
                 try:
-                    owner_key, txn_key = gid[len(prefix) :].split("|")
-                    owner = int(owner_key)
+                    owner = int(parts[0])
                 except ValueError:
                     continue  # not one of ours
-                if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
+                if len(parts) not in (2, 3) or not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
                     continue  # its session is alive: it will finish or abort itself
                 try:
-                    decided = conn.execute(SQL.DECISION_EXISTS, (txn_key,)).fetchone()[0]
+                    decided = self._decided(conn, parts, prepared.timestamp())
                     verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
                     conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(gid)))
                     outcome[gid] = "committed" if decided else "rolled back"
@@ -360,8 +362,19 @@ class PostgreSQLStorage(Storage):
                     pass  # another process resolved it first
                 finally:
                     conn.execute(SQL.OWNER_UNLOCK, (owner,))
-            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
         return outcome
+
+    def _decided(self, conn: psycopg.Connection, parts: list[str], prepared_at: float) -> bool:
+        """Whether the collection committed the prepared transaction whose gid ends
+        in ``parts`` (owner, txn id, home id; version 1: owner, txn key)."""
+        if len(parts) == 2:  # prepared by schema version 1: the shared table decides
+            if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.LEGACY_DECISIONS_TABLE,)).fetchone()[0]:
+                return False
+            return bool(conn.execute(SQL.LEGACY_DECISION_EXISTS, (parts[1],)).fetchone()[0])
+        row = conn.execute(self._sql.HOME_ADDRESS, (int(parts[2]),)).fetchone()
+        if row is None:
+            raise StorageError(f"{self.name}: a prepared transaction names decision home {parts[2]}, which is missing")
+        return decisions.outcome(row[0], parts[1], prepared_at, self.name)
 
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
@@ -507,6 +520,18 @@ class PostgreSQLStorage(Storage):
     def sort_key(self) -> str:
         return self._sort_key
 
+    def decision_home(self) -> str:
+        return self._home
+
+    def _home_id(self, home: str) -> int:
+        """The row of ``decision_homes`` naming ``home``, added (committed) if new."""
+        found = self._home_ids.get(home)
+        if found is None:
+            with self._admin_conn() as conn:
+                found = conn.execute(self._sql.HOME_ID, {"address": home}).fetchone()[0]
+            self._home_ids[home] = found
+        return found
+
     def wait_for_commit(self, timeout: float) -> bytes | None:
         """Block until some process commits to this database, at most ``timeout``
         seconds; the committed tid, or None on timeout. Uses LISTEN/NOTIFY."""
@@ -539,7 +564,7 @@ class PostgreSQLStorage(Storage):
                 return
             self._commits_since_prune = 0
         with self._admin_conn() as conn:
-            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
+            conn.execute(self._sql.PRUNE_DECISIONS, (decisions.RETENTION,))
 
     def _notify(self, conn: psycopg.Connection, tid: int) -> None:
         conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
@@ -559,6 +584,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._gid: str | None = None  # of the prepared transaction, between vote and finish
+        self._deciding = False  # this view's COMMIT will decide a collection's commit
         if before is not None:
             self.snapshot = p64(u64(before) - 1) if before != z64 else z64
         else:
@@ -695,9 +721,13 @@ class PostgreSQLView(CommitBuffer, StorageView):
         if self._tid is not None:
             raise StorageTransactionError("tpc_vote called twice")
         storage, q, meta = self._storage, self._sql, self._meta
+        assert meta is not None
+        role = commit_role(meta)
+        prepare = not role.decider and storage.two_phase
         conn = self._store_conn()
         try:
             with self._errors():
+                home_id = storage._home_id(role.decider_home) if prepare else 0  # type: ignore[arg-type]
                 last = storage._lock_commit(conn)
                 resolved: dict[bytes, bytes] = {}
                 # Nothing committed since our snapshot: every serial we read is still
@@ -716,11 +746,15 @@ class PostgreSQLView(CommitBuffer, StorageView):
                         (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
                     )
                     conn.execute(q.SET_LAST_TID, (tid,))
-                    if storage.two_phase:
-                        gid = f"{_gid_prefix(storage.schema)}{self._store_owner()}|{txn_key}"
-                        conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
+                    if not role.alone and role.decider:  # the COMMIT in tpc_finish decides
+                        conn.execute(q.INSERT_DECISION, (meta.id, tid))
+                    elif prepare:
+                        gid = f"{_gid_prefix(storage.schema)}{self._store_owner()}|{meta.id}|{home_id}"
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid
+                if not role.alone and role.decider:
+                    decisions.holding(storage._home)
+                    self._deciding = True
         except BaseException:
             self._rollback(conn)
             raise
@@ -759,13 +793,16 @@ class PostgreSQLView(CommitBuffer, StorageView):
         if self._tid is None or self._meta is None:
             raise StorageTransactionError("tpc_finish before tpc_vote")
         tid, conn = self._tid, self._store_conn()
-        with self._errors():
-            with conn.pipeline():
-                if self._gid is not None:
-                    conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
-                else:
-                    conn.execute("COMMIT")
-                self._storage._notify(conn, tid)
+        try:
+            with self._errors():
+                with conn.pipeline():
+                    if self._gid is not None:
+                        conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                    else:
+                        conn.execute("COMMIT")
+                    self._storage._notify(conn, tid)
+        finally:
+            self._undecide()
         self._own.append(tid)
         self._storage._records.invalidate(self._stores, p64(tid))
         self._reset()
@@ -778,12 +815,23 @@ class PostgreSQLView(CommitBuffer, StorageView):
         conn = self._store_conn()
         try:
             if self._gid is not None:
+                # The transaction package aborts every participant when one fails to
+                # finish, even after the decider committed: then this part must stay.
+                role = commit_role(self._meta)
+                committed = decisions.outcome(role.decider_home or "", self._meta.id, time.time(), self._storage.name)
+                verb = "COMMIT PREPARED {}" if committed else "ROLLBACK PREPARED {}"
                 with self._errors():
-                    conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(self._gid)))
+                    conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(self._gid)))
             else:
                 self._rollback(conn)
         finally:
+            self._undecide()
             self._reset()
+
+    def _undecide(self) -> None:
+        if self._deciding:
+            self._deciding = False
+            decisions.released(self._storage._home)
 
     def _reset(self) -> None:
         self._reset_buffer()

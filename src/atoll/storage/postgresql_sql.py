@@ -23,18 +23,22 @@ Schema version 1. One PostgreSQL schema holds one atoll database:
     Both have an index on ``tid`` for polling. ``state`` NULL would mean deleted.
 ``oid_seq``
     New oids, handed out in blocks of :data:`OID_BLOCK`.
+``commit_decisions(txn_id, tid, decided_at)`` (version 2)
+    The collection commits this schema decided (:mod:`atoll.storage.decisions`):
+    the row is inserted by the deciding commit itself.
+``decision_homes(id, address)`` (version 2)
+    Where the decisions of the collection commits this schema took part in live:
+    a prepared transaction's gid names a row of it, so recovery finds the decider.
 
-Shared by every atoll schema of the PostgreSQL database: ``atoll_shared.commit_decisions
-(txn_key, schema_name)``. Each prepared transaction inserts its row; the row becomes
-visible exactly when that participant commits, which is how recovery learns that a
-multi-database transaction was decided (see the storage module's docstring).
+Schema version 1 had no commit tables; its prepared transactions recorded their
+decision in ``atoll_shared.commit_decisions``, which recovery still reads for them.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: oids handed out per sequence call: one round trip per OID_BLOCK new objects.
 OID_BLOCK = 100
@@ -42,19 +46,21 @@ OID_BLOCK = 100
 #: Schema upgrades: version -> statements that turn that version into the next.
 #: Version 1 is the first, so nothing upgrades to it yet; an older schema found on
 #: open is brought up to SCHEMA_VERSION by running these in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
-
-SHARED_SCHEMA = "atoll_shared"
-DECISIONS_TABLE = "atoll_shared.commit_decisions"
-
-CREATE_SHARED = """
-CREATE SCHEMA IF NOT EXISTS atoll_shared;
-CREATE TABLE IF NOT EXISTS atoll_shared.commit_decisions (
-    txn_key text NOT NULL,
-    schema_name text NOT NULL
+_CREATE_COMMIT_TABLES = """
+CREATE TABLE {s}.commit_decisions (
+    txn_id text PRIMARY KEY,
+    tid bigint NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS commit_decisions_txn_key ON atoll_shared.commit_decisions (txn_key);
+CREATE TABLE {s}.decision_homes (id serial PRIMARY KEY, address text NOT NULL UNIQUE);
 """
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: tuple(part for part in _CREATE_COMMIT_TABLES.split(";") if part.strip()),
+}
+
+#: Version 1's table of decisions shared by the schemas of a PostgreSQL database.
+LEGACY_DECISIONS_TABLE = "atoll_shared.commit_decisions"
 
 _CREATE_COMMON = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -69,7 +75,7 @@ CREATE TABLE {s}.transactions (
     txn_key text NOT NULL
 );
 CREATE SEQUENCE {s}.oid_seq INCREMENT BY {block} START WITH 1;
-"""
+""" + _CREATE_COMMIT_TABLES
 
 CREATE_HISTORY_PRESERVING = _CREATE_COMMON + """
 CREATE TABLE {s}.object_state (
@@ -174,7 +180,21 @@ ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state
 
 INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
 
-INSERT_DECISION = "INSERT INTO atoll_shared.commit_decisions VALUES (%s, %s)"
+INSERT_DECISION = "INSERT INTO {s}.commit_decisions (txn_id, tid) VALUES (%s, %s)"
+
+SELECT_DECISION = "SELECT tid FROM {s}.commit_decisions WHERE txn_id = %s"
+
+PRUNE_DECISIONS = "DELETE FROM {s}.commit_decisions WHERE decided_at < now() - make_interval(secs => %s)"
+
+# The id of a decider's home, added when new (an autocommitted statement).
+HOME_ID = """
+WITH added AS (
+    INSERT INTO {s}.decision_homes (address) VALUES (%(address)s) ON CONFLICT (address) DO NOTHING RETURNING id
+)
+SELECT id FROM added UNION ALL SELECT id FROM {s}.decision_homes WHERE address = %(address)s
+"""
+
+HOME_ADDRESS = "SELECT address FROM {s}.decision_homes WHERE id = %s"
 
 SET_LAST_TID = "UPDATE {s}.commit_lock SET tid = %s WHERE id = 0"
 
@@ -186,7 +206,7 @@ OWNER_LOCK = "SELECT pg_advisory_lock(%s)"
 # -- recovery ------------------------------------------------------------------------
 
 PREPARED_OF_SCHEMA = """
-SELECT gid FROM pg_prepared_xacts
+SELECT gid, prepared FROM pg_prepared_xacts
 WHERE database = current_database() AND starts_with(gid, %s)
 """
 
@@ -194,14 +214,8 @@ TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s)"
 
 OWNER_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
-DECISION_EXISTS = "SELECT EXISTS (SELECT 1 FROM atoll_shared.commit_decisions WHERE txn_key = %s)"
-
-# Decision rows matter only while a partner of their transaction is still prepared.
-PRUNE_DECISIONS = """
-DELETE FROM atoll_shared.commit_decisions d WHERE d.schema_name = %s AND NOT EXISTS (
-    SELECT 1 FROM pg_prepared_xacts p WHERE p.gid LIKE '%%|' || d.txn_key
-)
-"""
+# Version 1's shared decisions (a prepared transaction of that version).
+LEGACY_DECISION_EXISTS = "SELECT EXISTS (SELECT 1 FROM atoll_shared.commit_decisions WHERE txn_key = %s)"
 
 # -- whole-database work -------------------------------------------------------------
 
