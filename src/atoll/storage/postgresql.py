@@ -804,7 +804,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         finally:
             self._undecide()
         self._own.append(tid)
-        self._storage._records.invalidate(self._stores, p64(tid))
+        self._storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
         self._reset()
         self._storage._finished()
         return p64(tid)

@@ -619,17 +619,14 @@ class SQLiteView(CommitBuffer, StorageView):
             return set()
         try:
             self._end_read()
-            conn = self._connection()
-            conn.execute(sql.BEGIN_READ)
-            try:
-                last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-                rows = conn.execute(sql.CHANGED_SINCE, (self._snap, last)).fetchall() if last != self._snap else []
-            finally:
-                conn.execute(sql.COMMIT)
+            # One statement, so one read transaction: what was committed after the
+            # snapshot, newest last (usually nothing, or this view's own commit).
+            rows = self._connection().execute(sql.COMMITTED_AFTER, (self._snap,)).fetchall()
         except sqlite3.Error as e:
             raise self._storage._error(e, "polling") from None
         own = self._own
         changed = set()
+        last = rows[-1][0] if rows else self._snap
         for tid, oids in rows:
             if tid not in own:
                 changed.update(split_oids(oids))
@@ -830,7 +827,7 @@ class SQLiteView(CommitBuffer, StorageView):
         self._own.add(tid)
         self._unlock()
         storage._checkpointer.wrote(self._written)
-        storage._records.invalidate(self._stores, p64(tid))
+        storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
         self._reset()
         return p64(tid)
 

@@ -162,8 +162,8 @@ HAS_REVISION = "SELECT 1 FROM object_state WHERE zoid = ? LIMIT 1"
 
 LOAD_SERIAL = "SELECT state FROM object_state WHERE zoid = ? AND tid = ?"
 
-#: What transactions after a snapshot wrote, up to the newest one.
-CHANGED_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? AND tid <= ?"
+#: What transactions after a snapshot wrote, oldest first: a poll's one statement.
+COMMITTED_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 
 # -- commit ------------------------------------------------------------------
 
