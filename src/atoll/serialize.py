@@ -307,7 +307,7 @@ class _RecordUnpickler(pickle.Unpickler):
     keeps each distinct string object alive until its slot is reused. A load of a
     BTree bucket reads two globals: thousands of such strings, each a 64-byte block,
     stayed scattered among the objects loaded meanwhile and kept the memory of those
-    objects from being freed whole (see docs/benchmarks.md, "The cause, found").
+    objects from being freed whole (see docs/benchmark-notes.md, "The cause, found").
     Interned names are one string per name."""
 
     def find_class(self, module: str, name: str) -> Any:

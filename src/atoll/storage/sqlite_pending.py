@@ -9,7 +9,7 @@ Decider
     ``commit_decisions`` keyed by the transaction's shared id; its finish commits
     both at once (fsynced). That COMMIT is the collection's decision.
 Member vote (prepare)
-    Writes the revisions under the commit's tid and a ``commit_pending`` row (what
+    Writes (:func:`atoll.storage.sqlite_write.insert_commit`) the revisions under the commit's tid and a ``commit_pending`` row (what
     the ``transactions`` row will hold, the decider's home, the time), and commits
     them, fsynced. No ``transactions`` row names the tid, so no snapshot includes
     it: readers do not see the part. The process keeps its in-process commit lock.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from typing import Callable, ContextManager
 
 from atoll.errors import StorageError
@@ -45,24 +44,9 @@ from atoll.ids import p64
 from atoll.storage import decisions
 from atoll.storage import sqlite_sql as sql
 
-__all__ = ["prepare", "finish", "drop", "settle"]
+__all__ = ["finish", "drop", "settle", "check_finished"]
 
 log = logging.getLogger(__name__)
-
-
-def prepare(
-    writer: sqlite3.Connection,
-    tid: int,
-    txn_id: str,
-    decider: str,
-    meta: tuple[str, str, bytes],
-    oids: bytes,
-) -> None:
-    """Record a prepared part (its revisions are written already), inside the open
-    write transaction; ``meta`` is user, description and extension bytes, ``oids``
-    the concatenated oids."""
-    user, description, extension = meta
-    writer.execute(sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, oids))
 
 
 def finish(writer: sqlite3.Connection, tid: int, keep_history: bool) -> bool:
