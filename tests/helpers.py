@@ -37,3 +37,19 @@ class WithArgs(Persistent):
 
     def __getnewargs__(self) -> tuple:
         return (self.key,)
+
+
+class Key(Persistent):
+    """A persistent object ordered by its value, usable as a BTree key."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def __lt__(self, other: "Key") -> bool:
+        return self.value < other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)

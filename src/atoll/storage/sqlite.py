@@ -97,7 +97,6 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
     commit_role,
 )
 from atoll.storage.cache import RecordCache
@@ -411,12 +410,11 @@ class SQLiteView(CommitBuffer, StorageView):
         self._deciding = False  # this view's commit will decide a collection's commit
         cached_through = storage._records.tid
         if before is not None:
-            self._snap = max(u64(before) - 1, 0)
+            self.snapshot = p64(max(u64(before) - 1, 0))
         elif cached_through is not None:
-            self._snap = u64(cached_through)  # poll from there, so the record cache advances too
+            self.snapshot = cached_through  # poll from there, so the record cache advances too
         else:
-            self._snap = self._newest()
-        self.snapshot = p64(self._snap)
+            self.snapshot = p64(self._newest())
         if before is None:
             self.poll()
 
@@ -455,17 +453,17 @@ class SQLiteView(CommitBuffer, StorageView):
             self._end_read()
             # One statement, so one read transaction: what was committed after the
             # snapshot, newest last (usually nothing, or this view's own commit).
-            rows = self._connection().execute(sql.COMMITTED_AFTER, (self._snap,)).fetchall()
+            rows = self._connection().execute(sql.COMMITTED_AFTER, (u64(self.snapshot),)).fetchall()
         except sqlite3.Error as e:
             raise self._storage._error(e, "polling") from None
         own = self._own
         changed = set()
-        last = rows[-1][0] if rows else self._snap
+        last = rows[-1][0] if rows else u64(self.snapshot)
         for tid, oids in rows:
             if tid not in own:
                 changed.update(split_oids(oids))
         start = self.snapshot
-        self._snap, self.snapshot, self._own = last, p64(last), set()
+        self.snapshot, self._own = p64(last), set()
         self._storage._records.advance(start, self.snapshot, changed)
         return changed
 
@@ -476,7 +474,7 @@ class SQLiteView(CommitBuffer, StorageView):
             return cached
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], self._snap)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.Error as e:
@@ -504,11 +502,12 @@ class SQLiteView(CommitBuffer, StorageView):
         wanted = list(by_number)
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
+        snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
+                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, snapshot)):  # type: ignore[union-attr]
                     serial = serials.get(tid)
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
@@ -597,52 +596,22 @@ class SQLiteView(CommitBuffer, StorageView):
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
-        checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
-        resolved: dict[bytes, bytes] = {}
-        # Nothing committed since our snapshot: every serial we read is still current
-        # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (oids or checks) and last != self._snap:
+
+        def moved() -> dict[bytes, bytes]:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
-            pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
-            mismatched = {
-                p64(zoid): (p64(tid) if tid else None)
-                for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
-            }
-            if mismatched:
-                resolved = self._resolve(writer, mismatched, resolve)  # replaces merged records
+            checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
+            pairs = "[" + ",".join(stored + checks) + "]"
+            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+
+        def load_current(oid: bytes) -> bytes:
+            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
+
+        resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history, decider)
-        return set(resolved)
-
-    def _resolve(
-        self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
-    ) -> dict[bytes, bytes]:
-        """The shared conflict check, over the oids whose serial moved (``mismatched``:
-        oid -> current serial or None); replaces merged records in ``self._stores``."""
-        stores = self._stores
-        conflicting = {oid: stores[oid] for oid in mismatched if oid in stores}
-        checks = {oid: serial for oid, serial in self._checks.items() if oid not in stores}
-        # A read check that did not mismatch is current at its serial.
-        current = {oid: serial for oid, serial in checks.items() if serial != z64}
-        for oid, serial in mismatched.items():
-            if serial is None:
-                current.pop(oid, None)
-            else:
-                current[oid] = serial
-
-        def load_serial(oid: bytes, serial: bytes) -> bytes | None:
-            row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
-            return row[0] if row else None
-
-        def load_current(oid: bytes) -> bytes:
-            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
-
-        resolved = check_serials(conflicting, checks, current, load_serial, load_current, resolve)
-        for oid, data in resolved.items():
-            stores[oid] = (current[oid], data)
         return resolved
 
     def tpc_finish(self) -> bytes:
