@@ -24,6 +24,7 @@ __all__ = [
     "StorageTransactionError",
     "Unsupported",
     "UndoError",
+    "UnpicklableError",
 ]
 
 
@@ -153,3 +154,24 @@ class ReadOnlyHistoryError(POSError):
 
 class ConnectionStateError(POSError):
     """A connection was used in a state that does not allow it (closed, joined, ...)."""
+
+
+class UnpicklableError(POSError, TypeError):
+    """An object changed in a transaction cannot be pickled (it holds a lambda, a
+    lock, an open file, an instance of a class defined in a function, ...); the
+    commit or savepoint fails and nothing is written.
+
+    ``class_name``, ``oid`` and ``database_name`` name the object; ``detail`` says
+    where in it the problem is (an attribute path, when one can be found). The
+    pickle error is the ``__cause__``. A TypeError too, as pickle's own errors are.
+    """
+
+    def __init__(self, class_name: str, oid: bytes | None, database_name: str, detail: str) -> None:
+        self.class_name = class_name
+        self.oid = oid
+        self.database_name = database_name
+        self.detail = detail
+        super().__init__(
+            f"cannot store {class_name} {oid_repr(oid) if oid else '(no oid)'} of database "
+            f"{database_name!r}: {detail}"
+        )

@@ -74,6 +74,7 @@ import time
 import weakref
 from typing import Iterable, Iterator, Literal
 
+from atoll import gcpause
 from atoll.errors import (
     POSKeyError,
     ReadConflictError,
@@ -247,12 +248,20 @@ class SQLiteStorage(Storage):
         if self._closed or self.read_only:
             self._check_open()
             raise ReadOnlyError(f"storage {self.path} is read-only")
-        with self._oid_lock:
+        # Called while a commit serializes, with the garbage collector paused: a
+        # wait here (another thread reserving, or holding the commit lock) lets it run.
+        if not self._oid_lock.acquire(blocking=False):
+            with gcpause.resumed():
+                self._oid_lock.acquire()
+        try:
             oid = self._next_oid
             if oid >= self._oid_limit:
-                self._reserve_oids()
+                with gcpause.resumed():
+                    self._reserve_oids()
                 oid = self._next_oid
             self._next_oid = oid + 1
+        finally:
+            self._oid_lock.release()
         return _pack64(oid)
 
     def _reserve_oids(self) -> None:
