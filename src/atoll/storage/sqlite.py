@@ -370,11 +370,14 @@ class SQLiteStorage(Storage):
     ) -> dict[str, bytes]:
         return undo.find_transactions(self, keys, low, high)
 
+    def last_pack(self) -> bytes:
+        return undo.last_pack(self)
+
     def __len__(self) -> int:
         self._check_open()
         with self._lock:
             try:
-                return self._conn.execute(sql.COUNT_OBJECTS).fetchone()[0]  # type: ignore[union-attr]
+                return undo.count_objects(self._conn)  # type: ignore[arg-type]
             except sqlite3.Error as e:
                 raise self._error(e, "counting objects") from None
 

@@ -57,7 +57,7 @@ def insert_commit(
         writer.execute(
             sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, b"".join(stores))
         )
-    per_insert, written = sql.STATES_PER_INSERT, 0
+    per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
         params: list = [tid]
@@ -65,7 +65,11 @@ def insert_commit(
             data = stores[oid][1]
             params += (_unpack64(oid)[0], data)
             written += len(data)
+            if not data:
+                ends = True
         writer.execute(sql.insert_states(len(part)), params)
+    if ends:  # an undone creation: len() must look for ended objects from now on
+        writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history and decider is None:
         writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
     return written
