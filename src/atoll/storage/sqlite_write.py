@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import time
+import zlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,6 +20,10 @@ from atoll.storage import sqlite_sql as sql
 __all__ = ["write_transaction", "insert_commit"]
 
 _unpack64 = struct.Struct(">Q").unpack
+# The checksum of each revision, inline (see atoll.storage.checksum: the same value).
+_crc32 = zlib.crc32
+_seed = struct.Struct(">QQ").pack
+_OFFSET = 1 << 31
 
 
 @contextmanager
@@ -41,18 +46,23 @@ def insert_commit(
     stores: dict[bytes, tuple[bytes, bytes]],
     oids: list[bytes],
     keep_history: bool,
+    partners: int = 0,
     decider: str | None = None,
 ) -> int:
     """Write one commit inside an open write transaction: its ``transactions`` row
-    (``meta`` is user, description, extension bytes and shared id), a revision per
-    record of ``stores`` (oid -> (read serial, data)), inserted in the order of
-    ``oids``, and in a history-free file the deletion of the revisions they replace.
-    With ``decider`` (its home), the commit is a collection member's prepared part
-    instead: a ``commit_pending`` row, no ``transactions`` row, nothing deleted yet
-    (:mod:`atoll.storage.sqlite_pending`). Returns the bytes of record data written."""
+    (``meta`` is user, description, extension bytes and shared id; ``partners`` is
+    kept 0 since the collection's decisions live in ``commit_decisions``), a revision
+    per record of ``stores`` (oid -> (read serial, data)) with its checksum
+    (:mod:`atoll.storage.checksum`), inserted in the order of ``oids`` (ascending),
+    the file's oid counter moved past the highest oid (a copy or import stores oids
+    no new_oid() handed out), and in a history-free file the deletion of the
+    revisions they replace. With ``decider`` (its home), the commit is a collection
+    member's prepared part instead: a ``commit_pending`` row, no ``transactions``
+    row, nothing deleted yet (:mod:`atoll.storage.sqlite_pending`). Returns the
+    bytes of record data written."""
     user, description, extension, txn_id = meta
     if decider is None:
-        writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
+        writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
     else:
         writer.execute(
             sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, b"".join(stores))
@@ -63,11 +73,14 @@ def insert_commit(
         params: list = [tid]
         for oid in part:
             data = stores[oid][1]
-            params += (_unpack64(oid)[0], data)
+            zoid = _unpack64(oid)[0]
+            params += (zoid, data, _crc32(data, _crc32(_seed(zoid, tid))) - _OFFSET)
             written += len(data)
             if not data:
                 ends = True
         writer.execute(sql.insert_states(len(part)), params)
+    if oids:
+        writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids))[0] + 1,))
     if ends:  # an undone creation: len() must look for ended objects from now on
         writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history and decider is None:
