@@ -15,6 +15,7 @@ import time
 from array import array
 from typing import TYPE_CHECKING, Container, Iterator, Sequence
 
+from atoll.errors import StorageError
 from atoll.ids import u64
 from atoll.storage import sqlite as _sqlite
 from atoll.storage import sqlite_sql as sql
@@ -28,6 +29,9 @@ __all__ = ["SQLitePackSession", "vacuum"]
 
 #: Transactions per page when reading what was committed after the pack tid.
 TRANSACTIONS_PAGE = 200
+#: How long lock() waits for a live process's prepared part of a collection commit
+#: to be decided: this many times, this many seconds apart.
+PENDING_WAITS, PENDING_WAIT = 100, 0.05
 #: Seconds the final checkpoint of a vacuum waits for readers of older snapshots
 #: before leaving the log for the next checkpoint to empty.
 CHECKPOINT_WAIT_MS = 2000
@@ -100,10 +104,24 @@ class SQLitePackSession(PackSession):
             return
         storage._acquire_commit_lock("packing")
         try:
-            storage._settle_prepared()  # a commit left prepared by a stopped process first
             writer = storage._writer
             assert writer is not None
-            writer.execute(sql.BEGIN_WRITE)
+            for _ in range(PENDING_WAITS):
+                # Parts of collection commits prepared here are settled first (by a
+                # stopped process: finished or dropped); a live committer's part is
+                # waited for, so that no revision the sweep does not see is pending.
+                storage._settle()
+                storage._prune_decisions()
+                writer.execute(sql.BEGIN_WRITE)
+                if not writer.execute(sql.LAST_TID_AND_PENDING).fetchone()[1]:
+                    break
+                writer.execute(sql.ROLLBACK)
+                time.sleep(PENDING_WAIT)
+            else:
+                raise StorageError(
+                    f"packing {storage.path}: a collection commit prepared here stayed undecided for "
+                    f"{PENDING_WAITS * PENDING_WAIT:g} s; pack again when it is done"
+                )
         except BaseException as e:
             storage._commit_lock.release()
             if isinstance(e, sqlite3.Error):
