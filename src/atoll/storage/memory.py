@@ -26,6 +26,7 @@ from atoll.storage.base import (
     DataRecord,
     HistoryEntry,
     PackSession,
+    Progress,
     PackStats,
     Resolver,
     TransactionInfo,

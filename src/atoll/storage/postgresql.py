@@ -124,6 +124,7 @@ from atoll.storage.base import (
     DataRecord,
     HistoryEntry,
     PackSession,
+    Progress,
     Resolver,
     TransactionInfo,
     TransactionMeta,

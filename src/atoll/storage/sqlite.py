@@ -128,10 +128,12 @@ from atoll.storage.base import (
     DataRecord,
     HistoryEntry,
     PackSession,
+    Progress,
     Resolver,
     TransactionInfo,
     TransactionMeta,
     TransactionRecord,
+    check_metadata_key,
     commit_role,
 )
 from atoll.storage.cache import RecordCache
