@@ -34,7 +34,6 @@ from typing import Iterable, Iterator, Mapping
 
 from atoll.ids import u64
 from atoll.progress import ProgressStep
-from atoll.serialize import FOREIGN_MARKS
 from atoll.serialize import references as record_references
 from atoll.storage.base import PackSession, PackStats, Progress, References, Storage
 
