@@ -13,6 +13,7 @@ MODULES = [
     "atoll",
     "atoll.db",
     "atoll.connection",
+    "atoll.readahead",
     "atoll.serialize",
     "atoll.conflict",
     "atoll.errors",
@@ -26,7 +27,12 @@ MODULES = [
     "atoll.storage.sqlite",
     "atoll.storage.sqlite_pack",
     "atoll.storage.sqlite_checkpoint",
+    "atoll.storage.sqlite_open",
+    "atoll.storage.sqlite_prepared",
+    "atoll.storage.sqlite_write",
     "atoll.storage.postgresql",
+    "atoll.storage.postgresql_pack",
+    "atoll.storage.postgresql_recovery",
     "atoll.storage.targets",
 ]
 

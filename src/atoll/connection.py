@@ -34,7 +34,8 @@ from atoll.errors import (
     ReadOnlyHistoryError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
-from atoll.serialize import ObjectReader, ObjectWriter, foreign_references, needs_args, references
+from atoll.readahead import ReadAhead
+from atoll.serialize import ObjectReader, ObjectWriter, needs_args
 from atoll.storage.base import TransactionMeta
 
 if TYPE_CHECKING:
@@ -81,30 +82,6 @@ class RootConvenience:
         return f"<root: {' '.join(sorted(map(str, self._root.keys())))}>"
 
 
-# Read-ahead bounds: ghosts remembered per connection, and records per batch.
-_SIBLINGS_LIMIT = 1_000_000
-_SIBLINGS_MIN_WINDOW = 8
-_SIBLINGS_MAX_WINDOW = 256
-
-
-class _Siblings:
-    """The oids of ghosts created by one record, in reference order."""
-
-    __slots__ = ("oids", "window", "_positions")
-
-    def __init__(self, oids: list[bytes], window: int) -> None:
-        self.oids = oids
-        self.window = window  # records the next miss loads; doubles with each miss
-        self._positions: dict[bytes, int] | None = None  # oid -> index, made on first miss
-
-    def after(self, oid: bytes) -> list[bytes]:
-        """The next ``window - 1`` oids after ``oid``."""
-        if self._positions is None:
-            self._positions = {sibling: index for index, sibling in enumerate(self.oids)}
-        index = self._positions[oid]
-        return self.oids[index + 1 : index + self.window]
-
-
 class _Savepoint:
     """A connection's state at a savepoint: the records of everything changed."""
 
@@ -146,16 +123,11 @@ class Connection:
         self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
         # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
         # for one snapshot, so emptied whenever the snapshot moves.
-        self._prefetched: dict[bytes, tuple[bytes, bytes]] = {}
-        # Read-ahead: ghosts created together (the references of one record) are
-        # likely touched together, so a miss on one loads the next few in one batch.
-        self._siblings: dict[bytes, _Siblings] = {}  # ghost oid -> the group it was created in
-        # The first batch of a new group: grows while whole batches get used (a scan),
-        # shrinks when loaded records go unused (random access).
-        self._first_window = _SIBLINGS_MIN_WINDOW
+        self._ahead = ReadAhead(self)
         self._plain_classes: set[type] = set()  # classes whose ghosts need no arguments
         # Ghosts created by the set_state running: in this connection, and (through
-        # cross-database references) in others of the group.
+        # cross-database references) in others of the group; for read-ahead. (Kept
+        # here, not in ReadAhead: a cold read adds to them once per reference.)
         self._new_ghosts: list[bytes] | None = None
         self._new_foreign_ghosts: dict[Connection, list[bytes]] | None = None
 
@@ -208,8 +180,7 @@ class Connection:
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""
         self._cache.minimize()
-        self._prefetched.clear()
-        self._siblings.clear()
+        self._ahead.clear()
         self._view.release()
 
     def _shut(self) -> None:
@@ -265,9 +236,7 @@ class Connection:
         obj = self._creating.get(oid)
         if obj is not None:
             return obj
-        record = self._prefetched.get(oid)
-        if record is None:
-            record = self._prefetched[oid] = self._load(oid)
+        record = self._ahead.keep(oid)
         obj = self._reader.ghost_from_record(record[0])
         self._cache.new_ghost(oid, obj)
         return obj
@@ -330,15 +299,7 @@ class Connection:
         """Load the records of these oids or objects (or iterables of them) in one
         round trip, so touching them later needs no further load."""
         self._check_open()
-        wanted = []
-        for oid in _flatten_oids(targets, self):
-            if oid in self._prefetched:
-                continue
-            obj = self._cache.get(oid)
-            if obj is None or obj._p_changed is None:
-                wanted.append(oid)
-        if wanted:
-            self._prefetched.update(self._view.load_many(wanted))
+        self._ahead.prefetch(_flatten_oids(targets, self))
 
     # -- persistent's jar protocol ---------------------------------------------
 
@@ -349,8 +310,7 @@ class Connection:
             raise ConnectionStateError(
                 f"cannot load object {oid_repr(oid)} of {self._db.database_name!r}: the connection is closed"
             )
-        record = self._prefetched.pop(oid, None)
-        data, serial = record if record is not None else self._load_ahead(oid)
+        data, serial = self._ahead.load(oid)
         outer = self._new_ghosts, self._new_foreign_ghosts
         created = self._new_ghosts = []
         self._new_foreign_ghosts = None  # made by the first foreign ghost, if any
@@ -362,39 +322,10 @@ class Connection:
         obj._p_serial = serial
         obj._p_estimated_size = len(data)
         if len(created) > 1:
-            self._remember_siblings(created)
+            self._ahead.remember(created)
         if foreign:
             for connection, oids in foreign.items():
-                connection._remember_siblings(oids)
-
-    def _remember_siblings(self, created: list[bytes]) -> None:
-        """Note ghosts created together, for read-ahead."""
-        if len(created) > 1 and len(self._siblings) < _SIBLINGS_LIMIT:
-            # One group object for all: a tuple per ghost would burden the cyclic GC.
-            self._siblings.update(dict.fromkeys(created, _Siblings(created, self._first_window)))
-
-    def _load_ahead(self, oid: bytes) -> tuple[bytes, bytes]:
-        """Load ``oid``, and with it the next siblings it was created with."""
-        group = self._siblings.pop(oid, None)
-        if group is None:
-            return self._load(oid)
-        batch = [oid]
-        cache, prefetched, siblings = self._cache, self._prefetched, self._siblings
-        for sibling in group.after(oid):
-            if siblings.pop(sibling, None) is None or sibling in prefetched:
-                continue
-            obj = cache.get(sibling)
-            if obj is not None and obj._p_changed is None:
-                batch.append(sibling)
-        if group.window > self._first_window:  # a later miss: the group is being scanned
-            self._first_window = group.window
-        group.window = min(group.window * 2, _SIBLINGS_MAX_WINDOW)
-        loaded = self._view.load_many(batch)
-        prefetched.update(loaded)
-        if len(self._db.databases) > 1:
-            self._prefetch_foreign(loaded)
-        record = prefetched.pop(oid, None)
-        return record if record is not None else self._load(oid)
+                connection._ahead.remember(oids)
 
     def register(self, obj: Persistent) -> None:
         """Note a changed object (called by persistent on its first change)."""
@@ -411,26 +342,6 @@ class Connection:
             return self._view.load(oid)
         except POSKeyError:
             raise POSKeyError(oid, self._db.database_name) from None
-
-    def _prefetch_foreign(self, records: dict[bytes, tuple[bytes, bytes]]) -> None:
-        """Read ahead in other databases too: what these records refer to there.
-
-        Each object of a batch may refer to one object of another database (a
-        partner); those ghosts appear one at a time, as the batch is unpickled, so
-        they never form a group of their own. Their oids are in the records."""
-        wanted: dict[str, list[bytes]] = {}
-        here = self._db.database_name
-        for data, _ in records.values():
-            found = foreign_references(data)  # [] at once for a record without one
-            for database_name, oid in references(data) if found is None else found:
-                if database_name is not None and database_name != here:
-                    wanted.setdefault(database_name, []).append(oid)
-        for database_name, oids in wanted.items():
-            connection = self.connections.get(database_name)
-            if connection is None and database_name in self._db.databases:
-                connection = self.get_connection(database_name)
-            if connection is not None:
-                connection.prefetch(oids)
 
     def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
         """:meth:`_ghost` for the reader: new ghosts go to ``_new_ghosts``. (Its
@@ -697,10 +608,7 @@ class Connection:
 
     def _poll(self) -> None:
         changed = self._view.poll()
-        if len(self._prefetched) > _SIBLINGS_MIN_WINDOW:  # read ahead in vain
-            self._first_window = max(_SIBLINGS_MIN_WINDOW, self._first_window // 2)
-        self._prefetched.clear()
-        self._siblings.clear()
+        self._ahead.moved()
         if changed is None:
             self._cache.invalidate(list(self._cache.cache_data.keys()))
         elif changed:

@@ -298,11 +298,11 @@ def test_pack_without_references_keeps_every_object(storage):
 
 
 def test_pack_reports_its_walk_as_it_goes(storage, monkeypatch):
-    import atoll.storage.postgresql as postgresql_module
+    import atoll.storage.postgresql_pack as pack_module
     from test_contract import record, references
 
-    monkeypatch.setattr(postgresql_module, "_PROGRESS_EVERY", 3)
-    monkeypatch.setattr(postgresql_module, "_BATCH", 2)
+    monkeypatch.setattr(pack_module, "PROGRESS_EVERY", 3)
+    monkeypatch.setattr(pack_module, "BATCH", 2)
     oids = [storage.new_oid() for _ in range(10)]
     commit(storage, {z64: record("root", *oids), **{o: record(i) for i, o in enumerate(oids)}})
     lines: list[str] = []

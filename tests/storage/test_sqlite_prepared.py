@@ -101,21 +101,21 @@ def test_killed_after_the_first_finish_the_other_file_commits_on_reopen(two_file
     die_after_finishing(1, two_files)
     assert all(os.path.exists(prepared.prepared_path(p)) for p in two_files)
     order = two_files if reopen_first == 0 else two_files[::-1]
-    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite"):
+    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite_prepared"):
         assert [committed(path) for path in order] == [b"from the killed process"] * 2
     assert "committed transaction" in caplog.text and "prepared by a process that stopped" in caplog.text
 
 
 def test_killed_before_any_finish_both_files_drop_the_commit(two_files, caplog):
     die_after_finishing(0, two_files)
-    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite"):
+    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite_prepared"):
         assert [committed(path) for path in two_files] == [b"before", b"before"]
     assert caplog.text.count("dropped transaction") == 2
 
 
 def test_killed_after_every_finish_leaves_nothing_to_settle(two_files, caplog):
     die_after_finishing(2, two_files)
-    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite"):
+    with caplog.at_level(logging.WARNING, logger="atoll.storage.sqlite_prepared"):
         assert [committed(path) for path in two_files] == [b"from the killed process"] * 2
     assert caplog.text == ""  # the files only had to go
 

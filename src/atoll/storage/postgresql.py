@@ -40,27 +40,11 @@ Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recov
 (below) and waits again, and gives up with StorageError after
 ``commit_lock_timeout``.
 
-Recovery of prepared transactions left by a crashed process. The gid is
-``atoll|<schema>|<owner key>|<txn key>``:
-
-* *owner key*: each pooled session holds a session-level advisory lock on a random
-  key for its whole life. The lock vanishes with the session, so recovery can tell
-  a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
-  and the transaction is left alone).
-* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
-  multi-database transaction shares. Each prepared transaction also inserts
-  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
-  visible exactly when its participant commits. The commit decision is reached when
-  the first participant's ``tpc_finish`` commits, so: a crashed prepared
-  transaction is committed if some partner's decision row is visible, and rolled
-  back otherwise (for a single database: its finish never ran). A crash during the
-  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
-  with no visible row, so all of them end the same way. This needs the participants
-  to share one PostgreSQL database (any schemas); across servers recovery cannot
-  see a partner's decision and rolls back.
-
-Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
-the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`). A server with
+Recovery of prepared transactions left by a crashed process: see
+:mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session
+and the transaction, and whether a partner committed decides). It runs when a storage
+opens, when a committer has waited ``lock_wait`` for the commit lock, and on demand
+(:meth:`PostgreSQLStorage.recover`). A server with
 ``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
 naming the setting, unless ``two_phase=False`` is passed, which commits in
 ``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
@@ -75,7 +59,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -87,9 +70,11 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
-from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage.cache import RecordCache
+from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -108,28 +93,12 @@ from atoll.storage.base import (
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_BATCH = 5000  # oids per statement when loading many (pack's walk)
-_PROGRESS_EVERY = 100_000  # pack reports its walk every this many objects
 _PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _gid_prefix(schema: str) -> str:
-    return f"atoll|{schema}|"
-
-
-def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Roll back every prepared transaction of ``schema``, live owner or not.
-
-    For tests and for an administrator removing a schema; returns the gids."""
-    gids = [row[0] for row in conn.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(schema),))]
-    for gid in gids:
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
-    return gids
 
 
 class _Session:
@@ -339,29 +308,9 @@ class PostgreSQLStorage(Storage):
         """Resolve prepared transactions of this schema whose owning session is gone.
 
         Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
-        is alive are left alone. See the module docstring for the rule."""
-        outcome: dict[str, str] = {}
+        is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`."""
         with self._admin_conn() as conn:
-            prefix = _gid_prefix(self.schema)
-            for (gid,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
-                try:
-                    owner_key, txn_key = gid[len(prefix) :].split("|")
-                    owner = int(owner_key)
-                except ValueError:
-                    continue  # not one of ours
-                if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
-                    continue  # its session is alive: it will finish or abort itself
-                try:
-                    decided = conn.execute(SQL.DECISION_EXISTS, (txn_key,)).fetchone()[0]
-                    verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
-                    conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(gid)))
-                    outcome[gid] = "committed" if decided else "rolled back"
-                except pg_errors.UndefinedObject:
-                    pass  # another process resolved it first
-                finally:
-                    conn.execute(SQL.OWNER_UNLOCK, (owner,))
-            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
-        return outcome
+            return recovery.recover(conn, self.schema)
 
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
@@ -376,7 +325,7 @@ class PostgreSQLStorage(Storage):
                 continue  # a crashed committer held it: try again at once
             if time.monotonic() >= deadline:
                 with self._admin_conn() as admin:
-                    held = [r[0] for r in admin.execute(SQL.PREPARED_OF_SCHEMA, (_gid_prefix(self.schema),))]
+                    held = recovery.prepared_gids(admin, self.schema)
                 by = f" (prepared transactions: {', '.join(held)})" if held else ""
                 raise StorageError(
                     f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by}"
@@ -424,77 +373,12 @@ class PostgreSQLStorage(Storage):
     def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
         if self.read_only:
             raise ReadOnlyError(f"storage {self.name} is read-only")
+        from atoll.storage.postgresql_pack import Packer
+
         try:
-            return self._pack(pack_tid, references, progress)
+            return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()  # objects collected by the pack may be cached
-
-    def _pack(self, pack_tid: bytes, references: References | None, progress: Progress | None) -> PackStats:
-        stats = PackStats()
-        t = u64(pack_tid)
-        q = self._sql
-        # A session of its own, so that new_oid() and friends do not wait for the pack.
-        session = self._checkout()
-        conn = session.conn
-        try:
-            self._lock_commit(conn)  # commits wait while the pack decides and deletes
-            reachable = self._reachable(conn, t, references, progress) if references is not None else None
-            doomed: list[int] = []
-            for zoid, later, count in conn.execute(q.PACK_OBJECTS, (t,)):
-                if reachable is not None and zoid not in reachable and not later:
-                    doomed.append(zoid)
-                    stats.revisions_removed += count
-            if doomed:
-                conn.execute(q.PACK_DELETE_OBJECTS, (doomed,))
-            stats.objects_removed = len(doomed)
-            if self.keep_history:
-                stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
-            stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
-            conn.execute("COMMIT")
-        except psycopg.Error as e:
-            raise StorageError(f"PostgreSQL error in {self.name} during pack: {_first_line(e)}") from None
-        finally:
-            self._checkin(session)  # rolls back whatever is left open
-        if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
-        return stats
-
-    def _reachable(
-        self, conn: psycopg.Connection, t: int, references: References, progress: Progress | None = None
-    ) -> set[int]:
-        """Oids that must survive a pack at tid ``t``: the root, every object written
-        after ``t``, and everything their states reference, transitively.
-
-        History-preserving: an object's references are read from its state at ``t``
-        and from each later revision, so an object linked only after ``t`` is kept.
-        History-free: only current states exist, and those are followed."""
-        q = self._sql
-        seen = {u64(ROOT_OID)} | {row[0] for row in conn.execute(q.WRITTEN_AFTER, (t,))}
-        todo = list(seen)
-        reported = len(seen)
-        while todo:
-            batch = todo[-_BATCH:]
-            del todo[-_BATCH:]  # from the end: slicing from the front would copy the rest
-            if progress is not None and len(seen) >= reported + _PROGRESS_EVERY:
-                reported = len(seen)
-                progress(f"packing {self.name}: {reported} reachable objects found so far")
-            if self.keep_history:
-                rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
-            else:
-                rows = conn.execute(q.LOAD_MANY_HF, (batch,), binary=True)
-            for row in rows:
-                state = row[1]
-                if state is None:
-                    continue
-                for ref in references(state):
-                    ref_int = u64(ref)
-                    if ref_int not in seen:
-                        seen.add(ref_int)
-                        todo.append(ref_int)
-        return seen
 
     def __len__(self) -> int:
         with self._admin_conn() as conn:
@@ -705,7 +589,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 if p64(last) != self.snapshot:
                     resolved = self._check_conflicts(conn, resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
-                txn_key = hashlib.sha1((meta.id or uuid.uuid4().hex).encode()).hexdigest()
+                txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data for _, data in self._stores.values()]
                 with conn.pipeline():
@@ -717,7 +601,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     )
                     conn.execute(q.SET_LAST_TID, (tid,))
                     if storage.two_phase:
-                        gid = f"{_gid_prefix(storage.schema)}{self._store_owner()}|{txn_key}"
+                        gid = recovery.gid(storage.schema, self._store_owner(), txn_key)
                         conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid

@@ -13,6 +13,7 @@ from atoll.ids import u64
 from atoll.storage import sqlite as _sqlite
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import PackStats, Progress, References
+from atoll.storage.sqlite_write import write_transaction
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
@@ -57,7 +58,7 @@ class Packer:
             with storage._commit_lock:
                 writer = storage._writer
                 assert writer is not None
-                with _sqlite.write_transaction(writer):
+                with write_transaction(writer):
                     self._delete(writer, stats)
         except sqlite3.Error as e:
             raise storage._error(e, "packing") from None

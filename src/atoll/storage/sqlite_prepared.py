@@ -43,6 +43,7 @@ while the process lives.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import struct
@@ -52,10 +53,13 @@ from typing import BinaryIO, Mapping, Sequence
 from urllib.parse import quote
 
 from atoll.errors import StorageError
-from atoll.ids import tid_from_time, u64
+from atoll.ids import p64, tid_from_time, u64
 from atoll.storage import sqlite_sql as sql
+from atoll.storage.sqlite_write import insert_commit, write_transaction
 
-__all__ = ["PreparedCommit", "prepared_path", "sqlite_partners", "write", "read", "remove", "decided"]
+__all__ = ["PreparedCommit", "prepared_path", "sqlite_partners", "write", "read", "remove", "decided", "settle"]
+
+log = logging.getLogger(__name__)
 
 #: The first bytes of every prepared file.
 MAGIC = b"ATOLLPRP"
@@ -220,6 +224,47 @@ def decided(commit: PreparedCommit, path: str) -> bool:
         if found:
             return True
     return False
+
+
+def settle(writer: sqlite3.Connection, database_path: str, keep_history: bool) -> None:
+    """Complete or drop the commit a process prepared in ``database_path`` and did not
+    finish, if there is one (see "Settling"). The caller holds the storage's commit
+    lock and ``writer``; each step runs under SQLite's write lock. An
+    :class:`sqlite3.Error` passes to the caller, which names what failed."""
+    path = prepared_path(database_path)
+    while os.path.exists(path):
+        with write_transaction(writer):
+            done = _settle_step(writer, path, database_path, keep_history)
+        if done:
+            log.warning("%s: %s", database_path, done)
+
+
+def _settle_step(writer: sqlite3.Connection, path: str, database_path: str, keep_history: bool) -> str | None:
+    """One step of settling, inside a write transaction; what it did, for the log
+    (None when the file only had to go)."""
+    commit = read(path)
+    if commit is None:
+        return None
+    row = writer.execute(sql.SELECT_TXN_ID, (commit.tid,)).fetchone()
+    if row is not None:
+        if row[0] != commit.txn_id:
+            raise StorageError(f"{path} does not belong to {database_path} (its tid holds another transaction)")
+        remove(path)  # the commit finished here
+        return None
+    described = f"transaction {p64(commit.tid).hex()} (id {commit.txn_id}), prepared by a process that stopped"
+    if not decided(commit, path):
+        remove(path)
+        return f"dropped {described}: no other database of its collection committed it"
+    last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
+    if last >= commit.tid:
+        raise StorageError(
+            f"{path} cannot be settled: {database_path} has commits after it; delete it to give that commit up"
+        )
+    commit = read(path, records=True)
+    assert commit is not None
+    meta = (commit.user, commit.description, commit.extension, commit.txn_id)
+    insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), keep_history)
+    return f"committed {described}, as another database of its collection had"  # the file goes next step
 
 
 def _fsync_folder(path: str) -> None:
