@@ -74,6 +74,12 @@ STANDARD_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     + [("persistent.wref", "WeakRef"), ("persistent.wref", "PersistentWeakKeyDictionary")]
 )
 
+#: Why a global is refused (the same words when reading and when writing).
+REFUSED = (
+    "records may name only persistent classes, standard data types and what allowed_globals "
+    "allows (see docs/security.md)"
+)
+
 #: Modules whose persistent classes may be imported on demand (the packages atoll
 #: itself builds on); application modules need ``allowed_globals`` or an import.
 _OWN_MODULES = re.compile(r"persistent(\.(mapping|list|dict|wref))?|BTrees\.[A-Z]\w*")
@@ -185,9 +191,12 @@ class ClassPolicy:
         # An entry may be read both ways: as a module prefix and as module + name.
         self._allowed_prefixes = frozenset(names)
         self._allowed_exact = frozenset(split_dotted(entry) for entry in names if "." in entry or ":" in entry)
-        self._alias_targets = frozenset(
-            split_dotted(new)[0] if _looks_like_class(new) else new for new in self.class_aliases.values()
-        ) | frozenset(self.class_aliases.values())
+        # Alias targets may be imported: the application named them. A target is a
+        # module (and what is inside it) or a class (and then its module).
+        self._alias_modules = frozenset(self.class_aliases.values())
+        self._alias_class_modules = frozenset(
+            split_dotted(new)[0] for new in self.class_aliases.values() if "." in new or ":" in new
+        )
         self.factory = factory or (lambda connection, module, name: self.find_global(module, name))
         self._lock = threading.Lock()
         #: (module, name) as read -> the object it resolved to (not broken ones).
@@ -252,7 +261,8 @@ class ClassPolicy:
         return (
             _covers(self._allowed_prefixes, module)
             or (module, name) in self._allowed_exact
-            or module in self._alias_targets
+            or _covers(self._alias_modules, module)
+            or module in self._alias_class_modules
             or _OWN_MODULES.fullmatch(module) is not None
         )
 
@@ -281,11 +291,7 @@ class ClassPolicy:
         """Step 4 of the module docstring: refuse ``obj`` unless allowed."""
         if _is_persistent_class(obj) or self.allowed_object(module, name, obj):
             return
-        raise self.forbidden(
-            module, name,
-            "records may name persistent classes, standard data types and what allowed_globals "
-            "allows; nothing was called",
-        )
+        raise self.forbidden(module, name, REFUSED)
 
     def allowed_object(self, module: str, name: str, obj: Any) -> bool:
         """Whether a non-persistent ``obj`` found as ``module.name`` may be used."""
@@ -318,11 +324,7 @@ class ClassPolicy:
             defined = _defined_name(obj)
             if not _is_persistent_class(obj) and (defined is None or not self._readable(defined, obj)):
                 module, _, name = (f"{defined[0]}.{defined[1]}" if defined else repr(obj)).rpartition(".")
-                raise self.forbidden(
-                    module, name,
-                    "readers refuse it (records may name persistent classes, standard data types "
-                    "and what allowed_globals allows); nothing was written",
-                )
+                raise self.forbidden(module, name, REFUSED)
             with self._lock:
                 self._written_ok[id(obj)] = obj
             return
@@ -334,7 +336,7 @@ class ClassPolicy:
         if isinstance(reduced, str):  # pickled as the global module.reduced
             module = getattr(obj, "__module__", None) or pickle_whichmodule(obj, reduced)
             if not self._readable((module, reduced), obj):
-                raise self.forbidden(module, reduced, "readers refuse it; nothing was written")
+                raise self.forbidden(module, reduced, REFUSED)
             return
         with self._lock:
             self._written_types.add(kind)
@@ -347,12 +349,6 @@ class ClassPolicy:
             except ImportError:
                 return False
         return self.allowed_object(*defined, obj)
-
-
-def _looks_like_class(dotted: str) -> bool:
-    """Whether an alias target names a class (its last part is capitalized or it
-    uses ``module:name``) rather than a module."""
-    return ":" in dotted or dotted.rpartition(".")[2][:1].isupper()
 
 
 def pickle_whichmodule(obj: Any, name: str) -> str:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
 
-from atoll.conflict import resolve
 from atoll import gcpause
 from atoll.errors import (
     ConflictError,
@@ -105,8 +104,8 @@ class Connection:
         self.before = before
         self._view = db.storage.open_view(before)
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
-        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost)
-        self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
+        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost, db.class_policy, self)
+        self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference, db.class_policy)
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
         self.opened: float | None = None  # time of open; None while closed
@@ -237,7 +236,7 @@ class Connection:
         if obj is not None:
             return obj
         record = self._ahead.keep(oid)
-        obj = self._reader.ghost_from_record(record[0])
+        obj = self._reader.ghost_from_record(record[0], oid)
         self._cache.new_ghost(oid, obj)
         return obj
 
@@ -315,7 +314,7 @@ class Connection:
         created = self._new_ghosts = []
         self._new_foreign_ghosts = None  # made by the first foreign ghost, if any
         try:
-            obj.__setstate__(self._reader.load_state(data, type(obj)))
+            obj.__setstate__(self._reader.load_state(data, type(obj), oid))
             foreign = self._new_foreign_ghosts
         finally:
             self._new_ghosts, self._new_foreign_ghosts = outer
@@ -513,7 +512,7 @@ class Connection:
     def tpc_vote(self, txn: Any) -> None:
         try:
             with gcpause.paused():
-                self._resolved = self._view.tpc_vote(resolve)
+                self._resolved = self._view.tpc_vote(self._db.resolve_conflict)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:
