@@ -1,8 +1,9 @@
 """The benchmark command: runs the matrix, prints the table, saves JSON and a plot.
 
 For each configuration (layout, object count, concurrency) and each repetition, every
-selected backend runs once, one after the other, so atoll and ZODB figures of a pair
-are taken minutes apart at most, on the same machine. A run is ``concurrency`` fresh
+selected backend runs once, one after the other, in the given order on even
+repetitions and the reverse order on odd ones, so atoll and ZODB figures of a pair
+are taken minutes apart at most, on the same machine, and neither always goes first. A run is ``concurrency`` fresh
 worker processes (:mod:`bench.worker`) on a fresh database.
 
 Figures: objects per second of one workload is (objects handled by all workers) /
@@ -230,7 +231,9 @@ def run_matrix(options: argparse.Namespace) -> list[dict[str, Any]]:
         samples: dict[str, list[dict]] = {b.key: [] for b in backends}
         errors: dict[str, str] = {}
         for rep in range(options.repetitions):
-            for b in backends:
+            # Alternate the order per repetition, so that no system always runs first
+            # (or always right after the other one, on a machine whose speed drifts).
+            for b in (backends if rep % 2 == 0 else backends[::-1]):
                 if b.key in unavailable or b.key in errors:
                     continue
                 if (b.key, layout, c) in failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import time
 from typing import Callable
@@ -12,7 +13,11 @@ from typing import Callable
 def run_until_killed(child: Callable[[int], None], rng: random.Random, longest: float) -> list[bytes]:
     """Fork a child that runs ``child(write_fd)``, writing one line per report to the
     pipe, SIGKILL it after a random delay of up to ``longest`` seconds, and return the
-    lines it reported. The child must not stop by itself: that fails the test."""
+    lines it reported. The child must not stop by itself: that fails the test.
+
+    The delay counts from the child's first report, not from the fork: on a loaded
+    machine a child may need longer than ``longest`` just to open its databases, and
+    kills that all land before the first commit would test nothing."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -22,10 +27,25 @@ def run_until_killed(child: Callable[[int], None], rng: random.Random, longest: 
         finally:
             os._exit(1)
     os.close(write_end)
+    first = _first_report(read_end, pid, timeout=60.0)
     time.sleep(rng.uniform(0.0, longest))
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as reports:
-        lines = [line for line in reports.read().split(b"\n") if line]
+        lines = [line for line in (first + reports.read()).split(b"\n") if line]
     assert os.WIFSIGNALED(status), "the child stopped by itself (see its traceback above)"
     return lines
+
+
+def _first_report(fd: int, pid: int, timeout: float) -> bytes:
+    """Read from ``fd`` until a whole line arrives (or the child ends, or ``timeout``)."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in received and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break  # the child closed the pipe: it stopped
+            received += chunk
+    return received

@@ -1,7 +1,7 @@
 """Records are exchangeable with ZODB: its FileStorage reads what atoll writes, and back.
 
-ZODB is never a dependency of atoll; this test runs where it is installed (the
-benchmark environment: ``bench/.venv/bin/python -m pytest tests/test_zodb_compat.py``).
+ZODB is never a runtime dependency of atoll; the ``test`` extra installs it, so this
+test runs with the suite (README's test command).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from atoll.serialize import record_class, references
 from atoll.storage import MemoryStorage
 from helpers import Item
 
-ZODB = pytest.importorskip("ZODB", reason="ZODB is not installed here (it is in bench/requirements.txt)")
+ZODB = pytest.importorskip("ZODB", reason="ZODB is not installed here: pip install -e '.[test]'")
 
 
 def test_zodb_reads_an_atoll_collection_and_atoll_reads_zodb_records(tmp_path):

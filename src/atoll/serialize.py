@@ -316,7 +316,7 @@ class _RecordUnpickler(pickle.Unpickler):
     Resolutions are cached by the policy, so a global costs a dict lookup; nothing
     is imported or looked up on a module again (fresh name strings looked up on
     modules used to stay alive in CPython's type cache and pin the memory of
-    objects loaded meanwhile: see docs/benchmarks.md, "The cause, found")."""
+    objects loaded meanwhile: see docs/benchmark-notes.md, "The cause, found")."""
 
     def __init__(self, source: _Source, policy: ClassPolicy, connection: Any = None) -> None:
         super().__init__(source)
