@@ -250,6 +250,7 @@ class ClassPolicy:
             tail = f".{last}{tail}"
 
     def standard(self, module: str, name: str) -> Any:
+        """The object of a :data:`STANDARD_GLOBALS` name (imported once)."""
         obj = self._standard.get((module, name))
         if obj is None:
             obj = _static_lookup(importlib.import_module(module), name)
@@ -308,6 +309,7 @@ class ClassPolicy:
         )
 
     def forbidden(self, module: str, name: str, reason: str) -> ForbiddenGlobal:
+        """The error refusing ``module.name`` in this database."""
         return ForbiddenGlobal(f"{module}.{name}", reason, database_name=self.database_name)
 
     # -- writing ---------------------------------------------------------------------
@@ -352,6 +354,7 @@ class ClassPolicy:
 
 
 def pickle_whichmodule(obj: Any, name: str) -> str:
+    """The module pickle would write for ``obj`` saved by ``name``."""
     import pickle
 
     return pickle.whichmodule(obj, name)

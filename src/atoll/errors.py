@@ -144,7 +144,7 @@ class ConnectionStateError(POSError):
     """A connection was used in a state that does not allow it (closed, joined, ...)."""
 
 
-class ForbiddenGlobal(POSError, TypeError):
+class ForbiddenGlobal(POSError):
     """A record names a global that atoll does not load (or an object would be written
     naming one): nothing was called or imported, nothing written.
 
