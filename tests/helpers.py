@@ -53,3 +53,19 @@ class Plain:
 def make_plain(n: int = 0) -> Plain:
     """A function stored by reference (a global)."""
     return Plain(n)
+
+
+class Key(Persistent):
+    """A persistent object ordered by its value, usable as a BTree key."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def __lt__(self, other: "Key") -> bool:
+        return self.value < other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)

@@ -1,4 +1,8 @@
-"""Connection: loading, saving, abort, savepoints, MVCC, conflicts, the jar protocol."""
+"""Connection: loading, saving, abort, savepoints, MVCC, conflicts, the jar protocol.
+
+The ``db`` fixture runs every test on each kind of storage (memory, minimal memory,
+SQLite, PostgreSQL): the guide says a connection behaves the same on all of them.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,23 @@ from atoll.storage import MemoryStorage, MinimalMemoryStorage
 from helpers import Counter, Item, WithArgs
 
 
-@pytest.fixture(params=[MemoryStorage, MinimalMemoryStorage])
-def db(request):
-    database = atoll.DB(request.param(), database_name="main")
+def _storage(kind: str, request: pytest.FixtureRequest, tmp_path):
+    if kind == "memory":
+        return MemoryStorage()
+    if kind == "minimal":
+        return MinimalMemoryStorage()
+    if kind == "sqlite":
+        from atoll.storage import SQLiteStorage
+
+        return SQLiteStorage(tmp_path / "connection.db")
+    import postgres_support
+
+    return postgres_support.make_storage(request.node.name)
+
+
+@pytest.fixture(params=["memory", "minimal", "sqlite", "postgresql"])
+def db(request, tmp_path):
+    database = atoll.DB(_storage(request.param, request, tmp_path), database_name="main")
     yield database
     database.close()
 
@@ -365,34 +383,96 @@ def test_a_view_that_cannot_tell_what_changed_makes_the_cache_forget_everything(
     assert item.value == 1
 
 
-def test_read_ahead_loads_sibling_ghosts_in_growing_batches(db):
+class _CountingView:
+    """A storage view that counts round trips: single loads and batches."""
+
+    def __init__(self, view, counts):
+        self._view, self._counts = view, counts
+
+    def load(self, oid):
+        self._counts["loads"] += 1
+        return self._view.load(oid)
+
+    def load_many(self, oids):
+        oids = list(oids)
+        self._counts["batches"] += 1
+        self._counts["records"] += len(oids)
+        # A backend's load_many may call its own load: count only what the connection asks.
+        return self._view.load_many(oids)
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
+
+class _CountingStorage:
+    """Wraps a storage so that every view it opens counts its round trips."""
+
+    def __init__(self, storage):
+        self._storage = storage
+        self.counts = {"loads": 0, "batches": 0, "records": 0}
+
+    def open_view(self, before=None):
+        return _CountingView(self._storage.open_view(before), self.counts)
+
+    def reset(self):
+        self.counts.update(loads=0, batches=0, records=0)
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def __len__(self):
+        return len(self._storage)
+
+
+@pytest.fixture
+def counted(db):
+    """A second DB on the same storage whose views count round trips."""
+    storage = _CountingStorage(db.storage)
+    counted_db = atoll.DB(storage, database_name="counted")
+    yield counted_db, storage
+
+
+def test_read_ahead_reads_siblings_in_few_round_trips(db, counted):
     conn = db.open()
     conn.root()["items"] = PersistentMapping({i: Item(i) for i in range(300)})
     transaction.commit()
-    reader = other(db)
+    counted_db, storage = counted
+    reader = counted_db.open(transaction.TransactionManager())
     items = reader.root()["items"]
-    assert len(items) == 300  # the mapping itself is loaded alone
-    singles, batches, in_batch = [], [], []
-    view = reader._view
-    load, load_many = view.load, view.load_many
-
-    def counting_load(oid):
-        if not in_batch:  # a backend's load_many may use load itself
-            singles.append(oid)
-        return load(oid)
-
-    def counting_load_many(oids):
-        batches.append(len(oids))
-        in_batch.append(True)
-        try:
-            return load_many(oids)
-        finally:
-            in_batch.pop()
-
-    view.load, view.load_many = counting_load, counting_load_many
+    assert len(items) == 300
+    storage.reset()
     assert sum(item.value for item in items.values()) == sum(range(300))
-    assert singles == []
-    assert batches[:4] == [8, 16, 32, 64] and sum(batches) == 300
+    # 300 ghosts loaded in growing batches: a handful of round trips, none wasted.
+    assert storage.counts["loads"] == 0
+    assert storage.counts["batches"] <= 8
+    assert storage.counts["records"] == 300
+    reader.close()
+
+
+def test_read_ahead_learns_from_scans_and_from_waste(db, counted):
+    conn = db.open()
+    for name in "abcd":
+        conn.root()[name] = PersistentMapping({i: Item(i) for i in range(40)})
+    transaction.commit()
+    counted_db, storage = counted
+    reader = counted_db.open(transaction.TransactionManager())
+    root = reader.root()
+    root["a"], root["b"], root["c"], root["d"]  # the mappings themselves
+    storage.reset()
+    assert sum(item.value for item in root["a"].values()) == sum(range(40))
+    first_scan = storage.counts["batches"]
+    storage.reset()
+    assert sum(item.value for item in root["b"].values()) == sum(range(40))
+    assert storage.counts["batches"] < first_scan  # the scan of a taught it to start bigger
+    storage.reset()
+    assert root["c"][0].value == 0  # one object of c: the rest of its batch is loaded in vain
+    wasted = storage.counts["records"]
+    assert wasted > 1
+    reader.transaction_manager.begin()
+    storage.reset()
+    assert root["d"][0].value == 0
+    assert 1 <= storage.counts["records"] < wasted  # the waste made the next first batch smaller
+    reader.close()
 
 
 def test_a_large_record_does_not_leave_its_pickler_memo_to_later_records(db):
@@ -408,29 +488,6 @@ def test_a_large_record_does_not_leave_its_pickler_memo_to_later_records(db):
     assert writer._pickler is small  # small records keep reusing it
 
 
-def test_read_ahead_starts_new_groups_bigger_after_a_scan_and_smaller_after_waste(db):
-    conn = db.open()
-    for name in "abcd":
-        conn.root()[name] = PersistentMapping({i: Item(i) for i in range(40)})
-    transaction.commit()
-    reader = other(db)
-    batches = []
-    load_many = reader._view.load_many
-    reader._view.load_many = lambda oids: batches.append(len(oids)) or load_many(oids)
-    assert sum(item.value for item in reader.root()["a"].values()) == sum(range(40))
-    assert batches == [4, 8, 16, 16]  # the four mappings, then a's items: 8, 16, the 16 left
-    batches.clear()
-    assert sum(item.value for item in reader.root()["b"].values()) == sum(range(40))
-    assert batches[0] == 32  # the scan of "a" taught it to start bigger
-    batches.clear()
-    assert reader.root()["c"][0].value == 0  # one object of c: 39 records loaded in vain
-    assert batches == [40]
-    reader.transaction_manager.begin()
-    batches.clear()
-    assert reader.root()["d"][0].value == 0
-    assert batches == [32]  # the waste halved the first batch
-
-
 def test_btree_with_persistent_values_merges_concurrent_inserts(db):
     # Buckets compare values three-way while merging: references must order.
     a = db.open()
@@ -443,3 +500,17 @@ def test_btree_with_persistent_values_merges_concurrent_inserts(db):
     transaction.commit()
     transaction.begin()
     assert {k: v.value for k, v in a.root()["tree"].items()} == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_sync_aborts_changes_and_moves_to_the_newest_snapshot(db):
+    conn = db.open()
+    conn.root()["x"] = Item(1)
+    transaction.commit()
+    writer = other(db)
+    writer.root()["x"].value = 2
+    writer.transaction_manager.commit()
+    assert conn.root()["x"].value == 1  # no transaction boundary yet: old snapshot
+    conn.root()["y"] = 5  # an uncommitted change, which sync aborts
+    conn.sync()
+    assert conn.root()["x"].value == 2
+    assert "y" not in conn.root()

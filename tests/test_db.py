@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import threading
 
+import time
+
 import pytest
 import transaction
 
@@ -55,12 +57,21 @@ def test_pool_keeps_at_most_pool_size_idle_connections():
 
 
 def test_pool_drops_idle_connections_after_timeout():
-    db = atoll.DB(None, pool_timeout=0)
-    conn = db.open()
-    conn.close()
-    other = db.open()
-    other.close()
-    assert len(db._pool.idle) <= 1
+    db = atoll.DB(None, pool_timeout=0.05)
+    first, second = db.open(), db.open()
+    first.close()
+    time.sleep(0.1)  # first has been idle longer than the timeout when second returns
+    second.close()
+    assert [c for _, c in db._pool.idle] == [second]
+    assert first.opened is None
+
+
+def test_pool_keeps_idle_connections_within_timeout():
+    db = atoll.DB(None, pool_timeout=3600)
+    first, second = db.open(), db.open()
+    first.close()
+    second.close()
+    assert [c for _, c in db._pool.idle] == [first, second]
 
 
 def test_transaction_context_manager_commits_and_closes():
@@ -262,3 +273,31 @@ def test_threads_on_an_sqlite_file_lose_no_update(tmp_path):
     db = atoll.DB(str(tmp_path / "threads.db"))
     increment_in_threads(db, 25)
     db.close()
+
+
+def test_historical_pool_keeps_at_most_its_size_per_moment():
+    db = atoll.DB(None, historical_pool_size=2)
+    with db.transaction() as conn:
+        conn.root()["x"] = 1
+    at = db.lastTransaction()
+    opened = [db.open(transaction.TransactionManager(), at=at) for _ in range(3)]
+    for connection in opened:
+        connection.close()
+    (pool,) = db._historical.values()
+    assert [c for _, c in pool.idle] == opened[1:]  # the most recently closed two
+    assert opened[0].opened is None
+
+
+def test_historical_connections_idle_past_the_timeout_are_dropped():
+    db = atoll.DB(None, historical_timeout=0.05)
+    with db.transaction() as conn:
+        conn.root()["x"] = 1
+    at = db.lastTransaction()
+    first = db.open(transaction.TransactionManager(), at=at)
+    second = db.open(transaction.TransactionManager(), at=at)
+    first.close()
+    time.sleep(0.1)
+    second.close()
+    (pool,) = db._historical.values()
+    assert [c for _, c in pool.idle] == [second]
+

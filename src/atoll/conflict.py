@@ -57,8 +57,10 @@ def resolve(
     try:
         merged = merge(klass.__new__(klass), old_state, committed_state, new_state)
     except ConflictError as exc:
-        raise ConflictError(str(exc.message), oid=oid, serials=serials, class_name=name) from exc
+        reason = exc.reason or (exc.message if exc.message != exc.kind else None)
+        raise ConflictError(oid=oid, serials=serials, class_name=name, reason=reason) from exc
     except Exception as exc:  # the class's own code said no, in its own way
         logger.debug("conflict resolution of %s failed: %s", name, exc)
-        raise ConflictError(f"conflict resolution failed: {exc}", oid=oid, serials=serials, class_name=name) from exc
+        reason = f"conflict resolution failed: {type(exc).__name__}: {exc}"
+        raise ConflictError(oid=oid, serials=serials, class_name=name, reason=reason) from exc
     return new_data[:offset] + dump_state(merged)

@@ -111,6 +111,8 @@ class Connection:
         self.opened: float | None = None  # time of open; None while closed
         self._commit_on_exit = False  # set by atoll.connect()
         self._closes_db = False  # set by atoll.connect(): close() closes the collection
+        self._on_close: list[Any] = []  # onCloseCallback's callables, run by the next close()
+        self._refused: list[Persistent] = []  # objects changed through a historical connection
         # Per-transaction state, emptied at every transaction boundary:
         self._joined = False  # this connection is a resource of the current transaction
         self._registered: list[Persistent] = []  # changed objects, to store at commit
@@ -157,9 +159,15 @@ class Connection:
             for other in list(self.connections.values()):
                 if other is not self:
                     other.close(primary=False)
+        self._forget_refused()
         self._cache.incrgc()
-        self.transaction_manager.unregisterSynch(self)
-        self.transaction_manager = None
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one failing callback must not keep the connection open
+                logger.exception("close callback %r of %r failed", callback, self)
+        self._unregister_synch()
         self.opened = None
         self.connections = {}
         self._commit_on_exit = False
@@ -173,8 +181,14 @@ class Connection:
         self._db._return_connection(self, reusable)
         if self._closes_db:
             self._closes_db = False
+            failures = []
             for db in list(self._db.databases.values()):
-                db.close()
+                try:
+                    db.close()
+                except Exception as exc:  # close the others all the same
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
 
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""
@@ -182,11 +196,24 @@ class Connection:
         self._ahead.clear()
         self._view.release()
 
+    def _unregister_synch(self) -> None:
+        """Stop following the transaction manager's transactions.
+
+        A thread-local manager (``transaction.manager``) registered this connection
+        in the thread that opened it; unregistering from another thread (a database
+        closed under a leaked connection) finds nothing there, and that is fine.
+        """
+        manager, self.transaction_manager = self.transaction_manager, None
+        if manager is not None:
+            try:
+                manager.unregisterSynch(self)
+            except KeyError:
+                logger.debug("%r was not registered with this thread's transaction manager", self)
+
     def _shut(self) -> None:
         """Close for good because the database closes, whatever state it is in."""
-        if self.transaction_manager is not None:
-            self.transaction_manager.unregisterSynch(self)
-            self.transaction_manager = None
+        self._unregister_synch()
+        self._on_close = []
         self.opened = None
         self.connections = {}
         self._clear_transaction()
@@ -219,12 +246,18 @@ class Connection:
 
     def isReadOnly(self) -> bool:
         """True for a historical connection or a read-only storage."""
+        self._check_open()
         return self.before is not None or self._db.storage.read_only
 
     @property
     def root(self) -> RootConvenience:
         """``conn.root()`` is the root mapping; ``conn.root.name`` is ``root()['name']``."""
         return RootConvenience(self.get(ROOT_OID))
+
+    def onCloseCallback(self, f: Any) -> None:
+        """Call ``f()`` when this connection is next closed (once; an exception it
+        raises is logged, and closing goes on)."""
+        self._on_close.append(f)
 
     def get(self, oid: bytes) -> Persistent:
         """The object with this oid, from the cache or as a ghost; POSKeyError if none."""
@@ -239,6 +272,8 @@ class Connection:
         obj = self._reader.ghost_from_record(record[0], oid)
         self._cache.new_ghost(oid, obj)
         return obj
+
+    __getitem__ = get  # persistent.wref.WeakRef looks its object up as ``jar[oid]``
 
     def add(self, obj: Persistent) -> None:
         """Place a new object in this connection's database (before any reference
@@ -329,6 +364,9 @@ class Connection:
     def register(self, obj: Persistent) -> None:
         """Note a changed object (called by persistent on its first change)."""
         if self.before is not None:
+            # The change is already made in memory: the object gets its stored state
+            # back when the transaction ends (commit or abort) or the connection closes.
+            self._refused.append(obj)
             raise ReadOnlyHistoryError(
                 f"cannot change {type(obj).__name__} {oid_repr(obj._p_oid)} through a historical connection"
             )
@@ -602,8 +640,15 @@ class Connection:
         pass
 
     def afterCompletion(self, txn: Any) -> None:
+        self._forget_refused()
         if self.opened is not None:
             self._poll()
+
+    def _forget_refused(self) -> None:
+        """Give objects changed through a historical connection their stored state."""
+        if self._refused:
+            refused, self._refused = self._refused, []
+            self._cache.invalidate([obj._p_oid for obj in refused if obj._p_jar is self])
 
     def _poll(self) -> None:
         changed = self._view.poll()

@@ -25,7 +25,7 @@ from atoll.classes import ClassPolicy
 from atoll.conflict import resolve
 from atoll.connection import Connection
 from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
-from atoll.ids import ROOT_OID, next_tid, tid_from_time, z64
+from atoll.ids import ROOT_OID, next_tid, tid_from_time, tid_repr, z64
 from atoll.serialize import make_record, referenced_oids
 from atoll.storage.base import PackStats, Progress, Storage, TransactionMeta
 
@@ -177,7 +177,15 @@ class DB:
         ``at``/``before`` (a datetime or 8-byte tid) open a read-only connection to
         the state at or just before that moment.
         """
-        return self._open_connection(transaction_manager, _before_tid(at, before), None)
+        before_tid = _before_tid(at, before)
+        if before_tid is not None:
+            last = self.lastTransaction()
+            if before_tid > next_tid(last):
+                raise ValueError(
+                    f"cannot open a historical connection to {self.database_name!r} in the future: "
+                    f"the newest transaction is {tid_repr(last)}"
+                )
+        return self._open_connection(transaction_manager, before_tid, None)
 
     def _open_connection(
         self, transaction_manager: Any, before: bytes | None, connections: dict[str, Connection] | None
@@ -261,7 +269,9 @@ class DB:
         """Close every connection (in use or idle) and the storage.
 
         A connection still in use is closed under its user: using it afterwards
-        raises ConnectionStateError. The database stays in ``databases``.
+        raises ConnectionStateError. The database stays in ``databases``. Closing
+        goes on past a connection that fails to close (logged), so the storage is
+        always closed.
         """
         with self._lock:
             if self._closed:
@@ -271,8 +281,101 @@ class DB:
             self._historical.clear()
             connections = list(self._connections)
         for connection in connections:
-            connection._shut()
+            try:
+                connection._shut()
+            except Exception:
+                logger.exception("closing %r of database %r failed", connection, self.database_name)
         self.storage.close()
+
+    # -- pool and cache settings (ZODB's names) -------------------------------------
+
+    def getPoolSize(self) -> int:
+        """How many idle connections the pool keeps."""
+        return self._pool.size
+
+    def setPoolSize(self, size: int) -> None:
+        """Keep at most ``size`` idle connections (the extra ones go now)."""
+        with self._lock:
+            self._pool.size = size
+            drop = self._pool._trim(time.time())
+        self._discard(drop)
+
+    def getCacheSize(self) -> int:
+        """The target object count of each connection's cache."""
+        return self.cache_size
+
+    def setCacheSize(self, size: int) -> None:
+        """Set the target object count of every current connection's cache, open
+        or idle, and of those opened later."""
+        self.cache_size = size
+        for connection in self._current_connections(historical=False):
+            connection._cache.cache_size = size
+
+    def getCacheSizeBytes(self) -> int:
+        """The target size in bytes of each connection's cache (0: no limit)."""
+        return self.cache_size_bytes
+
+    def setCacheSizeBytes(self, size: int) -> None:
+        """Set the target size in bytes of every current connection's cache."""
+        self.cache_size_bytes = size
+        for connection in self._current_connections(historical=False):
+            connection._cache.cache_size_bytes = size
+
+    def getHistoricalPoolSize(self) -> int:
+        """How many idle connections are kept per historical moment."""
+        return self._historical_size
+
+    def setHistoricalPoolSize(self, size: int) -> None:
+        """Keep at most ``size`` idle connections per historical moment."""
+        self._set_historical(size=size)
+
+    def getHistoricalCacheSize(self) -> int:
+        """The target object count of each historical connection's cache."""
+        return self.historical_cache_size
+
+    def setHistoricalCacheSize(self, size: int) -> None:
+        """Set the target object count of every historical connection's cache."""
+        self.historical_cache_size = size
+        for connection in self._current_connections(historical=True):
+            connection._cache.cache_size = size
+
+    def getHistoricalCacheSizeBytes(self) -> int:
+        """The target size in bytes of each historical connection's cache."""
+        return self.historical_cache_size_bytes
+
+    def setHistoricalCacheSizeBytes(self, size: int) -> None:
+        """Set the target size in bytes of every historical connection's cache."""
+        self.historical_cache_size_bytes = size
+        for connection in self._current_connections(historical=True):
+            connection._cache.cache_size_bytes = size
+
+    def getHistoricalTimeout(self) -> float:
+        """Seconds an idle historical connection is kept."""
+        return self._historical_timeout
+
+    def setHistoricalTimeout(self, timeout: float) -> None:
+        """Discard idle historical connections older than ``timeout`` seconds."""
+        self._set_historical(timeout=timeout)
+
+    def _set_historical(self, size: int | None = None, timeout: float | None = None) -> None:
+        drop: list[Connection] = []
+        now = time.time()
+        with self._lock:
+            if size is not None:
+                self._historical_size = size
+            if timeout is not None:
+                self._historical_timeout = timeout
+            for pool in self._historical.values():
+                pool.size, pool.timeout = self._historical_size, self._historical_timeout
+                drop.extend(pool._trim(now))
+            for before in [b for b, p in self._historical.items() if not p.idle and not p.in_use]:
+                del self._historical[before]
+        self._discard(drop)
+
+    def _current_connections(self, historical: bool) -> list[Connection]:
+        """Every connection made and not discarded, of one kind."""
+        with self._lock:
+            return [c for c in self._connections if (c.before is not None) is historical]
 
     def pack(self, t: float | None = None, days: float = 0, *, progress: Progress | None = None) -> PackStats:
         """Remove revisions older than ``t`` (POSIX time, default now) minus ``days``,

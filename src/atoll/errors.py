@@ -71,7 +71,12 @@ class ConflictError(POSError, TransientError):
 
     ``oid`` is the object's id, ``serials`` the pair ``(committed, read)``: the
     revision now current in the storage and the one this transaction started from.
-    ``class_name`` is the dotted name of the object's class, when known.
+    ``class_name`` is the dotted name of the object's class, when known;
+    ``reason`` why conflict resolution could not merge, when it was tried.
+
+    The message starts as ZODB's: ``database conflict error (oid ..., class ...,
+    serial this txn started with ..., serial currently committed ...)``, then the
+    database and the reason, so logs and code that read ZODB's messages read these.
     """
 
     kind = "database conflict error"
@@ -84,8 +89,10 @@ class ConflictError(POSError, TransientError):
         serials: tuple[bytes, bytes] | None = None,
         class_name: str | None = None,
         database_name: str | None = None,
+        reason: str | None = None,
     ) -> None:
         self.oid = oid
+        self.reason = reason
         self.serials = serials
         self.class_name = class_name
         self.database_name = database_name
@@ -93,20 +100,21 @@ class ConflictError(POSError, TransientError):
         super().__init__(self.message)
 
     def __str__(self) -> str:
-        parts = [self.message]
+        extras = []
         if self.oid is not None:
-            parts.append(f"oid {oid_repr(self.oid)}")
-        if self.database_name:
-            parts.append(f"database {self.database_name!r}")
+            extras.append(f"oid {oid_repr(self.oid)}")
         if self.class_name:
-            parts.append(f"class {self.class_name}")
+            extras.append(f"class {self.class_name}")
         if self.serials:
             committed, read = self.serials
-            parts.append(f"serial this txn started with {tid_repr(read)}")
-            parts.append(f"serial currently committed {tid_repr(committed)}")
-        if len(parts) == 1:
-            return parts[0]
-        return f"{parts[0]} ({', '.join(parts[1:])})"
+            extras.append(f"serial this txn started with {tid_repr(read)}")
+            extras.append(f"serial currently committed {tid_repr(committed)}")
+        text = f"{self.message} ({', '.join(extras)})" if extras else self.message
+        if self.database_name:
+            text += f" in database {self.database_name!r}"
+        if self.reason:
+            text += f": {self.reason}"
+        return text
 
     # ZODB's spellings, for code written against its conflict errors.
     def get_oid(self) -> bytes | None:

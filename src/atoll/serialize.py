@@ -635,8 +635,14 @@ def record_state(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> tuple[int
 class PersistentReference:
     """A persistent reference kept as data, while states are merged without a connection.
 
-    Two references are equal when they name the same object, and are ordered by
-    database and oid: conflict resolution code (BTrees buckets) compares values.
+    ``oid``, ``database_name`` (None for the record's own database), ``klass``
+    (None when the reference does not carry it) and ``weak`` (a
+    ``persistent.wref.WeakRef``) describe the object referred to, as ZODB's
+    ``PersistentReference`` does. Two references to the same object are equal;
+    comparing references to different objects raises ValueError, as in ZODB: their
+    objects' order is unknown without loading them, so a merge that needs it (a
+    BTree bucket whose keys are persistent objects) must fail as a conflict rather
+    than guess.
     """
 
     __slots__ = ("ref",)
@@ -645,26 +651,78 @@ class PersistentReference:
         self.ref = ref
 
     @property
-    def key(self) -> tuple[str | None, bytes]:
+    def oid(self) -> bytes:
+        """The oid of the object referred to."""
         ref = self.ref
         if isinstance(ref, tuple):
-            return None, ref[0]
+            return ref[0]
         if isinstance(ref, bytes):
-            return None, ref
-        return ref[1][0], ref[1][1]
+            return ref
+        return ref[1][0] if ref[0] == "w" else ref[1][1]
 
-    def _order(self) -> tuple[str, bytes]:
-        database_name, oid = self.key
-        return database_name or "", oid
+    @property
+    def database_name(self) -> str | None:
+        """The database of the object: None for the record's own database."""
+        ref = self.ref
+        if isinstance(ref, list):
+            args = ref[1]
+            if ref[0] == "w":
+                return args[1] if len(args) > 1 else None
+            return args[0]
+        return None
+
+    @property
+    def klass(self) -> Any:
+        """The class the reference names, or None when it names none."""
+        ref = self.ref
+        if isinstance(ref, tuple):
+            return ref[1]
+        if isinstance(ref, list) and ref[0] == "m":
+            return ref[1][2]
+        return None
+
+    @property
+    def weak(self) -> bool:
+        """Whether this is a weak reference (``persistent.wref.WeakRef``)."""
+        return isinstance(self.ref, list) and self.ref[0] == "w"
+
+    @property
+    def key(self) -> tuple[str | None, bytes]:
+        """``(database_name, oid)``: which object this is."""
+        return self.database_name, self.oid
+
+    def _same(self, other: object) -> bool:
+        if not isinstance(other, PersistentReference):
+            return False
+        if self is other or self.key == other.key:
+            return True
+        raise ValueError("can't reliably compare against different PersistentReferences")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PersistentReference) and self.key == other.key
-
-    def __lt__(self, other: PersistentReference) -> bool:
-        # BTrees compare values three-way (less, then equal) when they merge.
         if not isinstance(other, PersistentReference):
             return NotImplemented
-        return self._order() < other._order()
+        return self._same(other)
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, PersistentReference):
+            return NotImplemented
+        return not self._same(other)
+
+    # Ordering: equal references are neither less nor greater; different ones raise.
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, PersistentReference):
+            return NotImplemented
+        self._same(other)
+        return False
+
+    __gt__ = __lt__
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, PersistentReference):
+            return NotImplemented
+        return self._same(other)
+
+    __ge__ = __le__
 
     def __hash__(self) -> int:
         return hash(self.key)

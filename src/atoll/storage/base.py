@@ -42,15 +42,17 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from atoll.errors import (
     ConflictError,
+    POSKeyError,
     ReadConflictError,
     ReadOnlyError,
     StorageTransactionError,
 )
 from atoll.ids import z64
+from atoll.progress import Progress, ProgressStep
 
 __all__ = [
     "TransactionMeta",
@@ -61,9 +63,11 @@ __all__ = [
     "Resolver",
     "References",
     "Progress",
+    "walk_step",
     "Storage",
     "StorageView",
-    "check_serials",
+    "check_conflicts",
+    "moved_serials",
     "CommitBuffer",
 ]
 
@@ -149,6 +153,20 @@ class PackStats:
     objects_removed: int = 0
     transactions_removed: int = 0
 
+    def step(self, name: str) -> ProgressStep:
+        """The line a pack of the storage named ``name`` reports when it is done."""
+        text = (
+            f"packed {name}: removed {self.revisions_removed} revisions, "
+            f"{self.objects_removed} objects, {self.transactions_removed} transactions"
+        )
+        return ProgressStep(f"packing {name}", self.revisions_removed, unit="revisions removed", finished=True, text=text)
+
+
+def walk_step(name: str, found: int) -> ProgressStep:
+    """The line a pack's reachability walk over the storage named ``name`` reports
+    now and then: ``found`` objects reached so far."""
+    return ProgressStep(f"packing {name}", found, unit="reachable objects found so far")
+
 
 class Resolver(Protocol):
     """Merges a write-write conflict, or raises ConflictError.
@@ -173,8 +191,6 @@ class Resolver(Protocol):
 #: Given a record, the oids it references (same database only): used by pack's GC.
 References = Callable[[bytes], Iterable[bytes]]
 
-#: Receives one line of progress text during long work (pack, copy, GC).
-Progress = Callable[[str], None]
 
 
 @runtime_checkable
@@ -305,36 +321,63 @@ class Storage(Protocol):
         """Release everything; further use raises StorageError. Idempotent."""
 
 
-def check_serials(
+def moved_serials(
     stores: Mapping[bytes, tuple[bytes, bytes]],
     read_checks: Mapping[bytes, bytes],
-    current: Mapping[bytes, bytes],
-    load_serial: Callable[[bytes, bytes], bytes | None],
+    committed: Callable[[bytes], bytes],
+) -> dict[bytes, bytes]:
+    """For a backend that can tell the serial now committed of any oid
+    (``committed``; ``z64`` for an object with no revision): the oids a commit wrote
+    or checked whose serial is not the one it read, as :func:`check_conflicts`
+    takes them."""
+    moved = {}
+    for oid, serial in read_checks.items():
+        if oid not in stores and (now := committed(oid)) != serial:
+            moved[oid] = now
+    for oid, (read_serial, _) in stores.items():
+        if (now := committed(oid)) != read_serial:
+            moved[oid] = now
+    return moved
+
+
+def check_conflicts(
+    stores: dict[bytes, tuple[bytes, bytes]],
+    read_checks: Mapping[bytes, bytes],
+    moved: Mapping[bytes, bytes],
+    load_serial: Callable[[bytes, bytes], bytes],
     load_current: Callable[[bytes], bytes],
     resolve: Resolver | None,
-) -> dict[bytes, bytes]:
+) -> set[bytes]:
     """The conflict check every backend runs in ``tpc_vote``, under its commit lock.
 
     ``stores`` maps oid -> (read_serial, data) of this commit, ``read_checks`` oid ->
-    serial for ``check_current``, ``current`` oid -> the serial now committed (absent
-    for objects that have none). Returns oid -> merged data for the conflicts that
-    ``resolve`` merged; raises ReadConflictError or ConflictError otherwise.
+    serial for ``check_current``. ``moved`` holds only the oids of either whose
+    committed serial is no longer the one the commit read: oid -> the serial now
+    committed (``z64`` for an object with no revision), found however the backend
+    finds them fastest (one query in SQLite, :func:`moved_serials` elsewhere).
+    ``load_serial`` is the view's (POSKeyError for a revision that is gone),
+    ``load_current`` the committed data of an oid.
+
+    Raises ReadConflictError or ConflictError, else replaces each record that
+    ``resolve`` merged in ``stores`` (now read from the committed serial) and
+    returns the merged oids.
     """
-    for oid, serial in read_checks.items():
-        if oid in stores:
+    for oid in read_checks:
+        if oid not in stores and oid in moved:
+            raise ReadConflictError(oid=oid, serials=(moved[oid], read_checks[oid]))
+    resolved = set()
+    for oid, committed in moved.items():
+        if oid not in stores:
             continue
-        committed = current.get(oid, z64)
-        if committed != serial:
-            raise ReadConflictError(oid=oid, serials=(committed, serial))
-    resolved: dict[bytes, bytes] = {}
-    for oid, (read_serial, data) in stores.items():
-        committed = current.get(oid, z64)
-        if committed == read_serial:
-            continue
+        read_serial, data = stores[oid]
         if resolve is None or read_serial == z64 or committed == z64:
             raise ConflictError(oid=oid, serials=(committed, read_serial))
-        old = load_serial(oid, read_serial)
-        resolved[oid] = resolve(oid, committed, read_serial, load_current(oid), old, data)
+        try:
+            old: bytes | None = load_serial(oid, read_serial)
+        except POSKeyError:
+            old = None
+        stores[oid] = (committed, resolve(oid, committed, read_serial, load_current(oid), old, data))
+        resolved.add(oid)
     return resolved
 
 
@@ -342,12 +385,13 @@ class CommitBuffer:
     """The part of a view's commit every backend does alike: between ``tpc_begin``
     and ``tpc_vote``, stores and read checks wait in memory.
 
-    A view class mixes this in, sets ``before`` and ``_storage`` (which has
-    ``name``, ``read_only`` and ``_check_open()``), and calls ``_reset_buffer()``
-    in its constructor and whenever a commit ends.
+    A view class mixes this in, sets ``before``, ``snapshot`` and ``_storage``
+    (which has ``name``, ``read_only`` and ``_check_open()``), and calls
+    ``_reset_buffer()`` in its constructor and whenever a commit ends.
     """
 
     before: bytes | None
+    snapshot: bytes
     _storage: Any
 
     def _reset_buffer(self) -> None:
@@ -390,3 +434,25 @@ class CommitBuffer:
         if self._meta is None:
             raise StorageTransactionError("tpc_vote outside a commit")
         return self._meta
+
+    def _resolve_conflicts(
+        self,
+        last: bytes,
+        moved: Callable[[], Mapping[bytes, bytes]],
+        load_current: Callable[[bytes], bytes],
+        resolve: Resolver | None,
+    ) -> set[bytes]:
+        """:func:`check_conflicts` over this commit, in ``tpc_vote`` under the commit
+        lock, ``last`` being the newest committed tid; ``moved()`` finds the moved
+        serials (see there). When nothing was committed since the snapshot, every
+        serial the commit read is still current (its connection ghosted whatever
+        changed before), so nothing can conflict and the check is skipped: a serial
+        from another snapshot is the caller's error (see :meth:`StorageView.store`).
+        """
+        if last == self.snapshot or not (self._stores or self._checks):
+            return set()
+        return check_conflicts(self._stores, self._checks, moved(), self.load_serial, load_current, resolve)
+
+    if TYPE_CHECKING:
+
+        def load_serial(self, oid: bytes, serial: bytes) -> bytes: ...

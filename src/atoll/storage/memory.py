@@ -26,7 +26,7 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
+    moved_serials,
 )
 
 __all__ = ["MemoryStorage", "MinimalMemoryStorage"]
@@ -144,10 +144,7 @@ class MemoryStorage(Storage):
                     del revisions.datas[:i]
             self._forget_empty_transactions(stats)
         if progress is not None:
-            progress(
-                f"packed {self.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
+            progress(stats.step(self.name))
         return stats
 
     def __len__(self) -> int:
@@ -331,29 +328,20 @@ class MemoryView(CommitBuffer, StorageView):
         storage._commit_lock.acquire()
         self._locked = True
         with storage._lock:
-            current = {}
-            for oid in set(self._stores) | set(self._checks):
-                revisions = storage._objects.get(oid)
-                if revisions is not None and revisions.tids and revisions.datas[-1] is not None:
-                    current[oid] = revisions.tids[-1]
-            resolved = check_serials(
-                self._stores,
-                self._checks,
-                current,
-                self._load_revision,
-                lambda oid: storage._objects[oid].datas[-1],
-                resolve,
-            )
-            for oid, data in resolved.items():
-                self._stores[oid] = (current[oid], data)
-            self._tid = new_tid(storage._last_tid)
-        return set(resolved)
+            objects = storage._objects
 
-    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
-        try:
-            return self.load_serial(oid, serial)
-        except POSKeyError:
-            return None
+            def committed(oid: bytes) -> bytes:
+                revisions = objects.get(oid)
+                if revisions is not None and revisions.tids and revisions.datas[-1] is not None:
+                    return revisions.tids[-1]
+                return z64
+
+            def moved() -> dict[bytes, bytes]:
+                return moved_serials(self._stores, self._checks, committed)
+
+            resolved = self._resolve_conflicts(storage._last_tid, moved, lambda oid: objects[oid].datas[-1], resolve)
+            self._tid = new_tid(storage._last_tid)
+        return resolved
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None:

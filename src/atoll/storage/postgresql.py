@@ -29,7 +29,7 @@ wakes idle processes promptly without polling in a loop.
 Commits. ``tpc_vote`` opens a transaction and locks the single row of
 ``commit_lock`` (``SELECT ... FOR UPDATE``): that row lock is the commit lock of
 every process on every machine. Under it the view reads the current serials of the
-oids it writes, runs :func:`~atoll.storage.base.check_serials`, allocates a tid later
+oids it writes, runs :func:`~atoll.storage.base.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
 transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
 prepared transaction keeps its row locks (so the commit lock stays held, whatever
@@ -87,7 +87,7 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
+    moved_serials,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
@@ -583,11 +583,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         try:
             with self._errors():
                 last = storage._lock_commit(conn)
-                resolved: dict[bytes, bytes] = {}
-                # Nothing committed since our snapshot: every serial we read is still
-                # current, so nothing can conflict and the check can be skipped.
-                if p64(last) != self.snapshot:
-                    resolved = self._check_conflicts(conn, resolve)
+                resolved = self._check_conflicts(conn, p64(last), resolve)
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
@@ -609,28 +605,22 @@ class PostgreSQLView(CommitBuffer, StorageView):
             self._rollback(conn)
             raise
         self._tid = tid
-        return set(resolved)
+        return resolved
 
-    def _check_conflicts(self, conn: psycopg.Connection, resolve: Resolver | None) -> dict[bytes, bytes]:
+    def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
         """The shared conflict check, under the commit lock; merged records replace ours."""
         q = self._sql
-        oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
-        current_query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
-        current = {p64(z): p64(t) for z, t in conn.execute(current_query, (oids,))} if oids else {}
+
+        def moved() -> dict[bytes, bytes]:
+            oids = [u64(oid) for oid in set(self._stores) | set(self._checks)]
+            query = q.CURRENT_SERIALS_HP if self._storage.keep_history else q.CURRENT_SERIALS_HF
+            current = {p64(z): p64(t) for z, t in conn.execute(query, (oids,))}
+            return moved_serials(self._stores, self._checks, lambda oid: current.get(oid, z64))
 
         def load_current(oid: bytes) -> bytes:
             return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
 
-        resolved = check_serials(self._stores, self._checks, current, self._load_revision, load_current, resolve)
-        for oid, data in resolved.items():
-            self._stores[oid] = (current[oid], data)
-        return resolved
-
-    def _load_revision(self, oid: bytes, serial: bytes) -> bytes | None:
-        try:
-            return self.load_serial(oid, serial)
-        except POSKeyError:
-            return None
+        return self._resolve_conflicts(last, moved, load_current, resolve)
 
     def _rollback(self, conn: psycopg.Connection) -> None:
         try:

@@ -14,7 +14,7 @@ import psycopg
 
 from atoll.errors import StorageError
 from atoll.ids import ROOT_OID, u64
-from atoll.storage.base import PackStats, Progress, References
+from atoll.storage.base import PackStats, Progress, References, walk_step
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage
@@ -67,10 +67,7 @@ class Packer:
         finally:
             storage._checkin(session)  # rolls back whatever is left open
         if progress is not None:
-            progress(
-                f"packed {storage.name}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
+            progress(stats.step(storage.name))
         return stats
 
     def _reachable(self, conn: psycopg.Connection, references: References, progress: Progress | None) -> set[int]:
@@ -90,7 +87,7 @@ class Packer:
             del todo[-BATCH:]  # from the end: slicing from the front would copy the rest
             if progress is not None and len(seen) >= reported + PROGRESS_EVERY:
                 reported = len(seen)
-                progress(f"packing {storage.name}: {reported} reachable objects found so far")
+                progress(walk_step(storage.name, reported))
             if storage.keep_history:
                 rows = conn.execute(q.STATES_FROM, {"oids": batch, "t": t}, binary=True)
             else:

@@ -96,7 +96,6 @@ from atoll.storage.base import (
     Resolver,
     TransactionMeta,
     TransactionRecord,
-    check_serials,
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
@@ -404,12 +403,11 @@ class SQLiteView(CommitBuffer, StorageView):
         self._prepared = False  # this commit wrote the storage's prepared file
         cached_through = storage._records.tid
         if before is not None:
-            self._snap = max(u64(before) - 1, 0)
+            self.snapshot = p64(max(u64(before) - 1, 0))
         elif cached_through is not None:
-            self._snap = u64(cached_through)  # poll from there, so the record cache advances too
+            self.snapshot = cached_through  # poll from there, so the record cache advances too
         else:
-            self._snap = self._newest()
-        self.snapshot = p64(self._snap)
+            self.snapshot = p64(self._newest())
         if before is None:
             self.poll()
 
@@ -450,7 +448,8 @@ class SQLiteView(CommitBuffer, StorageView):
             conn.execute(sql.BEGIN_READ)
             try:
                 last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-                rows = conn.execute(sql.CHANGED_SINCE, (self._snap, last)).fetchall() if last != self._snap else []
+                since = u64(self.snapshot)
+                rows = conn.execute(sql.CHANGED_SINCE, (since, last)).fetchall() if last != since else []
             finally:
                 conn.execute(sql.COMMIT)
         except sqlite3.Error as e:
@@ -461,7 +460,7 @@ class SQLiteView(CommitBuffer, StorageView):
             if tid not in own:
                 changed.update(split_oids(oids))
         start = self.snapshot
-        self._snap, self.snapshot, self._own = last, p64(last), set()
+        self.snapshot, self._own = p64(last), set()
         self._storage._records.advance(start, self.snapshot, changed)
         return changed
 
@@ -472,7 +471,7 @@ class SQLiteView(CommitBuffer, StorageView):
             return cached
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], self._snap)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
         except sqlite3.Error as e:
@@ -500,11 +499,12 @@ class SQLiteView(CommitBuffer, StorageView):
         wanted = list(by_number)
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
+        snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, self._snap)):  # type: ignore[union-attr]
+                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, snapshot)):  # type: ignore[union-attr]
                     serial = serials.get(tid)
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
@@ -569,26 +569,24 @@ class SQLiteView(CommitBuffer, StorageView):
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
-        checks = [(u64(oid), u64(serial)) for oid, serial in self._checks.items() if oid not in stores]
-        resolved: dict[bytes, bytes] = {}
         last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
-        # Nothing committed since our snapshot: every serial we read is still current
-        # (the connection ghosted whatever changed before it), so nothing can conflict.
-        if (oids or checks) and (last or 0) != self._snap:
+
+        def moved() -> dict[bytes, bytes]:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
-            pairs = "[" + ",".join(stored + [f"[{z},{r}]" for z, r in checks]) + "]"
-            mismatched = {
-                p64(zoid): (p64(tid) if tid else None)
-                for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))
-            }
-            if mismatched:
-                resolved = self._resolve(writer, mismatched, resolve)  # replaces merged records
+            checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
+            pairs = "[" + ",".join(stored + checks) + "]"
+            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+
+        def load_current(oid: bytes) -> bytes:
+            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
+
+        resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
         tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
-        return set(resolved)
+        return resolved
 
     def _prepare(self, partners: list[str]) -> None:
         """Write this commit to the storage's prepared file: other SQLite files take
@@ -610,34 +608,6 @@ class SQLiteView(CommitBuffer, StorageView):
             prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
         except OSError as e:
             raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
-
-    def _resolve(
-        self, writer: sqlite3.Connection, mismatched: dict[bytes, bytes | None], resolve: Resolver | None
-    ) -> dict[bytes, bytes]:
-        """The shared conflict check, over the oids whose serial moved (``mismatched``:
-        oid -> current serial or None); replaces merged records in ``self._stores``."""
-        stores = self._stores
-        conflicting = {oid: stores[oid] for oid in mismatched if oid in stores}
-        checks = {oid: serial for oid, serial in self._checks.items() if oid not in stores}
-        # A read check that did not mismatch is current at its serial.
-        current = {oid: serial for oid, serial in checks.items() if serial != z64}
-        for oid, serial in mismatched.items():
-            if serial is None:
-                current.pop(oid, None)
-            else:
-                current[oid] = serial
-
-        def load_serial(oid: bytes, serial: bytes) -> bytes | None:
-            row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
-            return row[0] if row else None
-
-        def load_current(oid: bytes) -> bytes:
-            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
-
-        resolved = check_serials(conflicting, checks, current, load_serial, load_current, resolve)
-        for oid, data in resolved.items():
-            stores[oid] = (current[oid], data)
-        return resolved
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None or not self._locked:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from atoll.ids import u64
 from atoll.storage import sqlite as _sqlite
 from atoll.storage import sqlite_sql as sql
-from atoll.storage.base import PackStats, Progress, References
+from atoll.storage.base import PackStats, Progress, References, walk_step
 from atoll.storage.sqlite_write import write_transaction
 
 if TYPE_CHECKING:
@@ -65,10 +65,7 @@ class Packer:
         finally:
             reader.close()
         if progress is not None:
-            progress(
-                f"packed {storage.path}: removed {stats.revisions_removed} revisions, "
-                f"{stats.objects_removed} objects, {stats.transactions_removed} transactions"
-            )
+            progress(stats.step(storage.path))
         return stats
 
     def _roots(self, conn: sqlite3.Connection) -> set[int]:
@@ -94,7 +91,7 @@ class Packer:
             del todo[-_sqlite.BATCH:]  # from the end: slicing from the front would copy the rest
             if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
                 reported = len(self.reachable)
-                self.progress(f"packing {self.storage.path}: {reported} reachable objects found so far")
+                self.progress(walk_step(self.storage.path, reported))
             for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
                 for ref in references(state):
                     oid = u64(ref)
