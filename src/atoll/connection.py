@@ -31,6 +31,7 @@ from atoll.errors import (
     POSError,
     POSKeyError,
     ReadOnlyHistoryError,
+    UndoError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.readahead import ReadAhead
@@ -46,6 +47,17 @@ logger = logging.getLogger(__name__)
 
 # Key under which a transaction keeps the id shared by all storages of one commit.
 _TRANSACTION_ID = object()
+# Key under which a transaction keeps its committing connections, by storage sort key.
+_COMMITTING = object()
+
+
+def committing_connection(txn: Any, storage: Any) -> Connection | None:
+    """The connection that began committing ``txn`` to ``storage``, if one did (an
+    undo writes through it: see :mod:`atoll.undo`)."""
+    try:
+        return txn.data(_COMMITTING).get(storage.sort_key())
+    except KeyError:
+        return None
 
 
 class RootConvenience:
@@ -122,6 +134,7 @@ class Connection:
         self._pending: list[Persistent] = []  # objects still to serialize (commit/savepoint)
         self._stored: dict[bytes, Persistent] = {}  # objects written in the commit in progress
         self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
+        self._undo: dict[bytes, tuple[bytes, bytes]] = {}  # an undo's records in this commit
         # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
         # for one snapshot, so emptied whenever the snapshot moves.
         self._ahead = ReadAhead(self)
@@ -530,6 +543,10 @@ class Connection:
             shared_id, participants = uuid.uuid4().hex, []
             txn.set_data(_TRANSACTION_ID, (shared_id, participants))
         participants.append(self._db.storage.sort_key())
+        try:
+            txn.data(_COMMITTING)[self._db.storage.sort_key()] = self
+        except KeyError:
+            txn.set_data(_COMMITTING, {self._db.storage.sort_key(): self})
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
@@ -547,7 +564,26 @@ class Connection:
             if oid not in self._stored:
                 self._view.check_current(oid, serial)
 
+    def _add_undo(self, records: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Write an undo's records (oid -> (read serial, data)) in this commit."""
+        self._check_undo(records)
+        self._undo.update(records)
+        self._view.store_many(records)
+
+    def _check_undo(self, oids: Iterable[bytes]) -> None:
+        """UndoError if this transaction also changes one of the objects an undo writes."""
+        changed = {obj._p_oid for obj in self._registered if obj._p_jar is self} | self._stored.keys()
+        both = changed.intersection(oids)
+        if both:
+            raise UndoError(
+                f"cannot undo a change to object {oid_repr(min(both))} of database "
+                f"{self._db.database_name!r} and change it in the same transaction",
+                oid=min(both),
+            )
+
     def tpc_vote(self, txn: Any) -> None:
+        if self._undo:
+            self._check_undo(self._undo)
         try:
             with gcpause.paused():
                 self._resolved = self._view.tpc_vote(self._db.resolve_conflict)
@@ -557,6 +593,10 @@ class Connection:
                 obj = self._stored.get(exc.oid) or self._cache.get(exc.oid)
                 if obj is not None:
                     exc.class_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            if exc.oid in self._undo:
+                from atoll.undo import undo_error
+
+                raise undo_error(exc.oid, self._db.database_name, exc.class_name) from exc
             raise
 
     def tpc_finish(self, txn: Any) -> None:
@@ -573,7 +613,10 @@ class Connection:
             if oid in self._stored:
                 cache[oid] = obj
         for oid in self._resolved:
-            self._stored[oid]._p_invalidate()  # the storage holds a merged state we never saw
+            if oid in self._stored:
+                self._stored[oid]._p_invalidate()  # the storage holds a merged state we never saw
+        if self._undo:
+            cache.invalidate(list(self._undo))  # our own commit: no poll will report these
         self._clear_transaction()
 
     def tpc_abort(self, txn: Any) -> None:
@@ -602,6 +645,7 @@ class Connection:
         self._pending = []
         self._stored = {}
         self._resolved = set()
+        self._undo = {}
 
     # -- savepoints --------------------------------------------------------------
 

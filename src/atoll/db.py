@@ -398,6 +398,34 @@ class DB:
         """Up to ``size`` revisions of an object, newest first, as dicts."""
         return [entry.as_dict() for entry in self.storage.history(oid, size)]
 
+    # -- undo (ZODB's names; the work is in atoll.undo and atoll.collection.undo) ------
+
+    def undoLog(self, first: int = 0, last: int = -20, filter: Any = None) -> list[dict]:
+        """Transactions that can be undone, newest first: entries ``first`` to ``last``
+        (a negative ``last`` counts from ``first``) of those ``filter`` accepts. Each
+        is a dict with ``id``, ``time``, ``user_name``, ``description``, ``size``, the
+        extension's keys, and ``databases`` (the collection members it touched)."""
+        from atoll.collection.undo import database_undo_log
+
+        return database_undo_log(self, first, last, filter)
+
+    def undoInfo(self, first: int = 0, last: int = -20, specification: dict | None = None) -> list[dict]:
+        """:meth:`undoLog` keeping the entries whose items include ``specification``'s."""
+        if not specification:
+            return self.undoLog(first, last)
+        return self.undoLog(first, last, lambda entry: all(entry.get(k) == v for k, v in specification.items()))
+
+    def undo(self, id: bytes, txn: Any = None) -> None:
+        """Undo the transaction ``id`` (from an undo log) when ``txn`` (default: the
+        current transaction) commits; in a collection, in every database it touched."""
+        self.undoMultiple([id], txn)
+
+    def undoMultiple(self, ids: Any, txn: Any = None) -> None:
+        """:meth:`undo` of several transactions, in one commit."""
+        from atoll.collection.undo import undo_multiple
+
+        undo_multiple(self, ids, txn)
+
     def lastTransaction(self) -> bytes:
         """The tid of the newest committed transaction."""
         return self.storage.last_transaction()

@@ -50,7 +50,12 @@ class Unsupported(StorageError):
 
 
 class UndoError(StorageError):
-    """An undo could not be performed."""
+    """An undo could not be performed; ``oid`` names the object that stopped it, when
+    one did (changed by a later transaction, and its class could not merge)."""
+
+    def __init__(self, message: str, oid: bytes | None = None) -> None:
+        super().__init__(message)
+        self.oid = oid
 
 
 class POSKeyError(POSError, KeyError):

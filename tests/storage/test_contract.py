@@ -528,3 +528,83 @@ def test_pack_reports_progress(storage):
     # One line, one shape on every backend; a front end can tell it ends the pack.
     assert re.fullmatch(r"packed .+: removed \d+ revisions, \d+ objects, \d+ transactions", lines[-1])
     assert lines[-1].finished
+
+
+# -- what undo needs: ended objects, the transaction log, partners by key ------------
+
+def test_a_deleted_record_ends_the_object(storage):
+    from atoll.storage.base import DELETED
+
+    view = storage.open_view()
+    keep, ended = storage.new_oid(), storage.new_oid()
+    t1 = commit(view, {ROOT_OID: (z64, record("root", keep, ended)), keep: (z64, record("k")), ended: (z64, record("e"))})
+    assert len(storage) == 3
+    t2 = commit(view, {ended: (t1, DELETED)})
+    reader = storage.open_view()
+    with pytest.raises(POSKeyError):
+        reader.load(ended)
+    assert set(reader.load_many([keep, ended])) == {keep}
+    with pytest.raises(POSKeyError):
+        reader.load_serial(ended, t2)
+    assert len(storage) == 2
+    [txn] = list(storage.iterator(t2, t2))
+    assert [(r.oid, r.data) for r in txn.records] == [(ended, None)]
+    if storage.keep_history:  # history keeps the revision it ended
+        assert payload(reader.load_serial(ended, t1)) == "e"
+        assert payload(storage.open_view(before=t2).load(ended)[0]) == "e"
+    # An ended object has no current serial: storing it again expects none (z64).
+    t3 = commit(view, {ended: (z64, record("back"))})
+    reader.poll()
+    assert reader.load(ended) == (record("back"), t3)
+    assert len(storage) == 3
+    storage.pack(t3, references)  # an ended revision references nothing: pack copes
+    assert reader.load(ended)[1] == t3
+
+
+def test_deleted_record_cannot_be_merged(storage):
+    from atoll.storage.base import DELETED
+
+    view, other = storage.open_view(), storage.open_view()
+    oid = storage.new_oid()
+    t1 = commit(view, {oid: (z64, record(1))})
+    other.poll()
+    commit(view, {oid: (t1, record(2))})
+    merges = []
+    with pytest.raises(ConflictError):
+        other.tpc_begin(TransactionMeta())
+        other.store(oid, t1, DELETED)
+        try:
+            other.tpc_vote(lambda *args: merges.append(args) or record(3))
+        finally:
+            other.tpc_abort()
+    assert merges == []
+
+
+def test_transaction_log_newest_first_in_pages(storage):
+    view = storage.open_view()
+    oid = storage.new_oid()
+    tids = [commit(view, {oid: (z64, record(0))}, TransactionMeta(user="u", description="d0", extension={"k": 0}))]
+    for i in range(1, 5):
+        tids.append(commit(view, {oid: (tids[-1], record(i))}, TransactionMeta(description=f"d{i}", id=f"id{i}")))
+    log = storage.transaction_log()
+    assert [info.tid for info in log] == tids[::-1]
+    oldest = log[-1]
+    assert (oldest.user, oldest.description, oldest.extension) == ("u", "d0", {"k": 0})
+    if storage.keep_history:
+        assert all(info.size == len(record(0)) for info in log)
+    page = storage.transaction_log(before=tids[3], limit=2)
+    assert [info.tid for info in page] == [tids[2], tids[1]]
+    assert storage.transaction_log(before=tids[0]) == []
+
+
+def test_find_transactions_by_commit_key(storage):
+    from atoll.storage.base import commit_key
+
+    view = storage.open_view()
+    oid = storage.new_oid()
+    t1 = commit(view, {oid: (z64, record(1))}, TransactionMeta(id="first"))
+    t2 = commit(view, {oid: (t1, record(2))}, TransactionMeta(id="second"))
+    assert [info.key for info in storage.transaction_log()] == [commit_key("second"), commit_key("first")]
+    keys = [commit_key("first"), commit_key("second"), commit_key("absent"), ""]
+    assert storage.find_transactions(keys) == {commit_key("first"): t1, commit_key("second"): t2}
+    assert storage.find_transactions(keys, t2, t2) == {commit_key("second"): t2}

@@ -36,10 +36,24 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
 5. ``new_oid()`` never returns the same oid twice for one storage, across processes,
    and never the root oid.
 6. A storage never imports :mod:`atoll.connection` or :mod:`atoll.db`.
+7. A record of zero bytes (:data:`DELETED`) stored for an oid ends that object: from
+   its tid on, loads raise POSKeyError, ``load_serial`` of it raises POSKeyError,
+   iteration reports it with ``data`` None, ``len()`` leaves the object out, and the
+   object has no current serial (a later store gives ``z64`` as its read serial, as
+   for a new object; no load returns the ending tid, so no caller can give that). Undoing the transaction that created an object writes one;
+   nothing else does (records of real objects are never empty).
+
+Undo (history-preserving storages only) needs nothing beyond this protocol to write:
+an undo is an ordinary commit of the revisions that came before (see
+:mod:`atoll.undo`). To find what to undo, and the partners of a multi-database
+commit, storages list their transactions (:meth:`Storage.transaction_log`) and
+find them again by the key every participant of one commit records
+(:meth:`Storage.find_transactions`, :func:`commit_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
@@ -56,6 +70,9 @@ from atoll.progress import Progress, ProgressStep
 
 __all__ = [
     "TransactionMeta",
+    "TransactionInfo",
+    "DELETED",
+    "commit_key",
     "DataRecord",
     "TransactionRecord",
     "HistoryEntry",
@@ -98,6 +115,34 @@ class TransactionMeta:
     def extension_from_bytes(data: bytes | None) -> dict:
         """The inverse of :meth:`extension_bytes`."""
         return pickle.loads(data) if data else {}
+
+
+#: The record that ends an object (see invariant 7): what undoing its creation stores.
+DELETED = b""
+
+
+def commit_key(meta_id: str) -> str:
+    """The key a storage records for a commit whose :attr:`TransactionMeta.id` is
+    ``meta_id``: equal in every storage that took part in one multi-database
+    commit, and "" for a commit without an id (the initial root creation).
+
+    A digest rather than the id itself, because that is what the PostgreSQL
+    storage keeps (it names its prepared transactions by it)."""
+    return hashlib.sha1(meta_id.encode()).hexdigest() if meta_id else ""
+
+
+@dataclass(frozen=True)
+class TransactionInfo:
+    """One committed transaction, as :meth:`Storage.transaction_log` lists it."""
+
+    tid: bytes
+    user: str
+    description: str
+    extension: dict
+    #: :func:`commit_key` of the commit's shared id: the same in its partners.
+    key: str
+    #: Bytes of record data the transaction wrote (still there: pack may remove some).
+    size: int
 
 
 @dataclass(frozen=True)
@@ -307,6 +352,18 @@ class Storage(Protocol):
         passes None when another database may reference this one's objects.
         """
 
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        """Up to ``limit`` committed transactions with tids below ``before`` (all
+        when None), newest first: the undo log reads it page by page."""
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        """key -> tid of the transactions committed with these :func:`commit_key`
+        values (tids in ``[low, high]`` when given): how the databases of a
+        collection find the partners of a multi-database commit. Keys not found
+        are left out. Without bounds this reads the whole transaction log."""
+
     def __len__(self) -> int:
         """The number of objects with a current revision, the root included."""
 
@@ -370,7 +427,7 @@ def check_conflicts(
         if oid not in stores:
             continue
         read_serial, data = stores[oid]
-        if resolve is None or read_serial == z64 or committed == z64:
+        if resolve is None or read_serial == z64 or committed == z64 or data == DELETED:
             raise ConflictError(oid=oid, serials=(committed, read_serial))
         try:
             old: bytes | None = load_serial(oid, read_serial)

@@ -24,9 +24,11 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
     moved_serials,
+    commit_key,
 )
 
 __all__ = ["MemoryStorage", "MinimalMemoryStorage"]
@@ -39,7 +41,7 @@ class _Revisions:
 
     def __init__(self) -> None:
         self.tids: list[bytes] = []
-        self.datas: list[bytes | None] = []  # None: deleted
+        self.datas: list[bytes] = []  # DELETED (empty): the object ended there
 
     def at(self, snapshot: bytes) -> int:
         """Index of the newest revision with tid <= snapshot, or -1."""
@@ -121,7 +123,7 @@ class MemoryStorage(Storage):
                         continue
                     i = revisions.at(tid)
                     if i >= 0 and revisions.tids[i] == tid:
-                        records.append(DataRecord(oid, tid, revisions.datas[i]))
+                        records.append(DataRecord(oid, tid, revisions.datas[i] or None))
             yield TransactionRecord(tid, meta.user, meta.description, dict(meta.extension), records)
 
     def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
@@ -147,9 +149,43 @@ class MemoryStorage(Storage):
             progress(stats.step(self.name))
         return stats
 
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        self._check_open()
+        with self._lock:
+            end = len(self._tids) if before is None else bisect_left(self._tids, before)
+            infos = []
+            for tid in reversed(self._tids[max(0, end - limit) : end]):
+                meta = self._tx_meta[tid]
+                size = 0
+                for oid in self._tx_oids[tid]:
+                    revisions = self._objects.get(oid)
+                    if revisions is not None:
+                        i = revisions.at(tid)
+                        if i >= 0 and revisions.tids[i] == tid:
+                            size += len(revisions.datas[i])
+                infos.append(
+                    TransactionInfo(tid, meta.user, meta.description, dict(meta.extension), commit_key(meta.id), size)
+                )
+            return infos
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        self._check_open()
+        wanted = set(keys) - {""}
+        found: dict[str, bytes] = {}
+        with self._lock:
+            lo = 0 if low is None else bisect_left(self._tids, low)
+            hi = len(self._tids) if high is None else bisect_right(self._tids, high)
+            for tid in self._tids[lo:hi]:
+                key = commit_key(self._tx_meta[tid].id)
+                if key in wanted:
+                    found[key] = tid
+        return found
+
     def __len__(self) -> int:
         with self._lock:
-            return sum(1 for r in self._objects.values() if r.datas and r.datas[-1] is not None)
+            return sum(1 for r in self._objects.values() if r.datas and r.datas[-1])
 
     def get_size(self) -> int:
         with self._lock:
@@ -170,7 +206,7 @@ class MemoryStorage(Storage):
             for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
                 if tid <= pack_tid:
                     break
-                if data is not None:
+                if data:
                     todo.extend((ref, pack_tid) for ref in references(data))
         seen = {oid for oid, _ in todo}
         while todo:
@@ -179,7 +215,7 @@ class MemoryStorage(Storage):
             if revisions is None:
                 continue
             i = revisions.at(pack_tid)
-            if i < 0 or revisions.datas[i] is None:
+            if i < 0 or not revisions.datas[i]:
                 continue
             for ref in references(revisions.datas[i]):
                 if ref not in seen:
@@ -293,7 +329,7 @@ class MemoryView(CommitBuffer, StorageView):
                 i = revisions.at(self.snapshot)
                 if i >= 0:
                     data = revisions.datas[i]
-                    if data is not None:
+                    if data:  # an empty record ends the object (undone creation)
                         return data, revisions.tids[i]
                 elif revisions.tids and not storage.keep_history:
                     raise ReadConflictError(
@@ -315,7 +351,7 @@ class MemoryView(CommitBuffer, StorageView):
             revisions = self._storage._objects.get(oid)
             if revisions is not None:
                 i = revisions.at(serial)
-                if i >= 0 and revisions.tids[i] == serial and revisions.datas[i] is not None:
+                if i >= 0 and revisions.tids[i] == serial and revisions.datas[i]:
                     return revisions.datas[i]
         raise POSKeyError(oid)
 
@@ -332,7 +368,7 @@ class MemoryView(CommitBuffer, StorageView):
 
             def committed(oid: bytes) -> bytes:
                 revisions = objects.get(oid)
-                if revisions is not None and revisions.tids and revisions.datas[-1] is not None:
+                if revisions is not None and revisions.tids and revisions.datas[-1]:
                     return revisions.tids[-1]
                 return z64
 

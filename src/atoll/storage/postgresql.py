@@ -73,6 +73,7 @@ from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageE
 from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage import postgresql_undo as undo
 from atoll.storage.cache import RecordCache
 from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
@@ -85,6 +86,7 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
     moved_serials,
@@ -380,6 +382,14 @@ class PostgreSQLStorage(Storage):
         finally:
             self._records.clear()  # objects collected by the pack may be cached
 
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        return undo.transaction_log(self, before, limit)
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        return undo.find_transactions(self, keys, low, high)
+
     def __len__(self) -> int:
         with self._admin_conn() as conn:
             return conn.execute(self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF).fetchone()[0]
@@ -587,7 +597,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 tid = u64(new_tid(max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
-                datas = [data for _, data in self._stores.values()]
+                datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
                 with conn.pipeline():
                     if zoids:
                         conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas))

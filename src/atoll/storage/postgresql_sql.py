@@ -257,6 +257,20 @@ WHERE t.tid <> (SELECT tid FROM {s}.commit_lock WHERE id = 0)
   AND NOT EXISTS (SELECT 1 FROM {s}.object_state o WHERE o.tid = t.tid)
 """
 
+# -- undo (postgresql_undo.py) -------------------------------------------------------
+
+# A page of the transaction log, newest first, below a tid, with the bytes each wrote.
+TRANSACTIONS_BEFORE = """
+SELECT t.tid, t.username, t.description, t.extension, t.txn_key,
+       (SELECT coalesce(sum(length(o.state)), 0) FROM {s}.object_state o WHERE o.tid = t.tid)
+FROM {s}.transactions t WHERE t.tid < %s ORDER BY t.tid DESC LIMIT %s
+"""
+
+FIND_TRANSACTIONS = """
+SELECT txn_key, tid FROM {s}.transactions
+WHERE txn_key = ANY(%s::text[]) AND tid >= %s AND tid <= %s
+"""
+
 _TEMPLATES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}
 
 

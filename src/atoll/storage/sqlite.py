@@ -84,6 +84,7 @@ from atoll.errors import (
 from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import sqlite_prepared as prepared
 from atoll.storage import sqlite_sql as sql
+from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     CommitBuffer,
     Storage,
@@ -94,6 +95,7 @@ from atoll.storage.base import (
     Progress,
     References,
     Resolver,
+    TransactionInfo,
     TransactionMeta,
     TransactionRecord,
 )
@@ -321,7 +323,7 @@ class SQLiteStorage(Storage):
                         ids = json_ids(u64(oid) for oid in split_oids(oids))
                         states = dict(conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall())
                         records = [  # in the order the commit stored them; gone ones left out
-                            DataRecord(oid, btid, states[u64(oid)]) for oid in split_oids(oids) if u64(oid) in states
+                            DataRecord(oid, btid, states[u64(oid)] or None) for oid in split_oids(oids) if u64(oid) in states
                         ]
                         meta = TransactionMeta.extension_from_bytes(extension)
                         page.append(TransactionRecord(btid, user, description, meta, records))
@@ -347,6 +349,14 @@ class SQLiteStorage(Storage):
         finally:
             self._records.clear()
             self._checkpointer.request()
+
+    def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
+        return undo.transaction_log(self, before, limit)
+
+    def find_transactions(
+        self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
+    ) -> dict[str, bytes]:
+        return undo.find_transactions(self, keys, low, high)
 
     def __len__(self) -> int:
         self._check_open()
@@ -474,6 +484,8 @@ class SQLiteView(CommitBuffer, StorageView):
             row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
+            if not row[0]:  # DELETED: its creation was undone
+                raise POSKeyError(oid)
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
         serial = _pack64(row[1])
@@ -499,12 +511,16 @@ class SQLiteView(CommitBuffer, StorageView):
         wanted = list(by_number)
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
+        wanted_deleted: set[int] = set()  # oids whose creation was undone
         snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
                 for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, snapshot)):  # type: ignore[union-attr]
+                    if not state:  # DELETED
+                        wanted_deleted.add(zoid)
+                        continue
                     serial = serials.get(tid)
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
@@ -514,7 +530,7 @@ class SQLiteView(CommitBuffer, StorageView):
         if not self._storage.keep_history and len(found) < len(wanted):
             for zoid in wanted:  # a replaced revision must not pass for a missing object
                 oid = p64(zoid)
-                if oid not in found and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
+                if oid not in found and zoid not in wanted_deleted and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
                     self._missing(conn, oid)  # type: ignore[arg-type]
         records.put_many(found, self.snapshot)
         found.update(cached)
@@ -526,7 +542,7 @@ class SQLiteView(CommitBuffer, StorageView):
             row = conn.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()  # type: ignore[union-attr]
         except sqlite3.Error as e:
             raise self._storage._error(e, "loading") from None
-        if row is None:
+        if row is None or not row[0]:
             raise POSKeyError(oid)
         return row[0]
 
@@ -575,7 +591,10 @@ class SQLiteView(CommitBuffer, StorageView):
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
             checks = [f"[{u64(oid)},{u64(serial)}]" for oid, serial in self._checks.items() if oid not in stores]
             pairs = "[" + ",".join(stored + checks) + "]"
-            return {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+            found = {p64(zoid): p64(tid or 0) for zoid, tid in writer.execute(sql.SERIAL_MISMATCHES, (pairs,))}
+            if found:
+                undo.no_serial_when_ended(writer, found, stores, self._checks)
+            return found
 
         def load_current(oid: bytes) -> bytes:
             return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]

@@ -208,7 +208,14 @@ FROM json_each(?1) AS j
 JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
 """
 
-COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
+#: Objects with a revision, less those whose newest revision ends them (DELETED, an
+#: undone creation: rare, so the second scan reads few rows past its filter).
+COUNT_OBJECTS = """
+SELECT (SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state))
+     - (SELECT count(*) FROM object_state AS d
+        WHERE length(d.state) = 0
+          AND d.tid = (SELECT max(tid) FROM object_state WHERE zoid = d.zoid))
+"""
 
 # -- pack --------------------------------------------------------------------
 
@@ -233,3 +240,21 @@ WHERE tid < ?1
 LIVE_TIDS = "SELECT DISTINCT tid FROM object_state"
 ALL_TIDS = "SELECT tid FROM transactions ORDER BY tid"
 DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
+
+# -- undo (sqlite_undo.py) ---------------------------------------------------
+
+#: A page of the transaction log, newest first, below a tid.
+TRANSACTIONS_BEFORE = """
+SELECT tid, username, description, extension, txn_id, oids FROM transactions
+WHERE tid < ? ORDER BY tid DESC LIMIT ?
+"""
+
+#: The shared ids of the transactions in a range of tids.
+TRANSACTION_IDS = "SELECT tid, txn_id FROM transactions WHERE tid >= ? AND tid <= ? AND txn_id != ''"
+
+#: Bytes of record data a transaction wrote, given its oids (JSON).
+SIZE_OF_TRANSACTION = """
+SELECT coalesce(sum(length(s.state)), 0)
+FROM json_each(?1) AS j
+JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
+"""
