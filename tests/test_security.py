@@ -360,3 +360,27 @@ def test_bad_allowed_globals_and_aliases_are_refused_before_opening_anything(tmp
     assert not path.exists()
 
 
+
+
+def test_a_hostile_transaction_extension_is_refused(tmp_path):
+    # Transaction metadata is written by whoever writes the file too.
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "data.db"
+    db = atoll.DB(path)
+    with db.transaction(note="hello") as conn:
+        conn.root()["x"] = 1
+    db.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "UPDATE transactions SET extension = ? WHERE tid = (SELECT max(tid) FROM transactions)",
+            (pickle.dumps({"x": _Reduce(os.system, f"touch {sentinel}")}, 3),),
+        )
+    db = atoll.DB(path)
+    try:
+        with pytest.raises(ForbiddenGlobal, match="posix.system"):
+            list(db.storage.iterator())
+        assert not sentinel.exists()
+        with db.transaction() as conn:  # still usable
+            assert conn.root()["x"] == 1
+    finally:
+        db.close()
