@@ -331,6 +331,9 @@ class _RecordUnpickler(pickle.Unpickler):
         return obj
 
 
+#: Records longer than this are read by a fresh unpickler (see ObjectReader.__init__).
+_REUSE_LIMIT = 1024
+
 #: Classes found to be persistent (so fit for a reference or a record's class part).
 _persistent_classes: set[type] = set()
 
@@ -386,9 +389,11 @@ class ObjectReader:
         self._foreign = foreign
         self._policy = policy
         self._connection = connection
-        # One unpickler reused for state loads (made lazily): a new one per record
-        # costs more than loading a small state. Not while one load runs inside
-        # another (a __setstate__ that touches a ghost): _busy.
+        # One unpickler reused for loads of small records (made lazily): a new one
+        # per record costs more than loading a small state. Not while one load runs
+        # inside another (a __setstate__ that touches a ghost): _busy. Not for large
+        # records: an unpickler's memo table keeps its largest size, and clearing it
+        # after every load costs that size (0.5 ms once a 10,000-entry mapping was read).
         self._source = _Source()
         self._reused: _RecordUnpickler | None = None
         self._busy = False
@@ -446,7 +451,7 @@ class ObjectReader:
             raise _located(exc, oid) from None
 
     def _load(self, data: bytes, offset: int, whole: bool) -> Any:
-        if self._busy:
+        if self._busy or len(data) > _REUSE_LIMIT:
             unpickler = self._new_unpickler(_Source(data, offset))
             if whole:
                 unpickler.load()
