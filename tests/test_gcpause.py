@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import pytest
 import transaction
@@ -12,6 +13,7 @@ from persistent import Persistent
 
 import atoll
 from atoll import gcpause
+from helpers import Item
 
 
 class Probe(Persistent):
@@ -101,3 +103,186 @@ class Unpicklable(Persistent):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+
+
+def test_resumed_lets_the_collector_run_inside_a_pause_and_pauses_again():
+    with gcpause.paused():
+        with gcpause.resumed():
+            assert gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_resumed_outside_a_pause_changes_nothing():
+    with gcpause.resumed():
+        assert gc.isenabled()
+    gc.disable()
+    with gcpause.resumed():
+        assert not gc.isenabled()  # the application's choice stays
+
+
+def test_resumed_in_one_thread_keeps_another_threads_pause():
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with gcpause.paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(5)
+    with gcpause.paused():
+        with gcpause.resumed():
+            assert not gc.isenabled()  # the other thread still serializes
+    release.set()
+    thread.join()
+    assert gc.isenabled()
+
+
+# -- a threaded server with overlapping commits ----------------------------------------------
+
+
+class _Step:
+    """A data manager that marks a step of its transaction's commit and may hold it
+    there; ``sort_key`` places it before or after the connection's steps."""
+
+    def __init__(self, sort_key: str, at: str, hold: threading.Event | None = None) -> None:
+        self.sort_key, self.at, self.hold = sort_key, at, hold
+        self.reached = threading.Event()
+
+    def sortKey(self) -> str:
+        return self.sort_key
+
+    def _step(self, name: str) -> None:
+        if name == self.at:
+            self.reached.set()
+            if self.hold is not None:
+                assert self.hold.wait(10), "the test never released the commit"
+
+    def abort(self, txn) -> None:
+        pass
+
+    def tpc_begin(self, txn) -> None:
+        pass
+
+    def commit(self, txn) -> None:
+        self._step("commit")
+
+    def tpc_vote(self, txn) -> None:
+        self._step("vote")
+
+    def tpc_finish(self, txn) -> None:
+        pass
+
+    def tpc_abort(self, txn) -> None:
+        pass
+
+
+def _collections_while(wait_until_blocked) -> int:
+    """Young collections seen while the main thread allocates cycles, once the
+    other threads are where ``wait_until_blocked`` waits for."""
+    seen = []
+
+    def count(phase, info):
+        if phase == "start":
+            seen.append(info["generation"])
+
+    wait_until_blocked()
+    assert gc.isenabled(), "the collector is off while a commit waits"
+    gc.callbacks.append(count)
+    try:
+        for _ in range(50_000):
+            cycle: list = []
+            cycle.append(cycle)
+    finally:
+        gc.callbacks.remove(count)
+    return len(seen)
+
+
+def _commit_in_thread(db, change, *steps: _Step) -> tuple[threading.Thread, list]:
+    errors: list = []
+
+    def run():
+        manager = transaction.TransactionManager()
+        conn = db.open(manager)
+        try:
+            change(conn.root())
+            for step in steps:
+                manager.get().join(step)
+            manager.commit()
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+            manager.abort()
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def server_db(request, tmp_path):
+    db = atoll.DB(None if request.param == "memory" else str(tmp_path / "app.db"))
+    with db.transaction() as conn:
+        conn.root()["a"], conn.root()["b"] = Item(0), Item(0)
+    yield db
+    db.close()
+
+
+def test_collector_runs_while_a_commit_waits_for_the_commit_lock(server_db):
+    release = threading.Event()
+    holding = _Step("~", "vote", release)  # votes after A's connection: A holds the lock
+    a, a_errors = _commit_in_thread(server_db, lambda root: setattr(root["a"], "value", 1), holding)
+    try:
+        assert holding.reached.wait(10)
+        voting = _Step("", "vote")  # votes before B's connection, which then waits
+        b, b_errors = _commit_in_thread(server_db, lambda root: setattr(root["b"], "value", 1), voting)
+
+        def b_waits():
+            assert voting.reached.wait(10)
+            time.sleep(0.3)
+            assert b.is_alive()
+
+        assert _collections_while(b_waits) > 0
+    finally:
+        release.set()
+    a.join(10)
+    b.join(10)
+    assert not a_errors and not b_errors
+    with server_db.transaction() as conn:
+        assert conn.root()["a"].value == conn.root()["b"].value == 1
+    assert gc.isenabled()
+
+
+def test_collector_runs_while_a_serializing_commit_waits_for_new_oids(tmp_path):
+    db = atoll.DB(str(tmp_path / "app.db"))
+    with db.transaction() as conn:
+        conn.root()["a"], conn.root()["b"] = Item(0), Item(0)
+    release = threading.Event()
+    holding = _Step("~", "vote", release)
+    a, a_errors = _commit_in_thread(db, lambda root: setattr(root["a"], "value", 1), holding)
+    try:
+        assert holding.reached.wait(10)
+        committing, serialized = _Step("", "commit"), _Step("~", "commit")
+
+        def many_new_objects(root):  # more than a block of oids: B reserves more
+            root["b"].value = [Item(i) for i in range(5000)]
+
+        b, b_errors = _commit_in_thread(db, many_new_objects, committing, serialized)
+
+        def b_waits_in_serialization():
+            assert committing.reached.wait(10)
+            time.sleep(0.3)
+            assert not serialized.reached.is_set()  # B's connection still serializes
+
+        assert _collections_while(b_waits_in_serialization) > 0
+    finally:
+        release.set()
+    a.join(10)
+    b.join(10)
+    assert not a_errors and not b_errors
+    with db.transaction() as conn:
+        assert len(conn.root()["b"].value) == 5000 and conn.root()["a"].value == 1
+    db.close()

@@ -17,12 +17,14 @@ dict shared by all of them, and all use the same transaction manager.
 from __future__ import annotations
 
 import logging
+import pickle
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
 from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
 
+from atoll.arguments import check_oid
 from atoll import gcpause
 from atoll.errors import (
     ConflictError,
@@ -31,12 +33,15 @@ from atoll.errors import (
     POSError,
     POSKeyError,
     ReadOnlyHistoryError,
+    StorageTransactionError,
     UndoError,
+    UnpicklableError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.readahead import ReadAhead
 from atoll.serialize import ObjectReader, ObjectWriter, needs_args
 from atoll.storage.base import TransactionMeta
+from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
     from atoll.db import DB
@@ -193,15 +198,19 @@ class Connection:
                 reusable = False
         self._db._return_connection(self, reusable)
         if self._closes_db:
-            self._closes_db = False
-            failures = []
-            for db in list(self._db.databases.values()):
-                try:
-                    db.close()
-                except Exception as exc:  # close the others all the same
-                    failures.append(exc)
-            if failures:
-                raise failures[0]
+            self._close_databases()
+
+    def _close_databases(self) -> None:
+        """Close the collection this connection's ``atoll.connect()`` opened."""
+        self._closes_db = False
+        failures = []
+        for db in list(self._db.databases.values()):
+            try:
+                db.close()
+            except Exception as exc:  # close the others all the same
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection)."""
@@ -238,14 +247,21 @@ class Connection:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.opened is None:
             return
-        if self._commit_on_exit:
-            if exc_type is None:
-                self.transaction_manager.commit()
-            else:
-                self.transaction_manager.abort()
-        elif exc_type is not None:
-            self.transaction_manager.abort()
-        self.close()
+        manager = self.transaction_manager
+        try:
+            if self._commit_on_exit and exc_type is None:
+                manager.commit()
+            elif exc_type is not None:
+                manager.abort()
+        except BaseException:
+            manager.abort()  # a failed commit: the connection must leave the transaction to close
+            raise
+        finally:
+            try:
+                self.close()  # with atoll.connect(), closes the databases and storages too
+            finally:
+                if self._closes_db:  # close() failed before it got to them
+                    self._close_databases()
 
     def _check_open(self) -> None:
         if self.opened is None:
@@ -281,6 +297,7 @@ class Connection:
         obj = self._creating.get(oid)
         if obj is not None:
             return obj
+        check_oid(oid)  # after the cache: a bad oid is never found there
         record = self._ahead.keep(oid)
         obj = self._reader.ghost_from_record(record[0], oid)
         self._cache.new_ghost(oid, obj)
@@ -515,7 +532,12 @@ class Connection:
                 if obj._p_changed is None:
                     continue  # invalidated after it registered: nothing to write
                 read = obj._p_serial
-            data = serialize(obj)
+            try:
+                data = serialize(obj)
+            except POSError:
+                raise
+            except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+                raise self._unpicklable(obj, exc) from exc
             if store:
                 into[oid] = obj
                 records[oid] = (read, data)
@@ -524,6 +546,15 @@ class Connection:
                 into[oid] = data
         if records:
             self._view.store_many(records)
+
+    def _unpicklable(self, obj: Persistent, exc: BaseException) -> UnpicklableError:
+        """The error for an object whose record cannot be written, saying where."""
+        klass = type(obj)
+        try:
+            detail = describe(obj, obj.__getstate__(), exc)
+        except Exception as inner:  # noqa: BLE001 - the message must not hide the first error
+            detail = f"{exc} (and looking for the part that failed raised {inner!r})"
+        return UnpicklableError(f"{klass.__module__}.{klass.__qualname__}", obj._p_oid, self._db.database_name, detail)
 
     # -- the transaction package's data-manager protocol --------------------------
 
@@ -542,11 +573,20 @@ class Connection:
             # list is complete before any votes (see TransactionMeta).
             shared_id, participants = uuid.uuid4().hex, []
             txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        participants.append(self._db.storage.sort_key())
+        key = self._db.storage.sort_key()
+        if key in participants:
+            # Its vote would wait for the storage's commit lock, held by the other one.
+            raise StorageTransactionError(
+                f"two connections to the storage of database {self._db.database_name!r} ({key}) "
+                "take part in one transaction; a transaction writes each storage through one "
+                "connection: give each connection its own transaction manager, "
+                "e.g. db.open(transaction.TransactionManager())"
+            )
+        participants.append(key)
         try:
-            txn.data(_COMMITTING)[self._db.storage.sort_key()] = self
+            txn.data(_COMMITTING)[key] = self
         except KeyError:
-            txn.set_data(_COMMITTING, {self._db.storage.sort_key(): self})
+            txn.set_data(_COMMITTING, {key: self})
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
@@ -585,8 +625,8 @@ class Connection:
         if self._undo:
             self._check_undo(self._undo)
         try:
-            with gcpause.paused():
-                self._resolved = self._view.tpc_vote(self._db.resolve_conflict)
+            # Not paused (see atoll.gcpause): the vote waits for the commit lock.
+            self._resolved = self._view.tpc_vote(self._db.resolve_conflict)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:
@@ -600,11 +640,11 @@ class Connection:
             raise
 
     def tpc_finish(self, txn: Any) -> None:
-        with gcpause.paused():
-            self._finish()
-
-    def _finish(self) -> None:
         tid = self._view.tpc_finish()
+        with gcpause.paused():
+            self._finish(tid)
+
+    def _finish(self, tid: bytes) -> None:
         for obj in self._stored.values():
             obj._p_changed = False
             obj._p_serial = tid
@@ -676,9 +716,15 @@ class Connection:
 
     # -- transaction synchronizer (snapshot moves) ---------------------------------
 
+    # A transaction boundary is where the cache shrinks back towards its target
+    # size, as in ZODB: objects changed or loaded by the transaction are saved or
+    # discarded by now, so any of them may become a ghost. (Under the target, incrgc
+    # returns at once.)
+
     def newTransaction(self, txn: Any = None, sync: bool = True) -> None:
         if self.opened is not None and not self._joined:
             self._poll()
+            self._cache.incrgc()
 
     def beforeCompletion(self, txn: Any) -> None:
         pass
@@ -687,6 +733,7 @@ class Connection:
         self._forget_refused()
         if self.opened is not None:
             self._poll()
+            self._cache.incrgc()
 
     def _forget_refused(self) -> None:
         """Give objects changed through a historical connection their stored state."""

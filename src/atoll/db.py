@@ -23,6 +23,7 @@ from persistent.mapping import PersistentMapping
 
 from atoll.classes import ClassPolicy
 from atoll.conflict import resolve
+from atoll.arguments import check_count, check_oid, check_seconds, pack_time
 from atoll.connection import Connection
 from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
 from atoll.ids import ROOT_OID, next_tid, tid_from_time, tid_repr, z64
@@ -94,6 +95,12 @@ class DB:
         class_aliases: Mapping[str, str] | None = None,
         allowed_globals: Iterable[str] = (),
     ) -> None:
+        _check_db_arguments(
+            pool_size=pool_size, cache_size=cache_size, cache_size_bytes=cache_size_bytes,
+            historical_pool_size=historical_pool_size, historical_cache_size=historical_cache_size,
+            historical_cache_size_bytes=historical_cache_size_bytes,
+            pool_timeout=pool_timeout, historical_timeout=historical_timeout,
+        )
         if databases is None:
             databases = {}
         if database_name in databases:
@@ -203,15 +210,40 @@ class DB:
                     "database %r has %d connections open, more than its pool size %d",
                     self.database_name, pool.in_use, pool.size,
                 )
-        if connection is None:
-            if before is None:
-                connection = Connection(self, self.cache_size, self.cache_size_bytes)
-            else:
-                connection = Connection(self, self.historical_cache_size, self.historical_cache_size_bytes, before)
-            with self._lock:
-                self._connections.add(connection)
-        connection._open(transaction_manager or transaction.manager, connections, time.time())
+        try:
+            if connection is None:
+                if before is None:
+                    connection = Connection(self, self.cache_size, self.cache_size_bytes)
+                else:
+                    connection = Connection(
+                        self, self.historical_cache_size, self.historical_cache_size_bytes, before
+                    )
+                with self._lock:
+                    self._connections.add(connection)
+            connection._open(transaction_manager or transaction.manager, connections, time.time())
+        except BaseException:
+            self._open_failed(pool, before, connection, connections)
+            raise
         return connection
+
+    def _open_failed(
+        self, pool: _Pool, before: bytes | None, connection: Connection | None,
+        connections: dict[str, Connection] | None,
+    ) -> None:
+        """Undo what a failed open did: the pool's count of connections in use (or
+        later opens would warn of more connections than the pool holds), the group's
+        entry, and the connection itself (its view may be broken)."""
+        with self._lock:
+            pool.in_use -= 1
+            if before is not None and not pool.idle and not pool.in_use:
+                self._historical.pop(before, None)
+        if connection is not None:
+            if connections is not None and connections.get(self.database_name) is connection:
+                del connections[self.database_name]
+            try:
+                connection._shut()
+            except POSError as exc:
+                logger.warning("discarding %r after a failed open: %s", connection, exc)
 
     def _return_connection(self, connection: Connection, reusable: bool = True) -> None:
         with self._lock:
@@ -295,6 +327,7 @@ class DB:
 
     def setPoolSize(self, size: int) -> None:
         """Keep at most ``size`` idle connections (the extra ones go now)."""
+        check_count(size, "pool_size")
         with self._lock:
             self._pool.size = size
             drop = self._pool._trim(time.time())
@@ -307,6 +340,7 @@ class DB:
     def setCacheSize(self, size: int) -> None:
         """Set the target object count of every current connection's cache, open
         or idle, and of those opened later."""
+        check_count(size, "cache_size")
         self.cache_size = size
         for connection in self._current_connections(historical=False):
             connection._cache.cache_size = size
@@ -317,6 +351,7 @@ class DB:
 
     def setCacheSizeBytes(self, size: int) -> None:
         """Set the target size in bytes of every current connection's cache."""
+        check_count(size, "cache_size_bytes")
         self.cache_size_bytes = size
         for connection in self._current_connections(historical=False):
             connection._cache.cache_size_bytes = size
@@ -327,6 +362,7 @@ class DB:
 
     def setHistoricalPoolSize(self, size: int) -> None:
         """Keep at most ``size`` idle connections per historical moment."""
+        check_count(size, "historical_pool_size")
         self._set_historical(size=size)
 
     def getHistoricalCacheSize(self) -> int:
@@ -335,6 +371,7 @@ class DB:
 
     def setHistoricalCacheSize(self, size: int) -> None:
         """Set the target object count of every historical connection's cache."""
+        check_count(size, "historical_cache_size")
         self.historical_cache_size = size
         for connection in self._current_connections(historical=True):
             connection._cache.cache_size = size
@@ -345,6 +382,7 @@ class DB:
 
     def setHistoricalCacheSizeBytes(self, size: int) -> None:
         """Set the target size in bytes of every historical connection's cache."""
+        check_count(size, "historical_cache_size_bytes")
         self.historical_cache_size_bytes = size
         for connection in self._current_connections(historical=True):
             connection._cache.cache_size_bytes = size
@@ -355,6 +393,7 @@ class DB:
 
     def setHistoricalTimeout(self, timeout: float) -> None:
         """Discard idle historical connections older than ``timeout`` seconds."""
+        check_seconds(timeout, "historical_timeout")
         self._set_historical(timeout=timeout)
 
     def _set_historical(self, size: int | None = None, timeout: float | None = None) -> None:
@@ -384,7 +423,7 @@ class DB:
         In a collection of more than one database only old revisions go: another
         database may still refer to an object this one cannot see referenced.
         """
-        when = (time.time() if t is None else t) - days * 86400
+        when = pack_time(t, days)
         collect = len(self.databases) <= 1
         report = progress or (lambda line: logger.info("%s", line))
         if not collect:
@@ -396,6 +435,8 @@ class DB:
 
     def history(self, oid: bytes, size: int = 1) -> list[dict]:
         """Up to ``size`` revisions of an object, newest first, as dicts."""
+        check_oid(oid)
+        check_count(size, "history size", minimum=1)
         return [entry.as_dict() for entry in self.storage.history(oid, size)]
 
     # -- undo (ZODB's names; the work is in atoll.undo and atoll.collection.undo) ------
@@ -432,12 +473,14 @@ class DB:
 
     def cacheMinimize(self) -> None:
         """Ghost unmodified objects in the caches of idle connections."""
+        # Under the pools' lock: a thread taking one of these connections meanwhile
+        # would use its cache while it is being emptied (caches are not thread-safe).
         with self._lock:
             idle = [c for _, c in self._pool.idle]
             for pool in self._historical.values():
                 idle.extend(c for _, c in pool.idle)
-        for connection in idle:
-            connection.cacheMinimize()
+            for connection in idle:
+                connection.cacheMinimize()
 
     def new_oid(self) -> bytes:
         """A fresh oid from the storage."""
@@ -445,6 +488,16 @@ class DB:
 
     def __len__(self) -> int:
         return len(self.storage)
+
+
+def _check_db_arguments(**arguments: Any) -> None:
+    """TypeError or ValueError for a bad size or timeout given to ``DB()``, raised
+    before the storage opens."""
+    for name, value in arguments.items():
+        if name.endswith("timeout"):
+            check_seconds(value, name)
+        else:
+            check_count(value, name)
 
 
 def _before_tid(at: Any, before: Any) -> bytes | None:

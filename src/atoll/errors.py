@@ -26,6 +26,9 @@ __all__ = [
     "UndoError",
     "ForbiddenGlobal",
     "BrokenModified",
+
+
+    "UnpicklableError",
 ]
 
 
@@ -195,3 +198,24 @@ class BrokenModified(POSError, TypeError):
     Broken objects keep their record's state so nothing is lost, but cannot be
     written: restore the class, or map its old name with ``class_aliases``.
     """
+
+
+class UnpicklableError(POSError, TypeError):
+    """An object changed in a transaction cannot be pickled (it holds a lambda, a
+    lock, an open file, an instance of a class defined in a function, ...); the
+    commit or savepoint fails and nothing is written.
+
+    ``class_name``, ``oid`` and ``database_name`` name the object; ``detail`` says
+    where in it the problem is (an attribute path, when one can be found). The
+    pickle error is the ``__cause__``. A TypeError too, as pickle's own errors are.
+    """
+
+    def __init__(self, class_name: str, oid: bytes | None, database_name: str, detail: str) -> None:
+        self.class_name = class_name
+        self.oid = oid
+        self.database_name = database_name
+        self.detail = detail
+        super().__init__(
+            f"cannot store {class_name} {oid_repr(oid) if oid else '(no oid)'} of database "
+            f"{database_name!r}: {detail}"
+        )

@@ -1,4 +1,4 @@
-"""Pausing Python's cyclic garbage collector while a commit runs.
+"""Pausing Python's cyclic garbage collector while a commit serializes and finishes.
 
 A commit allocates several container objects per object it writes (reference
 tuples, store entries, rows), and almost all of them die by reference counting
@@ -11,6 +11,14 @@ collection afterwards.
 The pause is process-wide (the collector is), counted across threads, and restores
 the collector only if it was on when the first pause began: an application that
 turned it off keeps it off.
+
+Because it is process-wide, a pause must never last through a wait: a thread that
+waits for a lock (another commit's, another process's) would keep the collector off
+for every thread of a server, for as long as commits overlap. So the connection
+pauses only around serialization and its finish loop, never around a vote (which
+waits for the storage's commit lock), and code that may wait inside a pause (a
+storage reserving oids under its commit lock while a commit serializes) wraps the
+wait in :func:`resumed`.
 """
 
 from __future__ import annotations
@@ -20,26 +28,55 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["paused"]
+__all__ = ["paused", "resumed"]
 
 _lock = threading.Lock()
-_depth = 0
+_depth = 0  # pauses in progress, over all threads
 _was_enabled = False
+_mine = threading.local()  # .depth: the pauses of this thread
 
 
-@contextmanager
-def paused() -> Iterator[None]:
-    """Run the ``with`` block with the cyclic garbage collector off."""
+def _pause(count: int) -> None:
     global _depth, _was_enabled
     with _lock:
         if _depth == 0:
             _was_enabled = gc.isenabled()
             gc.disable()
-        _depth += 1
+        _depth += count
+
+
+def _unpause(count: int) -> None:
+    global _depth
+    with _lock:
+        _depth -= count
+        if _depth == 0 and _was_enabled:
+            gc.enable()
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Run the ``with`` block with the cyclic garbage collector off."""
+    _pause(1)
+    _mine.depth = getattr(_mine, "depth", 0) + 1
     try:
         yield
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _was_enabled:
-                gc.enable()
+        _mine.depth -= 1
+        _unpause(1)
+
+
+@contextmanager
+def resumed() -> Iterator[None]:
+    """Inside :func:`paused`, end this thread's pause for the ``with`` block (a wait);
+    elsewhere, do nothing. The collector runs again unless another thread pauses it."""
+    depth = getattr(_mine, "depth", 0)
+    if not depth:
+        yield
+        return
+    _mine.depth = 0
+    _unpause(depth)
+    try:
+        yield
+    finally:
+        _pause(depth)
+        _mine.depth = depth

@@ -608,3 +608,14 @@ def test_find_transactions_by_commit_key(storage):
     keys = [commit_key("first"), commit_key("second"), commit_key("absent"), ""]
     assert storage.find_transactions(keys) == {commit_key("first"): t1, commit_key("second"): t2}
     assert storage.find_transactions(keys, t2, t2) == {commit_key("second"): t2}
+
+
+def test_last_pack_remembers_the_newest_pack(storage):
+    assert storage.last_pack() == z64
+    view = storage.open_view()
+    t1 = commit(view, {ROOT_OID: (z64, record("root"))})
+    t2 = commit(view, {ROOT_OID: (t1, record("root 2"))})
+    storage.pack(t2, references)
+    assert storage.last_pack() == t2
+    storage.pack(t1, references)  # an older pack tid does not move it back
+    assert storage.last_pack() == t2

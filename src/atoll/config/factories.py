@@ -32,6 +32,8 @@ __all__ = [
     "DatabaseFactory",
     "DatabaseFactories",
     "non_negative_int",
+    "non_negative_byte_size",
+    "non_negative_interval",
     "synchronous",
     "class_alias",
     "database_schema_root",
@@ -43,6 +45,26 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def non_negative_byte_size(text: str) -> int:
+    """ZConfig datatype: a byte size (``5MB``, ``0``) >= 0."""
+    from ZConfig.datatypes import Registry
+
+    value = Registry().get("byte-size")(text)
+    if value < 0:
+        raise ValueError(f"expected a byte size >= 0, got {text!r}")
+    return value
+
+
+def non_negative_interval(text: str) -> float:
+    """ZConfig datatype: a time interval (``30``, ``5m``, ``2h``) >= 0, in seconds."""
+    from ZConfig.datatypes import Registry
+
+    value = Registry().get("time-interval")(text)
+    if value < 0:
+        raise ValueError(f"expected a time interval >= 0, got {text!r}")
     return value
 
 

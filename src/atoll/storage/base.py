@@ -373,6 +373,10 @@ class Storage(Protocol):
         """Up to ``limit`` committed transactions with tids below ``before`` (all
         when None), newest first: the undo log reads it page by page."""
 
+    def last_pack(self) -> bytes:
+        """The pack tid of the newest pack (``z64`` if never packed). The revisions a
+        transaction at or before it replaced may be gone, so undo refuses it."""
+
     def find_transactions(
         self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
     ) -> dict[str, bytes]:

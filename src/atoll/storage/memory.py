@@ -63,6 +63,7 @@ class MemoryStorage(Storage):
         self._tx_oids: dict[bytes, list[bytes]] = {}  # tid -> oids it wrote
         self._tx_meta: dict[bytes, TransactionMeta] = {}
         self._last_tid = z64
+        self._last_pack = z64  # the newest pack's tid
         self._next_oid = 1  # 0 is the root
         self._views: weakref.WeakSet[MemoryView] = weakref.WeakSet()
         self._closed = False
@@ -145,6 +146,7 @@ class MemoryStorage(Storage):
                     del revisions.tids[:i]
                     del revisions.datas[:i]
             self._forget_empty_transactions(stats)
+            self._last_pack = max(self._last_pack, pack_tid)
         if progress is not None:
             progress(stats.step(self.name))
         return stats
@@ -167,6 +169,9 @@ class MemoryStorage(Storage):
                     TransactionInfo(tid, meta.user, meta.description, dict(meta.extension), commit_key(meta.id), size)
                 )
             return infos
+
+    def last_pack(self) -> bytes:
+        return self._last_pack
 
     def find_transactions(
         self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None

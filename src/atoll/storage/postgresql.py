@@ -390,6 +390,9 @@ class PostgreSQLStorage(Storage):
     ) -> dict[str, bytes]:
         return undo.find_transactions(self, keys, low, high)
 
+    def last_pack(self) -> bytes:
+        return undo.last_pack(self)
+
     def __len__(self) -> int:
         with self._admin_conn() as conn:
             return conn.execute(self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF).fetchone()[0]

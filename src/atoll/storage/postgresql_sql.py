@@ -9,7 +9,9 @@ psycopg ``%s``/``%(name)s`` placeholders for values. Oids and tids are stored as
 Schema version 1. One PostgreSQL schema holds one atoll database:
 
 ``info(key, value)``
-    ``schema_version``, ``keep_history``, ``oid_block`` (see :data:`OID_BLOCK`).
+    ``schema_version``, ``keep_history``, ``oid_block`` (see :data:`OID_BLOCK`), and
+    once packed ``last_pack``, the newest pack tid (undo refuses transactions at or
+    before it).
 ``commit_lock(id, tid)``
     One row (id 0) holding the newest committed tid. Committers lock it
     ``FOR UPDATE``: that row lock *is* the commit lock, and because a prepared
@@ -264,6 +266,14 @@ TRANSACTIONS_BEFORE = """
 SELECT t.tid, t.username, t.description, t.extension, t.txn_key,
        (SELECT coalesce(sum(length(o.state)), 0) FROM {s}.object_state o WHERE o.tid = t.tid)
 FROM {s}.transactions t WHERE t.tid < %s ORDER BY t.tid DESC LIMIT %s
+"""
+
+LAST_PACK = "SELECT value FROM {s}.info WHERE key = 'last_pack'"
+
+# Inside the pack's transaction: the newest pack tid, for undo (see postgresql_undo.py).
+SET_LAST_PACK = """
+INSERT INTO {s}.info VALUES ('last_pack', %s) ON CONFLICT (key)
+DO UPDATE SET value = greatest({s}.info.value::bigint, EXCLUDED.value::bigint)::text
 """
 
 FIND_TRANSACTIONS = """

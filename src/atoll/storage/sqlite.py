@@ -74,6 +74,7 @@ import time
 import weakref
 from typing import Iterable, Iterator, Literal
 
+from atoll import gcpause
 from atoll.errors import (
     POSKeyError,
     ReadConflictError,
@@ -245,12 +246,20 @@ class SQLiteStorage(Storage):
         if self._closed or self.read_only:
             self._check_open()
             raise ReadOnlyError(f"storage {self.path} is read-only")
-        with self._oid_lock:
+        # Called while a commit serializes, with the garbage collector paused: a
+        # wait here (another thread reserving, or holding the commit lock) lets it run.
+        if not self._oid_lock.acquire(blocking=False):
+            with gcpause.resumed():
+                self._oid_lock.acquire()
+        try:
             oid = self._next_oid
             if oid >= self._oid_limit:
-                self._reserve_oids()
+                with gcpause.resumed():
+                    self._reserve_oids()
                 oid = self._next_oid
             self._next_oid = oid + 1
+        finally:
+            self._oid_lock.release()
         return _pack64(oid)
 
     def _reserve_oids(self) -> None:
@@ -358,11 +367,14 @@ class SQLiteStorage(Storage):
     ) -> dict[str, bytes]:
         return undo.find_transactions(self, keys, low, high)
 
+    def last_pack(self) -> bytes:
+        return undo.last_pack(self)
+
     def __len__(self) -> int:
         self._check_open()
         with self._lock:
             try:
-                return self._conn.execute(sql.COUNT_OBJECTS).fetchone()[0]  # type: ignore[union-attr]
+                return undo.count_objects(self._conn)  # type: ignore[arg-type]
             except sqlite3.Error as e:
                 raise self._error(e, "counting objects") from None
 

@@ -121,3 +121,4 @@ class Packer:
         empty = [(tid,) for tid in tids[:-1] if tid not in live]
         writer.executemany(sql.DELETE_TRANSACTION, empty)
         stats.transactions_removed = len(empty)
+        writer.execute(sql.SET_LAST_PACK, (self.pack_tid,))

@@ -30,8 +30,11 @@ their order.
     big-endian values (what ``poll()`` reports and iteration reads). Pack removes rows
     whose revisions are all gone, except the newest, which holds the last tid.
 ``atoll_meta``
-    ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0) and
-    ``next_oid``, the first oid no storage instance has been given yet.
+    ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0),
+    ``next_oid``, the first oid no storage instance has been given yet, and, once the
+    file was packed, ``last_pack``, the newest pack tid (undo refuses transactions
+    at or before it: the revisions they replaced may be gone); ``ended_objects``
+    once a commit wrote an empty state (an undone creation: see COUNT_ENDED_OBJECTS).
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
 files whose version is lower; a file whose version is higher is refused.
@@ -208,14 +211,17 @@ FROM json_each(?1) AS j
 JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
 """
 
-#: Objects with a revision, less those whose newest revision ends them (DELETED, an
-#: undone creation: rare, so the second scan reads few rows past its filter).
-COUNT_OBJECTS = """
-SELECT (SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state))
-     - (SELECT count(*) FROM object_state AS d
-        WHERE length(d.state) = 0
-          AND d.tid = (SELECT max(tid) FROM object_state WHERE zoid = d.zoid))
+COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
+
+#: Objects whose newest revision ends them (DELETED, an undone creation), which
+#: COUNT_OBJECTS counts too. A scan of the table, so ``len()`` runs it only in a file
+#: where a commit wrote one (``atoll_meta`` then holds ``ended_objects``).
+COUNT_ENDED_OBJECTS = """
+SELECT count(*) FROM object_state AS d
+WHERE length(d.state) = 0 AND d.tid = (SELECT max(tid) FROM object_state WHERE zoid = d.zoid)
 """
+HAS_ENDED_OBJECTS = "SELECT 1 FROM atoll_meta WHERE key = 'ended_objects'"
+MARK_ENDED_OBJECTS = "INSERT OR IGNORE INTO atoll_meta (key, value) VALUES ('ended_objects', 1)"
 
 # -- pack --------------------------------------------------------------------
 
@@ -247,6 +253,13 @@ DELETE_TRANSACTION = "DELETE FROM transactions WHERE tid = ?"
 TRANSACTIONS_BEFORE = """
 SELECT tid, username, description, extension, txn_id, oids FROM transactions
 WHERE tid < ? ORDER BY tid DESC LIMIT ?
+"""
+
+SELECT_LAST_PACK = "SELECT value FROM atoll_meta WHERE key = 'last_pack'"
+#: Inside the pack's write transaction.
+SET_LAST_PACK = """
+INSERT INTO atoll_meta (key, value) VALUES ('last_pack', ?1)
+ON CONFLICT (key) DO UPDATE SET value = max(value, ?1)
 """
 
 #: The shared ids of the transactions in a range of tids.

@@ -48,7 +48,7 @@ def insert_commit(
     Returns the bytes of record data written."""
     user, description, extension, txn_id = meta
     writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
-    per_insert, written = sql.STATES_PER_INSERT, 0
+    per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
         params: list = [tid]
@@ -56,7 +56,11 @@ def insert_commit(
             data = stores[oid][1]
             params += (_unpack64(oid)[0], data)
             written += len(data)
+            if not data:
+                ends = True
         writer.execute(sql.insert_states(len(part)), params)
+    if ends:  # an undone creation: len() must look for ended objects from now on
+        writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history:
         writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
     return written
