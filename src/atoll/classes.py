@@ -324,6 +324,8 @@ class ClassPolicy:
             if isinstance(obj, type) and issubclass(obj, Broken):
                 obj.__reduce_ex__(obj, 3)  # raises BrokenModified, naming the class
             defined = _defined_name(obj)
+            if defined is not None and "<" in defined[1]:
+                return  # a lambda or a local class: pickle cannot name it, and says so
             if not _is_persistent_class(obj) and (defined is None or not self._readable(defined, obj)):
                 module, _, name = (f"{defined[0]}.{defined[1]}" if defined else repr(obj)).rpartition(".")
                 raise self.forbidden(module, name, REFUSED)
