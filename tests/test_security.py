@@ -29,6 +29,7 @@ from atoll.ids import oid_repr, u64
 from atoll.serialize import record_class, references
 from atoll.storage import MemoryStorage
 from atoll.storage.base import TransactionMeta
+from atoll.storage.checksum import checksum
 from helpers import Counter, Item, Plain, make_plain
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -124,9 +125,13 @@ def _check_refused(db, victim: bytes, healthy: bytes, refused: str, sentinel: Pa
 
 
 def _sqlite_overwrite(path: Path, oid: bytes, record: bytes) -> None:
+    # Checksums guard against decay, not attackers: they recompute them.
     with sqlite3.connect(path) as raw:
         (tid,) = raw.execute("SELECT max(tid) FROM object_state WHERE zoid = ?", (u64(oid),)).fetchone()
-        raw.execute("UPDATE object_state SET state = ? WHERE zoid = ? AND tid = ?", (record, u64(oid), tid))
+        raw.execute(
+            "UPDATE object_state SET state = ?, checksum = ? WHERE zoid = ? AND tid = ?",
+            (record, checksum(u64(oid), tid, record), u64(oid), tid),
+        )
 
 
 def test_crafted_sqlite_records_are_refused_and_nothing_runs(tmp_path):
@@ -160,10 +165,12 @@ def test_crafted_postgresql_rows_are_refused_and_nothing_runs(tmp_path):
     db.close()
     for name, record, refused in _cases(sentinel, victim):
         with psycopg.connect(postgres_dsn(), autocommit=True) as raw:
+            (tid,) = raw.execute(
+                f'SELECT max(tid) FROM "{schema}".object_state WHERE zoid = %s', (u64(victim),)
+            ).fetchone()
             raw.execute(
-                f'UPDATE "{schema}".object_state SET state = %s WHERE zoid = %s AND tid = '
-                f'(SELECT max(tid) FROM "{schema}".object_state WHERE zoid = %s)',
-                (record, u64(victim), u64(victim)),
+                f'UPDATE "{schema}".object_state SET state = %s, checksum = %s WHERE zoid = %s AND tid = %s',
+                (record, checksum(u64(victim), tid, record), u64(victim), tid),
             )
         db = atoll.DB(PostgreSQLStorage(postgres_dsn(), schema=schema))
         try:
