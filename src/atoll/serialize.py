@@ -23,7 +23,12 @@ forms:
 ``['m', (database_name, oid, class)]``
     an object of another database of the same collection ("multi-database").
 ``['n', (database_name, oid)]``
-    the same without the class (read, never written).
+    the same without the class (written for a reference to a broken object).
+``['w', (oid,)]`` and ``['w', (oid, database_name)]``
+    a weak reference (``persistent.wref.WeakRef``) to an object of the same
+    database or of another: it does not keep its object alive (pack's garbage
+    collection does not follow it, :func:`references` leaves it out) and reads
+    as a ``WeakRef`` whose call returns None once the object is gone.
 
 Both pickles are written by separate picklers (the class part is cached per
 class), so the state part never refers to the class part's memo; one unpickler
@@ -55,6 +60,7 @@ import types
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from persistent import Persistent
+from persistent.wref import WeakRef
 
 from atoll.broken import Broken, persistent_broken_class
 from atoll.classes import DEFAULT_POLICY, ClassPolicy
@@ -76,8 +82,11 @@ __all__ = [
     "make_record",
     "class_pickle",
     "needs_args",
+    "PersistentReference",
+    "dump_state",
 ]
 
+#: The record format version this module writes (see the module docstring).
 FORMAT_VERSION = 1
 PROTOCOL = 3
 
@@ -119,6 +128,8 @@ class ObjectWriter:
         if type(obj) in _PLAIN_TYPES:
             return None
         if not isinstance(obj, Persistent) or isinstance(obj, type):
+            if type(obj) is WeakRef:
+                return self._weak_reference(obj)
             # Whatever the pickler writes as a global passes here first (a class or
             # function), or is reduced from an instance whose type passes here.
             if isinstance(obj, _GLOBAL_KINDS):
@@ -142,6 +153,22 @@ class ObjectWriter:
         if bare:
             return obj._p_oid
         return obj._p_oid, klass
+
+    def _weak_reference(self, ref: WeakRef) -> list:
+        """A WeakRef's reference form. Its object, if new, is given an oid here
+        (and stored), as ZODB does: a weak reference to an object never stored
+        would otherwise be dangling at once."""
+        if ref.oid is None:
+            target = ref()
+            if target._p_jar is None:
+                self._new_object(target)
+            ref.oid, ref.dm = target._p_oid, target._p_jar
+            ref.database_name = ref.dm.db().database_name
+        if ref.dm is self._jar:
+            return ["w", (ref.oid,)]
+        target = getattr(ref, "_v_ob", None)
+        name = self._cross_reference(target) if target is not None else ref.database_name
+        return ["w", (ref.oid, name)]
 
     def serialize(self, obj: Persistent) -> bytes:
         """The record of ``obj`` (which must have its oid already).
@@ -224,7 +251,6 @@ _GLOBAL_KINDS = (type, types.FunctionType, types.BuiltinFunctionType, types.Meth
 #: class -> whether references to its instances are written without the class.
 _bare_references: dict[type, bool] = {}
 _dumps = pickle.dumps
-_loads = pickle.loads
 
 _class_pickles: dict[type, bytes] = {}
 #: class -> its class pickle when its state is its __dict__, else b"" (see serialize).
@@ -374,19 +400,23 @@ class ObjectReader:
     ``ghost(oid, klass)`` returns the connection's object for an oid of its own
     database (from its cache or as a new ghost); ``klass`` may be None when the
     reference does not carry it. ``foreign(database_name, oid, klass)`` does the same
-    for another database of the collection. ``policy`` decides which globals records
-    may name; ``connection`` is handed to its class factory.
+    for another database of the collection. ``weak(oid, database_name)`` makes the
+    ``WeakRef`` of a weak reference (database_name None for the record's own).
+    ``policy`` decides which globals records may name; ``connection`` is handed to
+    its class factory.
     """
 
     def __init__(
         self,
         ghost: Callable[[bytes, type | None], Persistent],
         foreign: Callable[[str, bytes, type | None], Persistent],
+        weak: Callable[[bytes, str | None], WeakRef] | None = None,
         policy: ClassPolicy = DEFAULT_POLICY,
         connection: Any = None,
     ) -> None:
         self._ghost = ghost
         self._foreign = foreign
+        self._weak = weak
         self._policy = policy
         self._connection = connection
         # One unpickler reused for loads of small records (made lazily): a new one
@@ -419,6 +449,8 @@ class ObjectReader:
             if kind == "n":
                 database_name, oid = args
                 return self._foreign(database_name, oid, None)
+            if kind == "w" and self._weak is not None:
+                return self._weak(args[0], args[1] if len(args) > 1 else None)
         raise pickle.UnpicklingError(f"unknown persistent reference {ref!r}")
 
     def ghost_from_record(self, data: bytes, oid: bytes | None = None) -> Persistent:
@@ -552,8 +584,9 @@ class _ScanningUnpickler(pickle.Unpickler):
 
 
 def references(data: bytes) -> list[tuple[str | None, bytes]]:
-    """Every persistent reference in a record, as ``(database_name, oid)``;
-    database_name is None for the record's own database.
+    """Every strong persistent reference in a record, as ``(database_name, oid)``;
+    database_name is None for the record's own database. Weak references
+    (``['w', ...]``) are left out: they must not keep an object alive.
 
     Imports nothing and runs no code of the record's classes (every global reads as
     an inert placeholder), so pack and tools can scan any record. A record without
