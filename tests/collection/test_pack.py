@@ -156,16 +156,37 @@ def test_objects_linked_after_the_pack_time_stay(collection):
 
 
 def test_pack_reads_no_application_class(collection, monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("atoll_test_pack_never_imports")
+
+    class Elsewhere(Item):
+        pass
+
+    Elsewhere.__module__, Elsewhere.__qualname__ = module.__name__, "Elsewhere"
+    module.Elsewhere = Elsewhere
+    sys.modules[module.__name__] = module
     databases = collection.open()
-    build(databases)
-    import atoll.serialize as serialize
+    try:
+        with databases["a"].transaction() as conn:
+            conn.root()["kept"] = Elsewhere(Elsewhere("inner"))
+            conn.root()["dropped"] = Elsewhere("garbage")
+        with databases["a"].transaction() as conn:
+            del conn.root()["dropped"]
+    finally:
+        del sys.modules[module.__name__]
 
-    def no_import(*args, **kwargs):
-        raise AssertionError("pack imported a class")
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name == module.__name__:
+                raise AssertionError("pack imported an application module")
+            return None
 
-    monkeypatch.setattr(serialize, "_resolve_class", no_import)
+    monkeypatch.setattr(sys, "meta_path", [Refuse(), *sys.meta_path])
     stats = atoll.collection.pack(databases)
-    assert sum(s.objects_removed for s in stats.values()) == 5
+    assert stats["a"].objects_removed == 1
+    assert module.__name__ not in sys.modules
 
 
 def test_bad_arguments_are_refused():
