@@ -21,12 +21,14 @@ def _storage(kind: str, tmp_path: Path, name: str, **kwargs):
         return MemoryStorage() if kwargs.get("keep_history", True) else MinimalMemoryStorage()
     if kind == "sqlite":
         return SQLiteStorage(tmp_path / "undo.db", **kwargs)
+    if kind == "sqlite-cached":  # with a record cache, which must not serve undone states
+        return SQLiteStorage(tmp_path / "undo.db", cache_size_bytes=1 << 20, **kwargs)
     import postgres_support
 
     return postgres_support.make_storage(name, **kwargs)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-cached", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[atoll.DB]:
     database = atoll.DB(_storage(request.param, tmp_path, request.node.name))
     yield database
@@ -227,6 +229,19 @@ def test_undo_log_entries(db):
     assert [e["description"] for e in odd] == ["n3", "n1"]
     assert [e["description"] for e in db.undoInfo(0, 20, {"ticket": 42})] == ["first"]
     del txn
+
+
+def test_undo_refused_at_or_before_the_last_pack(db):
+    commit(db, "old", lambda root: root.update(x=1))
+    commit(db, "packed over", lambda root: root.update(x=2))
+    old_id = entry(db, "packed over")["id"]
+    db.pack()
+    commit(db, "after pack", lambda root: root.update(x=3))
+    with pytest.raises(UndoError, match="last pack"):
+        db.undo(old_id)
+    undo(db, "after pack")  # later transactions still can be
+    with db.transaction() as conn:
+        assert conn.root()["x"] == 2
 
 
 def test_bad_ids(db):

@@ -86,6 +86,12 @@ def undo_records(storage: Storage, database_name: str, tid: bytes) -> Plan:
     """What undoing transaction ``tid`` of ``storage`` writes (see :data:`Plan`),
     read through the storage protocol: the transaction's records, and the revisions
     current just before it."""
+    packed = storage.last_pack()
+    if tid <= packed:
+        raise UndoError(
+            f"transaction {tid_repr(tid)} of database {database_name!r} is not after its last pack "
+            f"({tid_repr(packed)}): the revisions it replaced are gone"
+        )
     records = None
     for record in storage.iterator(tid, tid):
         if record.tid == tid:

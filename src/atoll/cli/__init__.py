@@ -9,6 +9,6 @@ copy and the other operations), each a thin layer over a library call. See
 from __future__ import annotations
 
 from atoll.cli.main import cli, main
-from atoll.cli import commands  # noqa: E402,F401 - registers the commands on ``cli``
+from atoll.cli import commands, operations  # noqa: E402,F401 - registers the commands on ``cli``
 
 __all__ = ["main", "cli"]

@@ -8,10 +8,8 @@ open storages read-only, so they never write, not even a root object.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 
@@ -67,60 +65,17 @@ class Collection:
             db.close()
 
 
-def _is_config(target: str) -> bool:
-    return target.endswith((".conf", ".cfg", ".zconfig"))
-
-
 def open_target(target: str, *, read_only: bool, must_exist: bool = True) -> Collection:
     """Open every database ``target`` names; read-only ones when ``read_only``."""
-    from atoll.storage.targets import is_uri
+    from atoll.collection.targets import TargetError as LibraryTargetError
+    from atoll.collection.targets import open_databases
 
-    if "\x00" in target:
-        raise TargetError("a target cannot contain a NUL byte")
-    if is_uri(target):
-        databases: dict[str, DB] = {}
-        uri = _uri(target, read_only)
-        try:
-            DB(uri, database_name="main", databases=databases)
-        except ValueError as e:  # a bad URI: name it as the user wrote it
-            raise TargetError(str(e).replace(uri, target)) from None
-        return Collection(databases, target)
-    if _is_config(target):
-        if not os.path.isfile(target):
-            raise TargetError(f"no config file at {target}: give the path of an existing .conf file")
-        return Collection(_open_config(target, read_only), target)
-    if must_exist and not os.path.exists(target):
-        raise TargetError(
-            f"no database at {target}: give the path of an existing atoll file, a URI, or a .conf file"
-        )
-    if os.path.isdir(target):
-        raise TargetError(f"{target} is a folder: give the path of an atoll database file inside it")
-    from atoll.storage.sqlite import SQLiteStorage
-
-    databases = {}
-    DB(SQLiteStorage(target, read_only=read_only), database_name="main", databases=databases)
+    try:
+        databases = open_databases(target, read_only=read_only, must_exist=must_exist)
+    except LibraryTargetError as e:
+        raise TargetError(str(e)) from None
+    except ValueError as e:
+        if "URI" in str(e):  # a bad URI, named as the user wrote it
+            raise TargetError(" ".join(str(e).replace("?read_only=true", "").replace("&read_only=true", "").split())) from None
+        raise
     return Collection(databases, target)
-
-
-def _uri(uri: str, read_only: bool) -> str:
-    """``uri`` with ``read_only=true`` added where the scheme supports it."""
-    parts = urlsplit(uri)
-    if not read_only or parts.scheme.lower() == "memory":
-        return uri
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "read_only"]
-    query.append(("read_only", "true"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _open_config(path: str, read_only: bool) -> dict[str, DB]:
-    from atoll.config import _load, getDbSchema
-
-    factories = _load(getDbSchema(), path).database  # type: ignore[attr-defined]
-    if read_only:
-        for factory in factories:
-            storage_section = factory.section.storage.section
-            if hasattr(storage_section, "read_only"):
-                storage_section.read_only = True
-    databases: dict[str, DB] = {}
-    factories.open(databases)
-    return databases

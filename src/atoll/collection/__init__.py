@@ -1,8 +1,18 @@
-"""Operations on a whole multi-database collection (the ``databases`` dict of its
-DBs): undo across databases (:mod:`atoll.collection.undo`)."""
+"""Operations on a whole collection of databases (or on one database).
+
+Each works over the storage protocol and takes the collection as its ``databases``
+dict, a ``DB``, or a target (path, URI, ``.conf`` file):
+
+- :func:`backup` (:mod:`atoll.collection.backup`): a live backup of SQLite files.
+- :func:`undo_log` (:mod:`atoll.collection.undo`): undo across databases.
+- :func:`open_databases`, :func:`open_storages` (:mod:`atoll.collection.targets`):
+  what a target names.
+"""
 
 from __future__ import annotations
 
+from atoll.collection.backup import BackupStats, backup
+from atoll.collection.targets import TargetError, open_databases, open_storages
 from atoll.collection.undo import undo_log
 
-__all__ = ["undo_log"]
+__all__ = ["backup", "BackupStats", "undo_log", "open_databases", "open_storages", "TargetError"]

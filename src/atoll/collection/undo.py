@@ -40,11 +40,12 @@ _PAGE = 100
 Filter = Callable[[dict], bool]
 
 
-def _entries(db: DB) -> Iterator[tuple[TransactionInfo, dict]]:
-    """Every transaction of ``db``, newest first, with its log entry."""
-    before = None
+def _entries(db: DB, first_page: int = _PAGE) -> Iterator[tuple[TransactionInfo, dict]]:
+    """Every transaction of ``db``, newest first, with its log entry; the first page
+    read is of ``first_page`` transactions (what an unfiltered log needs)."""
+    before, size = None, max(1, min(first_page, _PAGE))
     while True:
-        page = db.storage.transaction_log(before, _PAGE)
+        page = db.storage.transaction_log(before, size)
         for info in page:
             entry = dict(info.extension)
             entry.update(
@@ -57,9 +58,9 @@ def _entries(db: DB) -> Iterator[tuple[TransactionInfo, dict]]:
                 databases=(db.database_name,),
             )
             yield info, entry
-        if len(page) < _PAGE:
+        if len(page) < size:
             return
-        before = page[-1].tid
+        before, size = page[-1].tid, _PAGE
 
 
 def _bounds(first: int, last: int) -> tuple[int, int]:
@@ -103,7 +104,7 @@ def database_undo_log(db: DB, first: int = 0, last: int = -20, filter: Filter | 
     chosen: list[tuple[TransactionInfo, dict]] = []
     index = 0
     if last > first:
-        for info, entry in _entries(db):
+        for info, entry in _entries(db, last if filter is None else _PAGE):
             if filter is not None and not filter(entry):
                 continue
             if index >= first:

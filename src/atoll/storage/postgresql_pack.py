@@ -61,6 +61,7 @@ class Packer:
             if storage.keep_history:
                 stats.revisions_removed += conn.execute(q.PACK_DELETE_OLD_REVISIONS, (t,)).rowcount
             stats.transactions_removed = conn.execute(q.PACK_DELETE_TRANSACTIONS).rowcount
+            conn.execute(q.SET_LAST_PACK, (str(t),))
             conn.execute("COMMIT")
         except psycopg.Error as e:
             raise StorageError(f"PostgreSQL error in {storage.name} during pack: {_first_line(e)}") from None

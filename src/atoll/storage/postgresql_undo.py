@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Iterable
 import psycopg
 
 from atoll.errors import StorageError
-from atoll.ids import p64, u64
+from atoll.ids import p64, u64, z64
 from atoll.storage.base import TransactionInfo, TransactionMeta
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage
 
-__all__ = ["transaction_log", "find_transactions"]
+__all__ = ["transaction_log", "find_transactions", "last_pack"]
 
 _MAX_ID = 2**63 - 1
 
@@ -38,6 +38,16 @@ def transaction_log(storage: PostgreSQLStorage, before: bytes | None, limit: int
         TransactionInfo(p64(tid), user, description, TransactionMeta.extension_from_bytes(extension), key, size)
         for tid, user, description, extension, key, size in rows
     ]
+
+
+def last_pack(storage: PostgreSQLStorage) -> bytes:
+    """:meth:`Storage.last_pack`: the ``info`` table's ``last_pack`` row, if any."""
+    try:
+        with storage._admin_conn() as conn:
+            row = conn.execute(storage._sql.LAST_PACK).fetchone()
+    except psycopg.Error as e:
+        raise StorageError(f"PostgreSQL error in {storage.name} reading the last pack: {e}") from None
+    return p64(int(row[0])) if row else z64
 
 
 def find_transactions(

@@ -9,6 +9,7 @@ in :mod:`atoll.storage.sqlite_sql`. An undo itself is an ordinary commit (see
 from __future__ import annotations
 
 import sqlite3
+import struct
 from typing import TYPE_CHECKING, Iterable
 
 from atoll.ids import p64, u64, z64
@@ -18,7 +19,7 @@ from atoll.storage.base import TransactionInfo, TransactionMeta, commit_key
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
 
-__all__ = ["transaction_log", "find_transactions", "no_serial_when_ended"]
+__all__ = ["transaction_log", "find_transactions", "last_pack", "count_objects", "no_serial_when_ended"]
 
 #: The largest tid SQLite can hold: "no upper bound".
 _MAX_ID = 2**63 - 1
@@ -26,8 +27,6 @@ _MAX_ID = 2**63 - 1
 
 def transaction_log(storage: SQLiteStorage, before: bytes | None, limit: int) -> list[TransactionInfo]:
     """:meth:`Storage.transaction_log`, read in one snapshot."""
-    from atoll.storage.sqlite import json_ids, split_oids
-
     storage._check_open()
     upper = u64(before) if before is not None else _MAX_ID
     with storage._lock:
@@ -40,7 +39,9 @@ def transaction_log(storage: SQLiteStorage, before: bytes | None, limit: int) ->
                 for tid, user, description, extension, txn_id, oids in conn.execute(
                     sql.TRANSACTIONS_BEFORE, (upper, limit)
                 ).fetchall():
-                    ids = json_ids(u64(oid) for oid in split_oids(oids))
+                    # The oids as a JSON array of numbers, in C-level steps (a loop per
+                    # oid in Python cost as much as the query).
+                    ids = "[" + ",".join(map(str, struct.unpack(f">{len(oids) // 8}Q", oids))) + "]"
                     size = conn.execute(sql.SIZE_OF_TRANSACTION, (ids, tid)).fetchone()[0]
                     infos.append(
                         TransactionInfo(
@@ -85,6 +86,32 @@ def find_transactions(
     return found
 
 
+def last_pack(storage: SQLiteStorage) -> bytes:
+    """:meth:`Storage.last_pack`: ``atoll_meta``'s ``last_pack`` row, if any."""
+    storage._check_open()
+    with storage._lock:
+        conn = storage._conn
+        assert conn is not None
+        try:
+            row = conn.execute(sql.SELECT_LAST_PACK).fetchone()
+        except sqlite3.Error as e:
+            raise storage._error(e, "reading the last pack") from None
+    return p64(int(row[0])) if row else z64
+
+
+def count_objects(conn: sqlite3.Connection) -> int:
+    """``len()``: objects with a revision, less those an undo ended (looked for only
+    in a file where a commit ended one)."""
+    conn.execute(sql.BEGIN_READ)
+    try:
+        count = conn.execute(sql.COUNT_OBJECTS).fetchone()[0]
+        if conn.execute(sql.HAS_ENDED_OBJECTS).fetchone():
+            count -= conn.execute(sql.COUNT_ENDED_OBJECTS).fetchone()[0]
+    finally:
+        conn.execute(sql.COMMIT)
+    return count
+
+
 def no_serial_when_ended(
     writer: sqlite3.Connection,
     moved: dict[bytes, bytes],
@@ -101,7 +128,7 @@ def no_serial_when_ended(
     for oid, serial in list(moved.items()):
         if serial == z64:
             continue
-        row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
+        row = writer.execute(sql.reads().LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
         if row is not None and not row[0]:
             expected = stores[oid][0] if oid in stores else checks.get(oid, z64)
             if expected == z64:

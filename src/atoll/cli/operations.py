@@ -1,0 +1,86 @@
+"""The operating commands: each one call of the library, with a progress bar.
+
+They open what they operate on themselves (the library call takes the target), and
+show long work as a bar on a terminal or as plain lines otherwise.
+"""
+
+from __future__ import annotations
+
+import click
+
+from atoll.cli.main import cli
+from atoll.cli.output import ProgressBar, print_json
+
+__all__ = ["backup", "undo"]
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("destination", metavar="DESTINATION")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def backup(source: str, destination: str, as_json: bool) -> None:
+    """Back up a live SQLite database into a new file (a collection: into a new
+    folder, with a config file that opens the copies as a collection), while
+    writers go on. PostgreSQL: use pg_dump (see docs/operations.md).
+
+    \b
+    Examples:
+      atoll backup app.db /backups/app-2026-11-30.db
+      atoll backup app.conf /backups/2026-11-30/
+    """
+    from atoll.collection.backup import backup as backup_collection
+    from atoll.collection.targets import TargetError as LibraryTargetError
+
+    from atoll.cli.opening import TargetError
+
+    bar = ProgressBar()
+    try:
+        stats = backup_collection(source, destination, progress=bar)
+    except LibraryTargetError as e:
+        raise TargetError(str(e)) from None
+    finally:
+        bar.close()
+    if as_json:
+        print_json({"files": stats.files, "bytes": stats.bytes, "config": stats.config, "seconds": stats.seconds})
+        return
+    for name, path in stats.files.items():
+        click.echo(f"{name}: {path}")
+    if stats.config:
+        click.echo(f"open the backup with: atoll info {stats.config}")
+    click.echo(f"{stats.bytes:,} bytes in {stats.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.argument("ids", metavar="ID...", nargs=-1, required=True)
+@click.option("-m", "--message", default=None, help="Description of the undo transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was undone as JSON.")
+def undo(target: str, ids: tuple[str, ...], message: str | None, as_json: bool) -> None:
+    """Undo transactions by the ids `atoll log` shows, in one new transaction; a
+    transaction of several databases of a collection is undone in all of them.
+    Fails, changing nothing, when a later transaction changed the same objects.
+
+    \b
+    Examples:
+      atoll log app.db -n 5
+      atoll undo app.db 040d5f3d3d7e2933@main
+    """
+    import transaction
+
+    from atoll.cli.opening import open_target
+
+    opened = open_target(target, read_only=False)
+    try:
+        manager = transaction.TransactionManager()
+        txn = manager.begin()
+        opened.first.undoMultiple(list(ids), txn)
+        txn.note(message or f"undo {', '.join(ids)}")
+        txn.setUser("atoll undo")
+        manager.commit()
+        tid = {name: db.lastTransaction().hex() for name, db in opened.databases.items()}
+    finally:
+        opened.close()
+    if as_json:
+        print_json({"undone": list(ids), "last_tid": tid})
+        return
+    click.echo(f"undone {len(ids)} transaction{'s' if len(ids) != 1 else ''}: {', '.join(ids)}")

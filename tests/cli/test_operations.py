@@ -1,0 +1,62 @@
+"""The operating commands, through click's runner."""
+
+from __future__ import annotations
+
+import atoll
+
+
+def test_backup_writes_a_file_that_opens(run, sqlite_target, tmp_path):
+    copy = str(tmp_path / "copy.db")
+    result = run("backup", sqlite_target, copy)
+    assert f"main: {copy}" in result.stdout
+    db = atoll.open(copy)
+    try:
+        with db.transaction() as conn:
+            assert conn.root()["people"]["ada"]["born"] == 1816
+    finally:
+        db.close()
+    again = run("backup", sqlite_target, copy, expect=1)
+    assert "exists: give a new file name" in again.stderr
+
+
+def test_backup_of_a_collection_writes_a_folder_with_a_config(run, collection_target, tmp_path):
+    out = run.json("backup", collection_target, str(tmp_path / "bk"))
+    assert set(out["files"]) == {"users", "orders"}
+    rows = run.json("info", out["config"])
+    assert {r["database"] for r in rows} == {"users", "orders"}
+
+
+def test_backup_of_postgresql_says_to_use_pg_dump(run, postgres_target, tmp_path):
+    result = run("backup", postgres_target, str(tmp_path / "x.db"), expect=1)
+    assert "pg_dump --schema=" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_undo_by_the_id_log_shows(run, sqlite_target):
+    newest = run.json("log", sqlite_target, "-n", "1")[0]
+    assert newest["description"] == "fix ada"
+    out = run("undo", sqlite_target, newest["id"])
+    assert "undone 1 transaction" in out.stdout
+    assert run.json("show", sqlite_target, "people/ada")["state"]["data"]["born"] == 1815
+    log = run.json("log", sqlite_target, "-n", "1")
+    assert log[0]["description"].startswith("undo ") and log[0]["user"].endswith("atoll undo")
+
+
+def test_undo_refused_after_a_later_change_changes_nothing(run, sqlite_target):
+    add = run.json("log", sqlite_target, "-n", "2")[1]  # "add ada": ada changed since
+    before = run.json("log", sqlite_target)
+    result = run("undo", sqlite_target, add["id"], expect=1)
+    assert "UndoError" in result.stderr and result.stderr.count("\n") == 1
+    assert run.json("log", sqlite_target) == before
+
+
+def test_undo_of_a_collection_transaction_undoes_every_database(run, collection_target):
+    (first,) = run.json("log", collection_target, "-n", "1")
+    assert sorted(first["databases"]) == ["orders", "users"]
+    run("undo", collection_target, first["id"])
+    assert run.json("ls", collection_target, "-d", "orders")["entries"] == []
+    assert run.json("ls", collection_target, "-d", "users")["entries"] == []
+
+
+def test_undo_of_a_bad_id_is_one_line(run, sqlite_target):
+    result = run("undo", sqlite_target, "nonsense", expect=1)
+    assert "is not an undo id" in result.stderr and result.stderr.count("\n") == 1
