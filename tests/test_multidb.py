@@ -241,6 +241,27 @@ def test_a_closed_second_database_leaves_the_idle_group(collection):
     transaction.abort()
 
 
+def test_idle_groups_count_as_idle_and_go_with_their_first_connection(caplog):
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases, pool_size=2)
+    second = atoll.DB(MemoryStorage(), database_name="second", databases=databases, pool_size=2)
+    try:
+        for _ in range(3):
+            groups = [first.open(transaction.TransactionManager()) for _ in range(4)]
+            for conn in groups:
+                conn.get_connection("second")
+                conn.close()
+        assert first._pool.in_use == 0 and second._pool.in_use == 0
+        assert len(first._pool.idle) == 2 and not second._pool.idle  # parked in the groups
+        assert "'second' has" not in caplog.text  # parked members are not "open"
+        kept = {c.connections["second"] for _, c in first._pool.idle}
+        # The pool discarded the other groups, and with them their second connections.
+        assert len(second.storage._views) == len(kept) == 2
+    finally:
+        first.close()
+        second.close()
+
+
 def test_unknown_database_in_a_record_is_reported(collection):
     first, second = collection
     conn = first.open()
