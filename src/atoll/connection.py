@@ -238,8 +238,9 @@ class Connection:
             raise failures[0]
 
     def _release(self) -> None:
-        """Drop the cache and the view for good (the pool discards this connection),
-        and those of the group members parked with it."""
+        """Drop the cache and the view for good (the pool discards this connection,
+        or its database closes): the view's own database connection closes now,
+        not when the garbage collector finds it. The group members parked with it go too."""
         if not self._parked:
             for other in list(self.connections.values()):
                 if other._parked:
@@ -251,7 +252,7 @@ class Connection:
         if self._saved is not None:
             self._saved.close()
             self._saved = None
-        self._view.release()
+        self._view.close()
 
     def _unregister_synch(self) -> None:
         """Stop following the transaction manager's transactions.
