@@ -121,13 +121,17 @@ def test_postgresql_history_free_database_stays_bounded_without_a_pack(request, 
 
 
 def test_postgresql_recovery_is_logged_on_the_next_open(request, caplog):
-    """A process stops between vote and finish: the next open rolls its prepared
-    transaction back and says so in one log line."""
+    """A process stops between a collection member's prepare and the decision: the
+    next open rolls its prepared transaction back and says so in one log line."""
+    from atoll.storage.base import Member
+
     storage = make_storage(request.node.name)
+    decider = make_storage(request.node.name + "_decider")  # votes nothing: no decision
+    members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
     try:
         commit(storage.open_view(), {ROOT_OID: (z64, b"root")})
         view = storage.open_view()
-        view.tpc_begin(TransactionMeta())
+        view.tpc_begin(TransactionMeta(id="never-decided", members=members, order_key="1"))
         view.store(p64(1), z64, b"never finished")
         view.tpc_vote()
         with admin_connection() as admin:  # the committing session dies (this test's only)
