@@ -111,7 +111,7 @@ class MemoryStorage(Storage):
             revisions = self._objects.get(oid)
             if revisions is None or not revisions.tids:
                 raise POSKeyError(oid)
-            entries = []
+            entries: list[HistoryEntry] = []
             for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
                 if len(entries) >= size:
                     break
@@ -248,13 +248,14 @@ class MemoryStorage(Storage):
         seen = {oid for oid, _ in todo}
         while todo:
             oid, _ = todo.pop()
-            revisions = self._objects.get(oid)
-            if revisions is None:
+            found = self._objects.get(oid)
+            if found is None:
                 continue
-            i = revisions.at(pack_tid)
-            if i < 0 or not revisions.datas[i]:
+            i = found.at(pack_tid)
+            state = found.datas[i] if i >= 0 else None
+            if not state:  # none, or deleted (an undone creation)
                 continue
-            for ref in references(revisions.datas[i]):
+            for ref in references(state):
                 if ref not in seen:
                     seen.add(ref)
                     todo.append((ref, pack_tid))
