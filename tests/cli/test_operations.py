@@ -29,3 +29,34 @@ def test_backup_of_a_collection_writes_a_folder_with_a_config(run, collection_ta
 def test_backup_of_postgresql_says_to_use_pg_dump(run, postgres_target, tmp_path):
     result = run("backup", postgres_target, str(tmp_path / "x.db"), expect=1)
     assert "pg_dump --schema=" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_undo_by_the_id_log_shows(run, sqlite_target):
+    newest = run.json("log", sqlite_target, "-n", "1")[0]
+    assert newest["description"] == "fix ada"
+    out = run("undo", sqlite_target, newest["id"])
+    assert "undone 1 transaction" in out.stdout
+    assert run.json("show", sqlite_target, "people/ada")["state"]["data"]["born"] == 1815
+    log = run.json("log", sqlite_target, "-n", "1")
+    assert log[0]["description"].startswith("undo ") and log[0]["user"].endswith("atoll undo")
+
+
+def test_undo_refused_after_a_later_change_changes_nothing(run, sqlite_target):
+    add = run.json("log", sqlite_target, "-n", "2")[1]  # "add ada": ada changed since
+    before = run.json("log", sqlite_target)
+    result = run("undo", sqlite_target, add["id"], expect=1)
+    assert "UndoError" in result.stderr and result.stderr.count("\n") == 1
+    assert run.json("log", sqlite_target) == before
+
+
+def test_undo_of_a_collection_transaction_undoes_every_database(run, collection_target):
+    (first,) = run.json("log", collection_target, "-n", "1")
+    assert sorted(first["databases"]) == ["orders", "users"]
+    run("undo", collection_target, first["id"])
+    assert run.json("ls", collection_target, "-d", "orders")["entries"] == []
+    assert run.json("ls", collection_target, "-d", "users")["entries"] == []
+
+
+def test_undo_of_a_bad_id_is_one_line(run, sqlite_target):
+    result = run("undo", sqlite_target, "nonsense", expect=1)
+    assert "is not an undo id" in result.stderr and result.stderr.count("\n") == 1

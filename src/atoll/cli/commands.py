@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from typing import Any, Iterator
 
@@ -314,39 +313,40 @@ def show(target: str, where: str, database: str | None, as_json: bool) -> None:
 @click.option("-n", "--count", default=20, show_default=True, help="How many transactions, newest first.")
 @_JSON
 def log(target: str, count: int, as_json: bool) -> None:
-    """The newest transactions: time, user, description, size and databases
-    (a transaction of several databases of a collection is one row).
+    """The newest transactions: time, id, user, description, bytes written and
+    databases (a transaction of several databases of a collection is one row;
+    its id undoes it in all of them with `atoll undo`).
 
     \b
     Example:
       atoll log app.db -n 5
     """
+    from atoll.collection.undo import undo_log
+    from atoll.undo import parse_undo_id
+
     if count < 0:
         raise TargetError("--count must be 0 or more")
-    merged: dict[tuple, dict[str, Any]] = {}
     with reading(target) as opened:
-        for db in opened:
-            newest: collections.deque = collections.deque(maxlen=count)
-            for record in db.storage.iterator():
-                size = sum(len(r.data) for r in record.records if r.data)
-                newest.append((record.tid, record.user, record.description, size, len(record.records)))
-            for tid, user, description, size, objects in newest:
-                row = merged.setdefault(
-                    (tid, user, description),
-                    {"tid": tid_text(tid), "time": tid_time(tid), "user": user, "description": description,
-                     "size": 0, "objects": 0, "databases": []},
-                )
-                row["size"] += size
-                row["objects"] += objects
-                row["databases"].append(db.database_name)
-    rows = sorted(merged.values(), key=lambda r: r["tid"], reverse=True)[:count]
+        entries = undo_log(opened.databases, 0, -count) if count else []
+    rows = []
+    for entry in entries:
+        _, tid = parse_undo_id(entry["id"])
+        rows.append({
+            "id": entry["id"].decode() if isinstance(entry["id"], bytes) else str(entry["id"]),
+            "tid": tid_text(tid),
+            "time": tid_time(tid),
+            "user": entry["user_name"],
+            "description": entry["description"],
+            "size": entry["size"],
+            "databases": list(entry["databases"]),
+        })
     if as_json:
         print_json(rows)
         return
     table(
-        [(r["time"], r["tid"], r["user"] or "-", r["description"] or "-", f"{r['size']:,}", r["objects"],
-          ",".join(r["databases"])) for r in rows],
-        ["time", "tid", "user", "description", "bytes", "objects", "databases"],
+        [(r["time"], r["id"], r["user"] or "-", r["description"] or "-", f"{r['size']:,}", ",".join(r["databases"]))
+         for r in rows],
+        ["time", "id (for atoll undo)", "user", "description", "bytes", "databases"],
     )
 
 

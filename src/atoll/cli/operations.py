@@ -11,7 +11,7 @@ import click
 from atoll.cli.main import cli
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup"]
+__all__ = ["backup", "undo"]
 
 
 @cli.command()
@@ -48,3 +48,39 @@ def backup(source: str, destination: str, as_json: bool) -> None:
     if stats.config:
         click.echo(f"open the backup with: atoll info {stats.config}")
     click.echo(f"{stats.bytes:,} bytes in {stats.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.argument("ids", metavar="ID...", nargs=-1, required=True)
+@click.option("-m", "--message", default=None, help="Description of the undo transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was undone as JSON.")
+def undo(target: str, ids: tuple[str, ...], message: str | None, as_json: bool) -> None:
+    """Undo transactions by the ids `atoll log` shows, in one new transaction; a
+    transaction of several databases of a collection is undone in all of them.
+    Fails, changing nothing, when a later transaction changed the same objects.
+
+    \b
+    Examples:
+      atoll log app.db -n 5
+      atoll undo app.db 040d5f3d3d7e2933@main
+    """
+    import transaction
+
+    from atoll.cli.opening import open_target
+
+    opened = open_target(target, read_only=False)
+    try:
+        manager = transaction.TransactionManager()
+        txn = manager.begin()
+        opened.first.undoMultiple(list(ids), txn)
+        txn.note(message or f"undo {', '.join(ids)}")
+        txn.setUser("atoll undo")
+        manager.commit()
+        tid = {name: db.lastTransaction().hex() for name, db in opened.databases.items()}
+    finally:
+        opened.close()
+    if as_json:
+        print_json({"undone": list(ids), "last_tid": tid})
+        return
+    click.echo(f"undone {len(ids)} transaction{'s' if len(ids) != 1 else ''}: {', '.join(ids)}")
