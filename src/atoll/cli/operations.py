@@ -11,7 +11,7 @@ import click
 from atoll.cli.main import cli
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup", "undo"]
+__all__ = ["backup", "copy", "undo"]
 
 
 @cli.command()
@@ -84,3 +84,47 @@ def undo(target: str, ids: tuple[str, ...], message: str | None, as_json: bool) 
         print_json({"undone": list(ids), "last_tid": tid})
         return
     click.echo(f"undone {len(ids)} transaction{'s' if len(ids) != 1 else ''}: {', '.join(ids)}")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("destination", metavar="DESTINATION")
+@click.option("--json", "as_json", is_flag=True, help="Print what was copied as JSON.")
+def copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy every transaction (tids, metadata, every revision) into an empty
+    database: any storage to any storage; a path ending in .fs is a ZODB
+    FileStorage (needs atoll[zodb]); two .conf files copy a collection. Run it
+    again to finish a copy that was interrupted.
+
+    \b
+    Examples:
+      atoll copy Data.fs app.db
+      atoll copy app.db postgresql://app@db.example.com/app
+      atoll copy zodb.conf atoll.conf
+    """
+    from atoll.collection.copy import copy as copy_transactions
+    from atoll.collection.targets import TargetError as LibraryTargetError
+
+    from atoll.cli.opening import TargetError
+
+    bar = ProgressBar()
+    try:
+        result = copy_transactions(source, destination, progress=bar)
+    except LibraryTargetError as e:
+        raise TargetError(str(e)) from None
+    finally:
+        bar.close()
+    results = result if isinstance(result, dict) else {"main": result}
+    if as_json:
+        print_json({
+            name: {"transactions": s.transactions, "records": s.records, "bytes": s.bytes, "seconds": s.seconds,
+                   "resumed_after": s.resumed_after.hex() if s.resumed_after else None}
+            for name, s in results.items()
+        })
+        return
+    for name, stats in results.items():
+        resumed = f", continuing after {stats.resumed_after.hex()}" if stats.resumed_after else ""
+        click.echo(
+            f"{name}: {stats.transactions:,} transactions, {stats.records:,} revisions, "
+            f"{stats.bytes:,} bytes in {stats.seconds:.1f} s{resumed}"
+        )

@@ -70,7 +70,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
-from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage import postgresql_undo as undo
@@ -78,6 +78,7 @@ from atoll.storage.cache import RecordCache
 from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DataRecord,
@@ -597,7 +598,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             with self._errors():
                 last = storage._lock_commit(conn)
                 resolved = self._check_conflicts(conn, p64(last), resolve)
-                tid = u64(new_tid(max(p64(last), self.snapshot)))
+                tid = u64(commit_tid(meta, max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL

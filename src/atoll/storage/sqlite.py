@@ -82,12 +82,13 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import sqlite_prepared as prepared
 from atoll.storage import sqlite_sql as sql
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DataRecord,
@@ -612,9 +613,9 @@ class SQLiteView(CommitBuffer, StorageView):
             return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
 
         resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
-        tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
+        tid = self._tid = u64(commit_tid(meta, p64(last) if last else None))
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
         return resolved
