@@ -24,6 +24,9 @@ __all__ = [
     "StorageTransactionError",
     "Unsupported",
     "UndoError",
+    "CorruptRecordError",
+    "ConnectionLostError",
+    "LockTimeoutError",
     "UnpicklableError",
 ]
 
@@ -55,6 +58,37 @@ class UndoError(StorageError):
     def __init__(self, message: str, oid: bytes | None = None) -> None:
         super().__init__(message)
         self.oid = oid
+
+
+class CorruptRecordError(StorageError):
+    """A stored record is damaged: its bytes no longer match the checksum kept with it.
+
+    Raised instead of returning (or unpickling) a record whose bytes changed on disk.
+    ``database`` is the storage's name (its file path or server address), ``oid`` and
+    ``tid`` name the revision, ``detail`` says what was found. The data cannot be
+    trusted: restore the database from a backup, or copy out what is still readable.
+    ``Storage.verify()`` lists every damaged record of a storage.
+    """
+
+    def __init__(
+        self, database: str, oid: bytes | None, tid: bytes | None, detail: str = "checksum mismatch"
+    ) -> None:
+        self.database = database
+        self.oid = oid
+        self.tid = tid
+        self.detail = detail
+        super().__init__(database, oid, tid, detail)
+
+    def __str__(self) -> str:
+        where = f"oid {oid_repr(self.oid)}" if self.oid is not None else "a record"
+        if self.tid is not None:
+            where += f", tid {tid_repr(self.tid)}"
+        return f"damaged record in database {self.database!r}: {where}: {self.detail}"
+
+
+class LockTimeoutError(StorageError):
+    """A lock (a storage's commit lock, a database file's write lock, a server row
+    lock) was not granted within the storage's lock timeout."""
 
 
 class POSKeyError(POSError, KeyError):
@@ -142,6 +176,16 @@ class ReadConflictError(ConflictError):
     """An object this transaction read (and must stay current) was changed by another."""
 
     kind = "database read conflict error"
+
+
+class ConnectionLostError(ConflictError):
+    """The connection to the database server was lost during a transaction (a server
+    restart, a network failure). Nothing of the transaction was committed; the
+    storage reconnects on its next use, so the transaction can simply be retried
+    (a :class:`ConflictError`, hence a transient error, for ``transaction``'s
+    ``attempts()`` loops)."""
+
+    kind = "database connection lost"
 
 
 class InvalidObjectReference(POSError):

@@ -610,6 +610,101 @@ def test_find_transactions_by_commit_key(storage):
     assert storage.find_transactions(keys, t2, t2) == {commit_key("second"): t2}
 
 
+# -- robustness (issue 16) -----------------------------------------------------------------
+
+
+def another_process(storage: Storage) -> Storage | None:
+    """A second instance on the same data, as another process would open it (None for
+    in-memory storages, which one process owns)."""
+    if storage.name.startswith("memory") or not hasattr(storage, "path") and not hasattr(storage, "schema"):
+        return None
+    if hasattr(storage, "path"):
+        from atoll.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(storage.path, keep_history=storage.keep_history)
+    from atoll.storage.postgresql import PostgreSQLStorage
+
+    return PostgreSQLStorage(storage._dsn, schema=storage.schema, keep_history=storage.keep_history)
+
+
+def test_oids_never_reused_after_a_store_of_an_oid_never_handed_out(storage):
+    """A copy stores oids new_oid() never handed out; new_oid() then never returns them."""
+    create_root(storage)
+    view = storage.open_view()
+    far = p64(5000)
+    commit(view, {far: (z64, record("copied")), p64(1): (z64, record("copied 1"))})
+    handed = {storage.new_oid() for _ in range(300)}
+    assert far not in handed and p64(1) not in handed
+    assert all(u64(oid) > 5000 for oid in handed)
+    view.release()
+
+
+def test_oids_never_reused_when_a_store_lands_inside_the_reserved_block(storage):
+    """The storage reserved a block of oids, then a commit stored oids inside it."""
+    create_root(storage)
+    first = storage.new_oid()  # a block is reserved from here on
+    view = storage.open_view()
+    inside = [p64(u64(first) + n) for n in range(1, 6)]
+    commit(view, {oid: (z64, record("copied")) for oid in inside})
+    handed = {storage.new_oid() for _ in range(50)}
+    assert not handed & set(inside)
+    view.release()
+
+
+def test_oids_never_reused_across_processes(storage):
+    """Another process stores oids in this one's reserved block and beyond it: this
+    one's new_oid() (after a poll, as a connection does at each transaction) never
+    hands them out."""
+    other = another_process(storage)
+    if other is None:
+        pytest.skip("an in-memory storage belongs to one process")
+    try:
+        create_root(storage)
+        first = storage.new_oid()  # this process's block
+        stored = [p64(u64(first) + n) for n in range(1, 4)] + [p64(u64(first) + 100_000)]
+        other_view = other.open_view()
+        commit(other_view, {oid: (z64, record("from elsewhere")) for oid in stored})
+        other_view.release()
+        view = storage.open_view()  # polls: sees the other process's commit
+        handed = {storage.new_oid() for _ in range(50)}
+        assert not handed & set(stored)
+        assert all(u64(oid) > u64(stored[-1]) for oid in handed)
+        # and a third instance, opened afterwards, starts past them too
+        third = another_process(storage)
+        try:
+            assert u64(third.new_oid()) > u64(stored[-1])
+        finally:
+            third.close()
+        view.release()
+    finally:
+        other.close()
+
+
+def test_verify_finds_nothing_in_a_sound_storage(storage):
+    create_root(storage)
+    view = storage.open_view()
+    for n in range(3):
+        commit(view, {p64(n + 1): (z64, record(n))})
+    lines: list[str] = []
+    assert storage.verify(progress=lines.append) == []
+    assert lines and "0 damaged" in lines[-1]
+    view.release()
+
+
+def test_view_close_releases_the_view(storage):
+    create_root(storage)
+    view = storage.open_view()
+    view.tpc_begin(TransactionMeta())
+    view.store(p64(1), z64, record("never"))
+    view.close()
+    view.close()  # idempotent
+    other = storage.open_view()
+    with pytest.raises(POSKeyError):
+        other.load(p64(1))  # the commit in progress was aborted
+    commit(other, {p64(2): (z64, record("after"))})  # and no lock is left held
+    other.release()
+
+
 def test_last_pack_remembers_the_newest_pack(storage):
     assert storage.last_pack() == z64
     view = storage.open_view()

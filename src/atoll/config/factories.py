@@ -148,6 +148,7 @@ class SQLiteStorageFactory(StorageFactory):
         "keep_history": "keep_history",
         "synchronous": "synchronous",
         "cache_size_bytes": "cache_size_bytes",
+        "commit_lock_timeout": "commit_lock_timeout",
     }
 
     def open(self) -> Storage:

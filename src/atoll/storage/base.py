@@ -34,13 +34,22 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
    committing together cannot deadlock.
 4. A committed transaction is atomic: every view sees all of its records or none.
 5. ``new_oid()`` never returns the same oid twice for one storage, across processes,
-   and never the root oid.
-6. A storage never imports :mod:`atoll.connection` or :mod:`atoll.db`.
-7. A record of zero bytes (:data:`DELETED`) stored for an oid ends that object: from
+   and never the root oid, nor an oid that exists: a commit that stores an oid
+   ``new_oid()`` never handed out (a copy, an import) moves the counter past it,
+   for every process of the storage.
+6. Every revision is stored with a checksum (CRC-32 over the oid, the tid and the
+   data); a load whose bytes do not match raises
+   :class:`~atoll.errors.CorruptRecordError` naming the database, oid and tid,
+   never returns the damaged bytes. ``verify()`` lists every damaged record.
+   Revisions written before checksums existed (older files) carry none and are
+   returned unchecked.
+7. A storage never imports :mod:`atoll.connection` or :mod:`atoll.db`.
+8. A record of zero bytes (:data:`DELETED`) stored for an oid ends that object: from
    its tid on, loads raise POSKeyError, ``load_serial`` of it raises POSKeyError,
    iteration reports it with ``data`` None, ``len()`` leaves the object out, and the
    object has no current serial (a later store gives ``z64`` as its read serial, as
-   for a new object; no load returns the ending tid, so no caller can give that). Undoing the transaction that created an object writes one;
+   for a new object; no load returns the ending tid, so no caller can give that).
+   Undoing the transaction that created an object writes one;
    nothing else does (records of real objects are never empty).
 
 Undo (history-preserving storages only) needs nothing beyond this protocol to write:
@@ -60,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Pr
 
 from atoll.errors import (
     ConflictError,
+    CorruptRecordError,
     POSKeyError,
     ReadConflictError,
     ReadOnlyError,
@@ -88,6 +98,7 @@ __all__ = [
     "check_conflicts",
     "moved_serials",
     "CommitBuffer",
+    "DamagedRecord",
 ]
 
 
@@ -211,6 +222,26 @@ class HistoryEntry:
         }
 
 
+@dataclass(frozen=True)
+class DamagedRecord:
+    """One damaged revision, as :meth:`Storage.verify` reports it.
+
+    ``database`` is the storage's name, ``oid``/``tid`` the revision (``tid`` None
+    when the damage hides it), ``detail`` what was wrong."""
+
+    database: str
+    oid: bytes
+    tid: bytes | None
+    detail: str
+
+    def error(self) -> CorruptRecordError:
+        """The error a load of this revision raises."""
+        return CorruptRecordError(self.database, self.oid, self.tid, self.detail)
+
+    def __str__(self) -> str:
+        return str(self.error())
+
+
 @dataclass
 class PackStats:
     """What a pack removed."""
@@ -329,6 +360,13 @@ class StorageView(Protocol):
     def release(self) -> None:
         """Give back what the view holds (read transaction, server connection)."""
 
+    def close(self) -> None:
+        """Release the view for good: abort any commit in progress and close its own
+        database connection (SQLite connection, server sessions), at once rather
+        than when the garbage collector finds the view. A connection pool calls
+        this for a connection it drops. The view is not used again after it;
+        idempotent."""
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -372,6 +410,13 @@ class Storage(Protocol):
         themselves, go too. Without it, no object is removed: the caller
         passes None when another database may reference this one's objects.
         """
+
+    def verify(self, progress: Progress | None = None) -> list[DamagedRecord]:
+        """Read every stored revision and return those whose bytes do not match their
+        checksum (or cannot be read at all), oldest damage first; an empty list
+        when the storage is sound. Runs beside commits, from one read snapshot;
+        ``progress`` receives a line now and then on a large storage. Revisions
+        written before checksums existed are counted as unchecked, not damaged."""
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
         """Up to ``limit`` committed transactions with tids below ``before`` (all

@@ -3,6 +3,10 @@
 :class:`MemoryStorage` keeps every revision until pack (history-preserving);
 :class:`MinimalMemoryStorage` keeps only what open views can still read, which is
 what a history-free storage must do to stay MVCC-correct.
+
+Records live in this process's memory as immutable ``bytes``: nothing can damage
+them between a store and a load, so these storages keep no checksums and
+:meth:`MemoryStorage.verify` only confirms that every revision is there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from atoll.storage.base import (
     commit_tid,
     Storage,
     StorageView,
+    DamagedRecord,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -75,6 +80,13 @@ class MemoryStorage(Storage):
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"storage {self.name!r} is closed")
+
+    def _advance_oids(self, oids: Iterable[bytes]) -> None:
+        """Move the oid counter past every oid of a commit (under ``_lock``): an oid
+        that new_oid() never handed out (a copy, an import) is never handed out later."""
+        highest = max(oids, default=None)
+        if highest is not None and u64(highest) >= self._next_oid:
+            self._next_oid = u64(highest) + 1
 
     # -- the Storage protocol ------------------------------------------------
 
@@ -151,6 +163,21 @@ class MemoryStorage(Storage):
         if progress is not None:
             progress(stats.step(self.name))
         return stats
+
+    def verify(self, progress: Progress | None = None) -> list[DamagedRecord]:
+        """Nothing to find: records are immutable bytes in memory (see the module docstring)."""
+        self._check_open()
+        with self._lock:
+            damaged = [
+                DamagedRecord(self.name, oid, tid, f"revision is a {type(data).__name__}, not bytes")
+                for oid, revisions in self._objects.items()
+                for tid, data in zip(revisions.tids, revisions.datas)
+                if data is not None and not isinstance(data, bytes)
+            ]
+            count = sum(len(r.tids) for r in self._objects.values())
+        if progress is not None:
+            progress(f"verified {self.name}: {count} revisions, {len(damaged)} damaged")
+        return damaged
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
         self._check_open()
@@ -383,6 +410,7 @@ class MemoryView(CommitBuffer, StorageView):
 
             resolved = self._resolve_conflicts(storage._last_tid, moved, lambda oid: objects[oid].datas[-1], resolve)
             self._tid = commit_tid(self._meta, storage._last_tid)
+            storage._advance_oids(self._stores)
         return resolved
 
     def tpc_finish(self) -> bytes:
@@ -409,3 +437,7 @@ class MemoryView(CommitBuffer, StorageView):
         self._reset()
         with self._storage._lock:
             self._storage._views.discard(self)
+
+    def close(self) -> None:
+        """Release the view; it holds nothing else (see :meth:`StorageView.close`)."""
+        self.release()

@@ -44,24 +44,45 @@ Recovery of prepared transactions left by a crashed process: see
 :mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session
 and the transaction, and whether a partner committed decides). It runs when a storage
 opens, when a committer has waited ``lock_wait`` for the commit lock, and on demand
-(:meth:`PostgreSQLStorage.recover`). A server with
+(:meth:`PostgreSQLStorage.recover`); whatever it settles is logged, one line per
+prepared transaction. A server with
 ``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
 naming the setting, unless ``two_phase=False`` is passed, which commits in
 ``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
 transaction; a crash simply rolls it back, and a multi-database commit is no longer
 atomic against a crash between its participants' finishes).
+
+Lost sessions. A server restart or a network failure ends every session. Each is
+re-established on its next use: the storage's own session (oids, history, ``len``,
+recovery) retries a statement once on a new session; a view whose session is lost
+takes a new one when it next polls (at the start of every transaction), and a
+transaction caught in the middle gets one :class:`~atoll.errors.ConnectionLostError`,
+a ConflictError, so the usual retry loop carries on. Nothing acknowledged is lost:
+a commit is acknowledged only when ``COMMIT PREPARED`` returned, or, when the
+session was lost on the way, once a new session finds the transaction committed.
+
+Housekeeping. Every :data:`PRUNE_EVERY` commits, ``tpc_finish`` removes decision
+rows nothing needs any more and, in a history-free database, transaction rows whose
+revisions were all replaced (so such a database stays bounded without a pack). It
+runs after the commit point: a failure is logged, never raised.
+
+Checksums. Every row of ``object_state`` carries a checksum
+(:mod:`atoll.storage.checksum`); loads check it and raise
+:class:`~atoll.errors.CorruptRecordError` on a mismatch; :meth:`PostgreSQLStorage.verify`
+reads every revision.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -69,18 +90,31 @@ from psycopg import sql as pg_sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
+from atoll.errors import (
+    ConnectionLostError,
+    CorruptRecordError,
+    LockTimeoutError,
+    POSKeyError,
+    ReadConflictError,
+    ReadOnlyError,
+    StorageError,
+    StorageTransactionError,
+)
 from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage import postgresql_undo as undo
 from atoll.storage.cache import RecordCache
+from atoll.storage.checksum import check as check_checksum
+from atoll.storage.checksum import checksum as record_checksum
+from atoll.storage.options import check_wait
 from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
     commit_tid,
     Storage,
     StorageView,
+    DamagedRecord,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -96,7 +130,22 @@ from atoll.storage.base import (
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
-_PRUNE_EVERY = 1000  # commits between two prunings of atoll_shared.commit_decisions
+#: Commits between two housekeeping runs (decision rows; history-free: replaced
+#: transaction rows).
+PRUNE_EVERY = 1000
+_VERIFY_PAGE = 2000  # revisions per statement of verify()
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _SessionLost(StorageError):
+    """The storage's own session was lost; the next use makes a new one."""
+
+
+def _lost(conn: psycopg.Connection | None) -> bool:
+    """Whether ``conn`` can no longer be used (the server or network ended it)."""
+    return conn is None or conn.closed or conn.broken
 
 
 def _first_line(error: BaseException) -> str:
@@ -144,6 +193,9 @@ class PostgreSQLStorage(Storage):
     ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema {schema!r} must be a lower-case identifier (letters, digits, _)")
+        commit_lock_timeout = check_wait("commit_lock_timeout", commit_lock_timeout)
+        # 0 would be PostgreSQL's "no lock_timeout": wait forever.
+        lock_wait = check_wait("lock_wait", lock_wait, allow_zero=False)
         self._dsn = dsn
         self.schema = schema
         self.keep_history = keep_history
@@ -164,7 +216,7 @@ class PostgreSQLStorage(Storage):
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
         self._closed = False
         self.name = self._safe_name(dsn)
-        self._admin = self._connect()
+        self._admin: _Session | None = self._connect()
         try:
             info = self._admin.conn.info
             self.name = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}?schema={schema}"
@@ -194,13 +246,17 @@ class PostgreSQLStorage(Storage):
 
     def _connect(self) -> _Session:
         """A new session holding a fresh owner lock; StorageError if unreachable."""
+        key = secrets.randbits(62) + 1
         try:
             conn = psycopg.connect(self._dsn, autocommit=True)
+            try:
+                conn.execute(SQL.OWNER_LOCK, (key,))
+                conn.execute(f"SET lock_timeout = {max(1, int(self.lock_wait * 1000))}")
+            except BaseException:
+                conn.close()
+                raise
         except psycopg.Error as e:
             raise StorageError(f"cannot connect to {self.name}: {_first_line(e)}") from None
-        key = secrets.randbits(62) + 1
-        conn.execute(SQL.OWNER_LOCK, (key,))
-        conn.execute(f"SET lock_timeout = {int(self.lock_wait * 1000)}")
         session = _Session(conn, key)
         self._sessions.add(session)
         return session
@@ -234,19 +290,63 @@ class PostgreSQLStorage(Storage):
 
     @contextmanager
     def _admin_conn(self) -> Iterator[psycopg.Connection]:
-        """The storage's own session, for one thread at a time; errors as StorageError."""
+        """The storage's own session, for one thread at a time, made anew if it was
+        lost; errors as StorageError (_SessionLost when the session was lost)."""
         self._check_open()
         with self._lock:
+            if self._admin is None or _lost(self._admin.conn):
+                self._drop_admin()
+                self._admin = self._connect()
             conn = self._admin.conn
             try:
                 yield conn
             except psycopg.Error as e:
-                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                if _lost(conn):
+                    self._session_lost()
+                    raise _SessionLost(
+                        f"lost the connection to {self.name} ({_first_line(e)}); it is made again on next use"
+                    ) from None
+                if conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.execute("ROLLBACK")
                 raise StorageError(f"PostgreSQL error in {self.name}: {_first_line(e)}") from None
 
+    def _admin_call(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(conn)`` on the storage's own session, once more on a new session
+        when the first was lost (for work that can safely run twice)."""
+        try:
+            with self._admin_conn() as conn:
+                return work(conn)
+        except _SessionLost:
+            with self._admin_conn() as conn:
+                return work(conn)
+
+    def _drop_admin(self) -> None:
+        if self._admin is not None:
+            try:
+                self._admin.conn.close()
+            except psycopg.Error:
+                pass
+            self._admin = None
+
+    def _session_lost(self) -> None:
+        """A session was found lost: the server most likely dropped every session of
+        this process (a restart), so the idle pool and the admin session go too and
+        are made anew on their next use."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            if self._admin is not None and _lost(self._admin.conn):
+                self._drop_admin()
+            if self._listener is not None and _lost(self._listener):
+                self._listener = None
+        for session in idle:
+            try:
+                session.conn.close()
+            except psycopg.Error:
+                pass
+
     def _server_id(self) -> str:
         """The server's system identifier (same however it is addressed), else host:port."""
+        assert self._admin is not None
         conn = self._admin.conn
         try:
             return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
@@ -254,6 +354,7 @@ class PostgreSQLStorage(Storage):
             return f"{conn.info.host}:{conn.info.port}"
 
     def _check_prepared_allowed(self) -> None:
+        assert self._admin is not None
         allowed = int(self._admin.conn.execute(SQL.MAX_PREPARED).fetchone()[0])
         if allowed == 0:
             raise StorageError(
@@ -300,6 +401,8 @@ class PostgreSQLStorage(Storage):
                 f"{self.name}: schema version {version} is newer than this atoll knows "
                 f"({SQL.SCHEMA_VERSION}); upgrade atoll"
             )
+        if version < 2:  # read-only: the checksum column cannot be added
+            self._sql = SQL.queries(pg_sql.Identifier(self.schema).as_string(None), checksums=False)
         stored = info["keep_history"] == "1"
         if stored != self.keep_history:
             kind = "history-preserving" if stored else "history-free"
@@ -311,9 +414,18 @@ class PostgreSQLStorage(Storage):
         """Resolve prepared transactions of this schema whose owning session is gone.
 
         Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
-        is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`."""
-        with self._admin_conn() as conn:
-            return recovery.recover(conn, self.schema)
+        is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`.
+        Each one settled is logged (a warning: a process stopped during its commit)."""
+        outcome = self._admin_call(lambda conn: recovery.recover(conn, self.schema))
+        for gid, verb in outcome.items():
+            log.warning(
+                "%s: %s prepared transaction %s, left by a process that stopped during its commit%s",
+                self.name,
+                verb,
+                gid,
+                " (a partner had committed it)" if verb == "committed" else " (no participant had committed it)",
+            )
+        return outcome
 
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
@@ -330,8 +442,9 @@ class PostgreSQLStorage(Storage):
                 with self._admin_conn() as admin:
                     held = recovery.prepared_gids(admin, self.schema)
                 by = f" (prepared transactions: {', '.join(held)})" if held else ""
-                raise StorageError(
-                    f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by}"
+                raise LockTimeoutError(
+                    f"{self.name}: could not get the commit lock within {self.commit_lock_timeout:g} s{by} "
+                    "(commit_lock_timeout)"
                 )
 
     # -- the Storage protocol --------------------------------------------------------
@@ -343,21 +456,34 @@ class PostgreSQLStorage(Storage):
         self._check_open()
         with self._lock:
             if self._next_oid >= self._oid_limit:
-                with self._admin_conn() as conn:
-                    start = conn.execute(self._sql.NEW_OID_BLOCK).fetchone()[0]
+                # Taken twice if the session is lost on the way: a gap, never a repeat.
+                start = self._admin_call(lambda conn: conn.execute(self._sql.NEW_OID_BLOCK).fetchone()[0])
                 self._next_oid, self._oid_limit = start, start + SQL.OID_BLOCK
             oid = self._next_oid
             self._next_oid += 1
         return p64(oid)
 
+    def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
+        """Give up the rest of the oid block if ``oids`` (written by a commit, this
+        process's or another's) fall in it: such an oid was not handed out by this
+        block, so a copy or import stored it, and the block may hold more of them.
+        The next new_oid() takes a block past everything stored (see ADVANCE_OIDS)."""
+        with self._lock:
+            low, high = self._next_oid, self._oid_limit
+            if low >= high:
+                return
+            lo, hi = p64(low), p64(high)
+            if not oids or max(oids) < lo or min(oids) >= hi:  # in C: the usual answer
+                return
+            if any(lo <= oid < hi for oid in oids):
+                self._next_oid = self._oid_limit
+
     def last_transaction(self) -> bytes:
-        with self._admin_conn() as conn:
-            return p64(conn.execute(self._sql.LAST_TID).fetchone()[0])
+        return self._admin_call(lambda conn: p64(conn.execute(self._sql.LAST_TID).fetchone()[0]))
 
     def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
         limit = size if self.keep_history else 1
-        with self._admin_conn() as conn:
-            rows = conn.execute(self._sql.HISTORY, (u64(oid), limit)).fetchall()
+        rows = self._admin_call(lambda conn: conn.execute(self._sql.HISTORY, (u64(oid), limit)).fetchall())
         if not rows:
             raise POSKeyError(oid)
         return [HistoryEntry(p64(tid), tid_time(p64(tid)), user or "", desc or "", length) for tid, length, user, desc in rows]
@@ -365,12 +491,14 @@ class PostgreSQLStorage(Storage):
     def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[TransactionRecord]:
         low = u64(start) if start is not None else 0
         high = u64(stop) if stop is not None else 2**63 - 1
-        with self._admin_conn() as conn:
-            transactions = conn.execute(self._sql.ITERATE_TRANSACTIONS, (low, high), binary=True).fetchall()
+        transactions = self._admin_call(
+            lambda conn: conn.execute(self._sql.ITERATE_TRANSACTIONS, (low, high), binary=True).fetchall()
+        )
         for tid, user, description, extension in transactions:
-            with self._admin_conn() as conn:
-                rows = conn.execute(self._sql.RECORDS_OF, (tid,), binary=True).fetchall()
-            records = [DataRecord(p64(zoid), p64(tid), state) for zoid, state in rows]
+            rows = self._admin_call(lambda conn: conn.execute(self._sql.RECORDS_OF, (tid,), binary=True).fetchall())
+            for zoid, state, stored in rows:
+                check_checksum(self.name, zoid, tid, state, stored)
+            records = [DataRecord(p64(zoid), p64(tid), state) for zoid, state, _ in rows]
             yield TransactionRecord(p64(tid), user, description, TransactionMeta.extension_from_bytes(extension), records)
 
     def pack(self, pack_tid: bytes, references: References | None, *, progress: Progress | None = None) -> PackStats:
@@ -382,6 +510,36 @@ class PostgreSQLStorage(Storage):
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()  # objects collected by the pack may be cached
+
+    def verify(self, progress: Progress | None = None) -> list[DamagedRecord]:
+        """See :meth:`Storage.verify`: pages of revisions in (oid, tid) order, each
+        page in its own statement (commits go on meanwhile)."""
+        q = self._sql
+        found: list[DamagedRecord] = []
+        after: tuple[int, int] = (-1, -1)
+        checked = unchecked = 0
+        while True:
+            rows = self._admin_call(
+                lambda conn: conn.execute(q.VERIFY_PAGE, (*after, _VERIFY_PAGE), binary=True).fetchall()
+            )
+            for zoid, tid, state, stored in rows:
+                if stored is None:
+                    unchecked += 1
+                    continue
+                checked += 1
+                try:
+                    check_checksum(self.name, zoid, tid, state, stored)
+                except CorruptRecordError as e:
+                    found.append(DamagedRecord(self.name, p64(zoid), p64(tid), e.detail))
+            if len(rows) < _VERIFY_PAGE:
+                break
+            after = (rows[-1][0], rows[-1][1])
+            if progress is not None:
+                progress(f"verifying {self.name}: {checked + unchecked} revisions read, {len(found)} damaged")
+        if progress is not None:
+            extra = f", {unchecked} written before checksums (unchecked)" if unchecked else ""
+            progress(f"verified {self.name}: {checked} revisions, {len(found)} damaged{extra}")
+        return found
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
         return undo.transaction_log(self, before, limit)
@@ -395,12 +553,11 @@ class PostgreSQLStorage(Storage):
         return undo.last_pack(self)
 
     def __len__(self) -> int:
-        with self._admin_conn() as conn:
-            return conn.execute(self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF).fetchone()[0]
+        query = self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF
+        return self._admin_call(lambda conn: conn.execute(query).fetchone()[0])
 
     def get_size(self) -> int:
-        with self._admin_conn() as conn:
-            return conn.execute(SQL.SIZE, (self.schema,)).fetchone()[0]
+        return self._admin_call(lambda conn: conn.execute(SQL.SIZE, (self.schema,)).fetchone()[0])
 
     def sort_key(self) -> str:
         return self._sort_key
@@ -414,8 +571,21 @@ class PostgreSQLStorage(Storage):
                 self._listener = self._connect().conn
                 self._listener.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(self._channel)))
             listener = self._listener
-        for notify in listener.notifies(timeout=timeout, stop_after=1):
-            return p64(int(notify.payload))
+        try:
+            for notify in listener.notifies(timeout=timeout, stop_after=1):
+                return p64(int(notify.payload))
+        except psycopg.Error as e:
+            # A lost listener is made again on the next call; a commit may have been
+            # missed meanwhile, so report "something may have changed" at once.
+            with self._lock:
+                if self._listener is listener:
+                    self._listener = None
+            try:
+                listener.close()
+            except psycopg.Error:
+                pass
+            log.warning("%s: lost the LISTEN session (%s); listening again on the next wait", self.name, _first_line(e))
+            return self.last_transaction()
         return None
 
     def close(self) -> None:
@@ -429,15 +599,29 @@ class PostgreSQLStorage(Storage):
     # -- used by views -----------------------------------------------------------
 
     def _finished(self) -> None:
-        """Count a commit; every PRUNE_EVERY, drop decision rows nothing needs any more
-        (else they would only go at the next open or pack)."""
+        """Count a commit; every PRUNE_EVERY, run the housekeeping (see the module
+        docstring). After the commit point: logs, never raises."""
         with self._lock:
             self._commits_since_prune += 1
-            if self._commits_since_prune < _PRUNE_EVERY:
+            if self._commits_since_prune < PRUNE_EVERY:
                 return
             self._commits_since_prune = 0
-        with self._admin_conn() as conn:
+        try:
+            self.housekeeping()
+        except Exception as e:  # the commit is durable: its caller must not hear of this
+            log.warning("%s: housekeeping after a commit failed (tried again %d commits later): %s", self.name, PRUNE_EVERY, e)
+
+    def housekeeping(self) -> None:
+        """Remove decision rows nothing needs any more and, in a history-free database,
+        transaction rows whose revisions were all replaced. Runs every
+        :data:`PRUNE_EVERY` commits by itself."""
+
+        def prune(conn: psycopg.Connection) -> None:
             conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
+            if not self.keep_history and not self.read_only:
+                conn.execute(self._sql.PRUNE_REPLACED_TRANSACTIONS)
+
+        self._admin_call(prune)
 
     def _notify(self, conn: psycopg.Connection, tid: int) -> None:
         conn.execute(SQL.NOTIFY, (self._channel, str(tid)))
@@ -450,6 +634,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         self._storage = storage
         self._sql = storage._sql
         self.before = before
+        self._closed = False
         self._load_session: _Session | None = storage._checkout()
         self._store_session: _Session | None = None  # history-free: opened on first commit
         self._snapshot_open = False  # history-free: a REPEATABLE READ transaction is open
@@ -457,12 +642,12 @@ class PostgreSQLView(CommitBuffer, StorageView):
         self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._gid: str | None = None  # of the prepared transaction, between vote and finish
+        self._owner_key = 0  # owner lock of the session that prepared it
         if before is not None:
             self.snapshot = p64(u64(before) - 1) if before != z64 else z64
         else:
             try:
-                with self._errors():
-                    self.snapshot = p64(self._begin_snapshot())
+                self.snapshot = p64(self._reading(self._begin_snapshot))
                 cached_through = storage._records.tid
                 if cached_through is None or cached_through < self.snapshot:
                     # Poll from the record cache's tid, so that the cache advances too.
@@ -475,6 +660,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
     @property
     def _conn(self) -> psycopg.Connection:
         """The reading session; a released view takes a new one on its next use."""
+        if self._closed:
+            raise StorageError(f"this view of {self._storage.name} is closed")
         self._storage._check_open()
         if self._load_session is None:
             self._load_session = self._storage._checkout()
@@ -487,10 +674,46 @@ class PostgreSQLView(CommitBuffer, StorageView):
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
+        """psycopg errors as StorageError; a lost session as ConnectionLostError, after
+        dropping the view's sessions (its next use takes new ones)."""
         try:
             yield
         except psycopg.Error as e:
+            if self._session_was_lost():
+                raise ConnectionLostError(
+                    f"lost the connection to {self._storage.name} ({_first_line(e)}); nothing of this "
+                    "transaction was committed: retry it"
+                ) from None
             raise StorageError(f"PostgreSQL error in {self._storage.name}: {_first_line(e)}") from None
+
+    def _session_was_lost(self) -> bool:
+        """If one of the view's sessions was lost, drop both and say so."""
+        sessions = (self._load_session, self._store_session)
+        if not any(s is not None and _lost(s.conn) for s in sessions):
+            return False
+        for session in sessions:
+            if session is not None:
+                try:
+                    session.conn.close()
+                except psycopg.Error:
+                    pass
+        self._load_session = self._store_session = None
+        self._snapshot_open = False
+        self._storage._session_lost()
+        return True
+
+    def _reading(self, work: Callable[[], T]) -> T:
+        """``work()`` under :meth:`_errors`, once more on new sessions when the first
+        were lost: a read at a fixed snapshot tid gives the same answer on any session
+        (history-free: a newer read transaction is caught by the serial checks)."""
+        try:
+            with self._errors():
+                return work()
+        except ConnectionLostError:
+            if self._tid is not None:  # voted: the commit's session is gone with it
+                raise
+            with self._errors():
+                return work()
 
     def _begin_snapshot(self) -> int:
         """Fix the view's snapshot; the tid it stands for."""
@@ -501,17 +724,20 @@ class PostgreSQLView(CommitBuffer, StorageView):
     def poll(self) -> set[bytes] | None:
         if self.before is not None:
             return set()
-        with self._errors():
+
+        def poll_once() -> tuple[int, list[int]]:
             if self._snapshot_open:
                 self._conn.execute("COMMIT")  # the next statement starts a new snapshot
                 self._snapshot_open = False
-            conn = self._conn
-            since = u64(self.snapshot)
-            tid, changed = conn.execute(self._sql.POLL, {"since": since, "own": self._own}).fetchone()
+            return self._conn.execute(self._sql.POLL, {"since": u64(self.snapshot), "own": self._own}).fetchone()
+
+        tid, changed = self._reading(poll_once)
         start = self.snapshot
         self.snapshot, self._own = p64(tid), []
         changed_oids = {p64(zoid) for zoid in changed}
-        self._storage._records.advance(start, self.snapshot, changed_oids)
+        storage = self._storage
+        storage._records.advance(start, self.snapshot, changed_oids)
+        storage._skip_oids_of(changed_oids)
         return changed_oids
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
@@ -519,18 +745,20 @@ class PostgreSQLView(CommitBuffer, StorageView):
         cached = records.get(oid, self.snapshot)
         if cached is not None:
             return cached
-        with self._errors():
-            if self._storage.keep_history:
-                row = self._conn.execute(self._sql.LOAD_HP, (u64(oid), u64(self.snapshot)), binary=True).fetchone()
-            else:
-                row = self._conn.execute(self._sql.LOAD_HF, (u64(oid),), binary=True).fetchone()
+        zoid = u64(oid)
+        if self._storage.keep_history:
+            row = self._reading(lambda: self._conn.execute(self._sql.LOAD_HP, (zoid, u64(self.snapshot)), binary=True).fetchone())
+        else:
+            row = self._reading(lambda: self._conn.execute(self._sql.LOAD_HF, (zoid,), binary=True).fetchone())
         if row is None or row[0] is None:
             raise POSKeyError(oid)
-        serial = p64(row[1])
+        state, tid, stored = row
+        serial = p64(tid)
         if serial > self.snapshot:
             raise ReadConflictError("the revision this snapshot needs was already discarded", oid=oid)
-        records.put(oid, row[0], serial, self.snapshot)
-        return row[0], serial
+        check_checksum(self._storage.name, zoid, tid, state, stored)
+        records.put(oid, state, serial, self.snapshot)
+        return state, serial
 
     def load_many(self, oids: Iterable[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
         records = self._storage._records
@@ -540,35 +768,43 @@ class PostgreSQLView(CommitBuffer, StorageView):
         wanted = list(by_number)
         if not wanted:
             return cached
-        with self._errors():
-            if self._storage.keep_history:
-                rows = self._conn.execute(self._sql.LOAD_MANY_HP, (wanted, u64(self.snapshot)), binary=True)
-            else:
-                rows = self._conn.execute(self._sql.LOAD_MANY_HF, (wanted,), binary=True)
-            found = {}
-            serials: dict[int, bytes] = {}
-            for zoid, state, tid in rows:
-                if state is None:
-                    continue
-                serial = serials.get(tid)
-                if serial is None:
-                    serial = serials[tid] = p64(tid)
-                    if serial > self.snapshot:
-                        raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
-                found[by_number[zoid]] = (state, serial)
+        if self._storage.keep_history:
+            rows = self._reading(
+                lambda: self._conn.execute(self._sql.LOAD_MANY_HP, (wanted, u64(self.snapshot)), binary=True).fetchall()
+            )
+        else:
+            rows = self._reading(lambda: self._conn.execute(self._sql.LOAD_MANY_HF, (wanted,), binary=True).fetchall())
+        name = self._storage.name
+        found = {}
+        serials: dict[int, bytes] = {}
+        for zoid, state, tid, stored in rows:
+            if state is None:
+                continue
+            serial = serials.get(tid)
+            if serial is None:
+                serial = serials[tid] = p64(tid)
+                if serial > self.snapshot:
+                    raise ReadConflictError("the revision this snapshot needs was already discarded", oid=p64(zoid))
+            check_checksum(name, zoid, tid, state, stored)
+            found[by_number[zoid]] = (state, serial)
         records.put_many(found, self.snapshot)
         found.update(cached)
         return found
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
         params = (u64(oid), u64(serial))
-        with self._errors():
+
+        def load() -> tuple | None:
             row = self._conn.execute(self._sql.LOAD_SERIAL, params, binary=True).fetchone()
             if row is None and not self._storage.keep_history:
                 # Not in this view's snapshot (history-free): it may be newer than it.
                 row = self._store_conn().execute(self._sql.LOAD_SERIAL, params, binary=True).fetchone()
+            return row
+
+        row = self._reading(load)
         if row is None or row[0] is None:
             raise POSKeyError(oid)
+        check_checksum(self._storage.name, params[0], params[1], row[0], row[1])
         return row[0]
 
     def new_oid(self) -> bytes:
@@ -579,6 +815,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
     def _store_conn(self) -> psycopg.Connection:
         if self._storage.keep_history:
             return self._conn  # no read transaction to protect: one session does both
+        if self._closed:
+            raise StorageError(f"this view of {self._storage.name} is closed")
         if self._store_session is None:
             self._store_session = self._storage._checkout()
         return self._store_session.conn
@@ -593,32 +831,38 @@ class PostgreSQLView(CommitBuffer, StorageView):
         if self._tid is not None:
             raise StorageTransactionError("tpc_vote called twice")
         storage, q, meta = self._storage, self._sql, self._meta
-        conn = self._store_conn()
         try:
             with self._errors():
+                conn = self._store_conn()
                 last = storage._lock_commit(conn)
                 resolved = self._check_conflicts(conn, p64(last), resolve)
                 tid = u64(commit_tid(meta, max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
+                sums = [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
                 with conn.pipeline():
                     if zoids:
-                        conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas))
+                        conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
+                        conn.execute(q.ADVANCE_OIDS, (max(zoids),))
                     conn.execute(
                         q.INSERT_TRANSACTION,
                         (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
                     )
                     conn.execute(q.SET_LAST_TID, (tid,))
                     if storage.two_phase:
-                        gid = recovery.gid(storage.schema, self._store_owner(), txn_key)
+                        self._owner_key = self._store_owner()
+                        gid = recovery.gid(storage.schema, self._owner_key, txn_key)
                         conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid
         except BaseException:
-            self._rollback(conn)
+            session = self._store_session if not storage.keep_history else self._load_session
+            if session is not None:
+                self._rollback(session.conn)
             raise
         self._tid = tid
+        storage._skip_oids_of(self._stores)
         return resolved
 
     def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
@@ -632,7 +876,9 @@ class PostgreSQLView(CommitBuffer, StorageView):
             return moved_serials(self._stores, self._checks, lambda oid: current.get(oid, z64))
 
         def load_current(oid: bytes) -> bytes:
-            return conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()[0]
+            state, tid, stored = conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()
+            check_checksum(self._storage.name, u64(oid), tid, state, stored)
+            return state
 
         return self._resolve_conflicts(last, moved, load_current, resolve)
 
@@ -644,34 +890,103 @@ class PostgreSQLView(CommitBuffer, StorageView):
             conn.close()  # the server ends the transaction with the session
 
     def tpc_finish(self) -> bytes:
+        """See :meth:`StorageView.tpc_finish`. Raises only when the commit did not
+        happen; whatever fails once it is durable (the NOTIFY, housekeeping) is
+        logged."""
         if self._tid is None or self._meta is None:
             raise StorageTransactionError("tpc_finish before tpc_vote")
-        tid, conn = self._tid, self._store_conn()
-        with self._errors():
+        tid, storage = self._tid, self._storage
+        try:
+            conn = self._store_conn()
             with conn.pipeline():
                 if self._gid is not None:
                     conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
                 else:
                     conn.execute("COMMIT")
-                self._storage._notify(conn, tid)
+                storage._notify(conn, tid)
+        except (psycopg.Error, StorageError) as e:
+            self._finish_again(e)  # returns only if the commit happened
         self._own.append(tid)
-        self._storage._records.invalidate(self._stores, p64(tid))
-        self._reset()
-        self._storage._finished()
+        try:
+            storage._records.invalidate(self._stores, p64(tid))
+        finally:
+            self._reset()
+        storage._finished()
         return p64(tid)
+
+    def _finish_again(self, error: BaseException) -> None:
+        """tpc_finish's COMMIT failed or went unanswered (a lost session, most likely):
+        find out on another session whether the transaction committed, committing it
+        there if it is still prepared. Returns if it committed; raises if not."""
+        storage, tid, gid, owner = self._storage, self._tid, self._gid, self._owner_key
+        if isinstance(error, psycopg.Error):
+            self._session_was_lost()
+
+        def settle(conn: psycopg.Connection) -> bool:
+            if gid is not None and conn.execute(SQL.IS_PREPARED, (gid,)).fetchone() is not None:
+                # Hold the owner lock meanwhile, so recovery elsewhere leaves it alone.
+                locked = conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]
+                try:
+                    conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(gid)))
+                except pg_errors.UndefinedObject:
+                    pass  # resolved meanwhile: the row below tells how
+                finally:
+                    if locked:
+                        conn.execute(SQL.OWNER_UNLOCK, (owner,))
+            return conn.execute(self._sql.TRANSACTION_EXISTS, (tid,)).fetchone() is not None
+
+        try:
+            committed = storage._admin_call(settle)
+        except StorageError as e:
+            self._reset()
+            raise StorageError(
+                f"{storage.name}: cannot tell whether transaction {p64(tid).hex()} committed: "
+                f"{_first_line(error)}; then {e}"
+            ) from None
+        if not committed:
+            self._reset()
+            raise ConnectionLostError(
+                f"{storage.name}: transaction {p64(tid).hex()} did not commit ({_first_line(error)}); retry it"
+            )
+        log.warning("%s: committed transaction %s on a new session after: %s", storage.name, p64(tid).hex(), _first_line(error))
+        try:
+            storage._admin_call(lambda conn: storage._notify(conn, tid))
+        except StorageError:
+            pass  # waiters time out and poll
 
     def tpc_abort(self) -> None:
         if self._meta is None:
             return
-        conn = self._store_conn()
         try:
             if self._gid is not None:
-                with self._errors():
-                    conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(self._gid)))
+                self._abort_prepared()
             else:
-                self._rollback(conn)
+                session = self._store_session if not self._storage.keep_history else self._load_session
+                if session is not None:
+                    self._rollback(session.conn)
         finally:
             self._reset()
+
+    def _abort_prepared(self) -> None:
+        gid, owner = self._gid, self._owner_key
+        statement = pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid))
+        try:
+            with self._errors():
+                self._store_conn().execute(statement)
+        except ConnectionLostError:
+            # The prepared transaction outlives the session: roll it back from another.
+            def rollback(conn: psycopg.Connection) -> None:
+                if conn.execute(SQL.IS_PREPARED, (gid,)).fetchone() is not None:
+                    locked = conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]
+                    try:
+                        conn.execute(statement)
+                    except pg_errors.UndefinedObject:
+                        pass
+                    finally:
+                        if locked:
+                            conn.execute(SQL.OWNER_UNLOCK, (owner,))
+
+            self._storage._admin_call(rollback)
 
     def _reset(self) -> None:
         self._reset_buffer()
@@ -680,10 +995,34 @@ class PostgreSQLView(CommitBuffer, StorageView):
 
     def release(self) -> None:
         if self._meta is not None and not self._storage._closed:
-            self.tpc_abort()
+            try:
+                self.tpc_abort()
+            except StorageError as e:  # its session is gone: recovery rolls it back
+                log.warning("%s: releasing a view: %s", self._storage.name, e)
         self._reset()
         storage = self._storage
         for session in (self._load_session, self._store_session):
             storage._checkin(session)
         self._load_session = self._store_session = None
         self._snapshot_open = False
+
+    def close(self) -> None:
+        """Release the view and close its sessions instead of pooling them (see
+        :meth:`StorageView.close`)."""
+        if self._closed:
+            return
+        try:
+            if self._meta is not None and not self._storage._closed:
+                try:
+                    self.tpc_abort()
+                except StorageError as e:  # its session is gone: recovery rolls it back
+                    log.warning("%s: closing a view: %s", self._storage.name, e)
+        finally:
+            self._closed = True
+            self._reset()
+            self._snapshot_open = False
+            sessions = (self._load_session, self._store_session)
+            self._load_session = self._store_session = None
+            for session in sessions:
+                if session is not None:
+                    session.conn.close()

@@ -6,7 +6,9 @@ quoted schema name, filled once when the storage opens (:func:`queries`), and us
 psycopg ``%s``/``%(name)s`` placeholders for values. Oids and tids are stored as
 ``bigint`` (the 8-byte big-endian value read as an integer, always < 2**63).
 
-Schema version 1. One PostgreSQL schema holds one atoll database:
+Schema version 2 (version 1 lacked ``object_state.checksum``; opening a version 1
+schema writable adds the column, and its older rows keep NULL: unchecked). One
+PostgreSQL schema holds one atoll database:
 
 ``info(key, value)``
     ``schema_version``, ``keep_history``, ``oid_block`` (see :data:`OID_BLOCK`), and
@@ -23,8 +25,11 @@ Schema version 1. One PostgreSQL schema holds one atoll database:
     History-preserving: every revision, primary key ``(zoid, tid)``.
     History-free: the current revision only, primary key ``zoid``.
     Both have an index on ``tid`` for polling. ``state`` NULL would mean deleted.
+    ``checksum`` is :func:`atoll.storage.checksum.checksum` of the row (NULL:
+    written before version 2, unchecked).
 ``oid_seq``
-    New oids, handed out in blocks of :data:`OID_BLOCK`.
+    New oids, handed out in blocks of :data:`OID_BLOCK`. A commit that stores an oid
+    beyond every block handed out moves it past that oid (:data:`ADVANCE_OIDS`).
 
 Shared by every atoll schema of the PostgreSQL database: ``atoll_shared.commit_decisions
 (txn_key, schema_name)``. Each prepared transaction inserts its row; the row becomes
@@ -36,15 +41,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: oids handed out per sequence call: one round trip per OID_BLOCK new objects.
 OID_BLOCK = 100
 
-#: Schema upgrades: version -> statements that turn that version into the next.
-#: Version 1 is the first, so nothing upgrades to it yet; an older schema found on
-#: open is brought up to SCHEMA_VERSION by running these in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: Schema upgrades: version -> statements that turn that version into the next; an
+#: older schema found on a writable open is brought up to SCHEMA_VERSION by running
+#: these in order.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE {s}.object_state ADD COLUMN IF NOT EXISTS checksum integer",),
+}
 
 SHARED_SCHEMA = "atoll_shared"
 DECISIONS_TABLE = "atoll_shared.commit_decisions"
@@ -78,6 +85,7 @@ CREATE TABLE {s}.object_state (
     zoid bigint NOT NULL,
     tid bigint NOT NULL,
     state bytea,
+    checksum integer,
     PRIMARY KEY (zoid, tid)
 );
 CREATE INDEX object_state_tid ON {s}.object_state (tid);
@@ -87,7 +95,8 @@ CREATE_HISTORY_FREE = _CREATE_COMMON + """
 CREATE TABLE {s}.object_state (
     zoid bigint PRIMARY KEY,
     tid bigint NOT NULL,
-    state bytea
+    state bytea,
+    checksum integer
 );
 CREATE INDEX object_state_tid ON {s}.object_state (tid);
 """
@@ -116,24 +125,24 @@ SELECT c.tid, ARRAY(
 """
 
 LOAD_HP = """
-SELECT state, tid FROM {s}.object_state
+SELECT state, tid, {checksum} FROM {s}.object_state
 WHERE zoid = %s AND tid <= %s ORDER BY tid DESC LIMIT 1
 """
 
 # One index probe per oid (newest revision at or before the snapshot).
 LOAD_MANY_HP = """
-SELECT z.zoid, r.state, r.tid FROM unnest(%s::bigint[]) AS z(zoid)
+SELECT z.zoid, r.state, r.tid, r.checksum FROM unnest(%s::bigint[]) AS z(zoid)
 CROSS JOIN LATERAL (
-    SELECT state, tid FROM {s}.object_state o
+    SELECT state, tid, {checksum} AS checksum FROM {s}.object_state o
     WHERE o.zoid = z.zoid AND o.tid <= %s ORDER BY o.tid DESC LIMIT 1
 ) r
 """
 
-LOAD_HF = "SELECT state, tid FROM {s}.object_state WHERE zoid = %s"
+LOAD_HF = "SELECT state, tid, {checksum} FROM {s}.object_state WHERE zoid = %s"
 
-LOAD_MANY_HF = "SELECT zoid, state, tid FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
+LOAD_MANY_HF = "SELECT zoid, state, tid, {checksum} FROM {s}.object_state WHERE zoid = ANY(%s::bigint[])"
 
-LOAD_SERIAL = "SELECT state FROM {s}.object_state WHERE zoid = %s AND tid = %s"
+LOAD_SERIAL = "SELECT state, {checksum} FROM {s}.object_state WHERE zoid = %s AND tid = %s"
 
 # Opens a history-free view's read transaction: its snapshot is fixed by this first
 # statement, and the tid it reads is the newest commit that snapshot contains.
@@ -161,22 +170,35 @@ CURRENT_SERIALS_HF = (
     "SELECT zoid, tid FROM {s}.object_state WHERE zoid = ANY(%s::bigint[]) AND state IS NOT NULL"
 )
 
-LOAD_CURRENT = "SELECT state FROM {s}.object_state WHERE zoid = %s ORDER BY tid DESC LIMIT 1"
+LOAD_CURRENT = "SELECT state, tid, {checksum} FROM {s}.object_state WHERE zoid = %s ORDER BY tid DESC LIMIT 1"
 
 STORE_HP = """
-INSERT INTO {s}.object_state (zoid, tid, state)
-SELECT z, %s, d FROM unnest(%s::bigint[], %s::bytea[]) AS u(z, d)
+INSERT INTO {s}.object_state (zoid, tid, state, checksum)
+SELECT z, %s, d, c FROM unnest(%s::bigint[], %s::bytea[], %s::integer[]) AS u(z, d, c)
 """
 
 STORE_HF = """
-INSERT INTO {s}.object_state (zoid, tid, state)
-SELECT z, %s, d FROM unnest(%s::bigint[], %s::bytea[]) AS u(z, d)
-ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state
+INSERT INTO {s}.object_state (zoid, tid, state, checksum)
+SELECT z, %s, d, c FROM unnest(%s::bigint[], %s::bytea[], %s::integer[]) AS u(z, d, c)
+ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum
+"""
+
+# Given the highest oid a commit stores, takes (and throws away) blocks of oids until
+# the next block starts past it: a sequence cannot be lowered by a racing setval
+# this way, and every block another process takes meanwhile stays its own. Does
+# nothing (no row of the series) when the oid is below the next block already.
+ADVANCE_OIDS = """
+SELECT count(nextval('{s}.oid_seq')) FROM generate_series(1, (
+    SELECT greatest(0, ceil((%s + 1 - CASE WHEN is_called THEN last_value + {block} ELSE last_value END)
+                            / {block}::numeric))::bigint
+    FROM {s}.oid_seq))
 """
 
 INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
 
 INSERT_DECISION = "INSERT INTO atoll_shared.commit_decisions VALUES (%s, %s)"
+
+TRANSACTION_EXISTS = "SELECT 1 FROM {s}.transactions WHERE tid = %s"
 
 SET_LAST_TID = "UPDATE {s}.commit_lock SET tid = %s WHERE id = 0"
 
@@ -193,6 +215,8 @@ WHERE database = current_database() AND starts_with(gid, %s)
 """
 
 TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s)"
+
+IS_PREPARED = "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()"
 
 OWNER_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
@@ -218,7 +242,23 @@ SELECT tid, username, description, extension FROM {s}.transactions
 WHERE tid >= %s AND tid <= %s ORDER BY tid
 """
 
-RECORDS_OF = "SELECT zoid, state FROM {s}.object_state WHERE tid = %s ORDER BY zoid"
+RECORDS_OF = "SELECT zoid, state, {checksum} FROM {s}.object_state WHERE tid = %s ORDER BY zoid"
+
+# verify(): every revision with its checksum, a page at a time in (zoid, tid) order.
+VERIFY_PAGE = """
+SELECT zoid, tid, state, {checksum} FROM {s}.object_state
+WHERE (zoid, tid) > (%s, %s) ORDER BY zoid, tid LIMIT %s
+"""
+
+# History-free housekeeping: transaction rows whose revisions were all replaced
+# (the newest one stays: it is the last tid).
+PRUNE_REPLACED_TRANSACTIONS = """
+DELETE FROM {s}.transactions t
+WHERE t.tid < (SELECT tid FROM {s}.commit_lock WHERE id = 0)
+  AND NOT EXISTS (SELECT 1 FROM {s}.object_state o WHERE o.tid = t.tid)
+"""
+
+COUNT_TRANSACTIONS = "SELECT count(*) FROM {s}.transactions"
 
 COUNT_HP = """
 SELECT count(*) FROM (
@@ -284,8 +324,15 @@ WHERE txn_key = ANY(%s::text[]) AND tid >= %s AND tid <= %s
 _TEMPLATES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}
 
 
-def queries(quoted_schema: str) -> SimpleNamespace:
-    """Every statement above with ``{s}`` replaced by the (already quoted) schema."""
+def queries(quoted_schema: str, checksums: bool = True) -> SimpleNamespace:
+    """Every statement above with ``{s}`` replaced by the (already quoted) schema.
+
+    ``checksums`` False reads NULL for the checksum column: a version 1 schema
+    opened read-only, which cannot be given the column."""
+    column = "checksum" if checksums else "NULL::integer"
     return SimpleNamespace(
-        **{name: text.replace("{s}", quoted_schema).replace("{block}", str(OID_BLOCK)) for name, text in _TEMPLATES.items()}
+        **{
+            name: text.replace("{s}", quoted_schema).replace("{block}", str(OID_BLOCK)).replace("{checksum}", column)
+            for name, text in _TEMPLATES.items()
+        }
     )

@@ -56,6 +56,32 @@ Record cache
     faster without it, and the process kept 25 MiB less. It pays where many
     connections of one process reread the same objects: rereading 10,000 objects
     from it ran 1.25x to 1.4x faster than from the file.
+Checksums
+    Every revision is stored with its checksum (:mod:`atoll.storage.checksum`);
+    loads compare it and raise :class:`~atoll.errors.CorruptRecordError` rather
+    than return bytes that changed on disk; :meth:`SQLiteStorage.verify` reads
+    every revision. Files of schema version 1 gain the column on their first
+    writable open (a quick ``ALTER TABLE``); their older rows stay unchecked.
+History-free growth
+    A history-free commit deletes the revisions it replaces; every
+    ``sqlite_sql.PRUNE_EVERY`` commits it also deletes the transaction rows left
+    with no revision, so such a file stays bounded without a pack (rows of a
+    commit prepared with other files stay a day, for their partners' settling).
+Locks
+    A commit waits at most ``commit_lock_timeout`` seconds (default 60) for this
+    process's commit lock, and as long again for the file's write lock (another
+    process's commit): then it fails with :class:`~atoll.errors.LockTimeoutError`.
+Read-only media
+    With ``read_only=True`` a file in a folder this process cannot write (a
+    read-only mount, a CD, a folder of another user) is opened through SQLite's
+    ``immutable`` read path, which needs no ``-shm`` file; it is refused with the
+    reason when its ``-wal`` file holds commits not yet copied into the file,
+    which only a process that can write there can read.
+Closing
+    ``close()`` closes every sqlite3 connection of the storage and of its views and
+    stops the checkpoint thread, at once: Python's sqlite3 connections sit in a
+    reference cycle and would otherwise stay open until the garbage collector
+    runs. :meth:`SQLiteView.close` does the same for one view.
 Durability
     ``synchronous="full"`` (the default) fsyncs the WAL at every commit, as ZODB's
     FileStorage does: an acknowledged commit survives power loss.
@@ -72,25 +98,33 @@ import struct
 import threading
 import time
 import weakref
+import zlib
+from contextlib import contextmanager
 from typing import Iterable, Iterator, Literal
 
 from atoll import gcpause
 from atoll.errors import (
+    LockTimeoutError,
     POSKeyError,
     ReadConflictError,
     ReadOnlyError,
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import p64, tid_time, u64, z64
+from atoll.ids import p64, tid_from_time, tid_time, u64, z64
 from atoll.storage import sqlite_prepared as prepared
 from atoll.storage import sqlite_sql as sql
+from atoll.storage.checksum import check as check_checksum
+from atoll.storage.checksum import damaged
+from atoll.storage.options import check_path as check_path_text
+from atoll.storage.options import check_wait
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     CommitBuffer,
     commit_tid,
     Storage,
     StorageView,
+    DamagedRecord,
     DataRecord,
     HistoryEntry,
     PackStats,
@@ -103,7 +137,7 @@ from atoll.storage.base import (
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
-from atoll.storage.sqlite_open import BUSY_TIMEOUT, check_path, connect, open_schema
+from atoll.storage.sqlite_open import BUSY_TIMEOUT, check_path, connect, migrate, open_schema, read_only_media
 from atoll.storage.sqlite_write import insert_commit, write_transaction
 
 __all__ = ["SQLiteStorage", "SQLiteView", "write_transaction"]
@@ -118,12 +152,18 @@ MAX_ID = 2**63 - 1
 OID_BLOCK_FIRST, OID_BLOCK_MAX = 32, 4096
 #: Transactions per page of the iterator (one read transaction each).
 ITERATOR_PAGE = 100
+#: Revisions per statement of verify().
+VERIFY_PAGE = 2000
 
 Synchronous = Literal["full", "normal"]
 
 # The hot paths convert oids and tids with these directly (ids.p64/u64 add a call).
 _pack64 = struct.Struct(">Q").pack
 _unpack64 = struct.Struct(">Q").unpack
+# ... and check checksums inline (see checksum.py; a call per record costs more).
+_crc32 = zlib.crc32
+_seed = struct.Struct(">QQ").pack
+_OFFSET = 1 << 31
 
 
 def json_ids(ids: Iterable[int]) -> str:
@@ -144,6 +184,7 @@ class SQLiteStorage(Storage):
     ``"full"`` survives power loss, ``"normal"`` only process crashes.
     ``cache_size_bytes`` above 0 keeps up to that many bytes of loaded records for
     all connections of the process (see "Record cache" above).
+    ``commit_lock_timeout`` bounds every lock wait (see "Locks" above).
     """
 
     def __init__(
@@ -154,10 +195,12 @@ class SQLiteStorage(Storage):
         keep_history: bool = True,
         synchronous: Synchronous = "full",
         cache_size_bytes: int = 0,
+        commit_lock_timeout: float = BUSY_TIMEOUT,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
-        self.path = os.path.abspath(os.fspath(path))
+        self.commit_lock_timeout = check_wait("commit_lock_timeout", commit_lock_timeout)
+        self.path = os.path.abspath(check_path_text(path))
         self.name = self.path
         self.read_only = read_only
         self.keep_history = keep_history
@@ -172,6 +215,9 @@ class SQLiteStorage(Storage):
         self._oid_limit = 0  # end of the reserved block (exclusive)
         self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
         self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
+        self._q = sql.reads(checksums=True)  # the statements that read records
+        self._immutable = False  # read-only media: SQLite's immutable read path
+        self._commits_since_prune = 0  # history-free: see "History-free growth"
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._conn: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -181,12 +227,26 @@ class SQLiteStorage(Storage):
         self._prepared_path = prepared.prepared_path(self.path)
         try:
             self._conn = self._connect(create=creating)
-            open_schema(self._conn, self.path, read_only, keep_history)
+            try:
+                self._conn.execute(sql.COUNT_TABLES).fetchone()
+            except sqlite3.OperationalError as e:  # read-only media, most likely
+                read_only_media(self.path, read_only, e)
+                self._conn.close()
+                self._immutable = True
+                self._conn = self._connect()
+            except sqlite3.DatabaseError:
+                pass  # not a database: open_schema says so
+            version = open_schema(self._conn, self.path, read_only, keep_history)
+            if version < sql.SCHEMA_VERSION:
+                if read_only:
+                    self._q = sql.reads(checksums=False)  # read as it is: no checksums to check
+                else:
+                    migrate(self._conn, self.path, version)
             if not read_only:
                 self._writer = self._connect_writer()
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
                 self._writer.execute(sql.WRITER_CACHE)
-                with self._commit_lock:
+                with self._holding_commit_lock("settling a prepared commit"):
                     self._settle_prepared()
             elif os.path.exists(self._prepared_path):
                 log.warning(
@@ -207,7 +267,7 @@ class SQLiteStorage(Storage):
 
     def _connect(self, create: bool = False) -> sqlite3.Connection:
         """A new sqlite3 connection to the file (see :mod:`atoll.storage.sqlite_open`)."""
-        return connect(self.path, self.read_only, create)
+        return connect(self.path, self.read_only, create, timeout=self.commit_lock_timeout, immutable=self._immutable)
 
     def _connect_writer(self) -> sqlite3.Connection:
         """A connection that writes: the commit writer, or the checkpointer's."""
@@ -233,7 +293,53 @@ class SQLiteStorage(Storage):
     def _error(self, e: sqlite3.Error, doing: str) -> StorageError:
         if self._closed:
             return StorageError(f"storage {self.path} is closed")
+        if getattr(e, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+            return LockTimeoutError(
+                f"{doing} on {self.path}: another process held the file's write lock for more than "
+                f"{self.commit_lock_timeout:g} s (commit_lock_timeout)"
+            )
         return StorageError(f"{doing} on {self.path} failed: {e}")
+
+    def _read_error(self, e: sqlite3.DatabaseError, zoid: int | None) -> StorageError:
+        """The error for a failed read of a record: damage SQLite itself found (a
+        malformed page) is a CorruptRecordError naming the oid; the rest as _error."""
+        name = getattr(e, "sqlite_errorname", "")
+        if not self._closed and (name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB"):
+            return damaged(self.path, zoid if zoid is not None else 0, None, f"SQLite found the file damaged ({e})")
+        return self._error(e, "loading")
+
+    def _acquire_commit_lock(self, doing: str) -> None:
+        """Take this process's commit lock, or raise LockTimeoutError after
+        ``commit_lock_timeout`` seconds."""
+        if not self._commit_lock.acquire(timeout=self.commit_lock_timeout):
+            raise LockTimeoutError(
+                f"{doing} on {self.path}: another thread of this process held the commit lock for more than "
+                f"{self.commit_lock_timeout:g} s (a long commit or pack; commit_lock_timeout)"
+            )
+
+    @contextmanager
+    def _holding_commit_lock(self, doing: str) -> Iterator[None]:
+        self._acquire_commit_lock(doing)
+        try:
+            yield
+        finally:
+            self._commit_lock.release()
+
+    def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
+        """Give up the rest of the reserved oid block if ``oids`` (written by a commit,
+        this process's or another's) fall in it: such an oid was not handed out from
+        the block, so a copy or import stored it, and the block may hold more. The
+        next new_oid() reserves past everything stored (insert_commit moves the
+        file's counter)."""
+        low, high = self._next_oid, self._oid_limit
+        if low >= high or not oids:
+            return
+        lo, hi = _pack64(low), _pack64(high)
+        if max(oids) < lo or min(oids) >= hi:  # in C: the usual answer
+            return
+        if any(lo <= oid < hi for oid in oids):
+            with self._oid_lock:
+                self._next_oid = self._oid_limit
 
     # -- the Storage protocol ---------------------------------------------------
 
@@ -266,7 +372,7 @@ class SQLiteStorage(Storage):
     def _reserve_oids(self) -> None:
         """Take the next block of oids from the file's counter (under _oid_lock)."""
         size = self._oid_block
-        with self._commit_lock:
+        with self._holding_commit_lock("reserving oids"):
             writer = self._writer
             assert writer is not None
             try:
@@ -331,7 +437,10 @@ class SQLiteStorage(Storage):
                     ).fetchall():
                         btid = p64(tid)
                         ids = json_ids(u64(oid) for oid in split_oids(oids))
-                        states = dict(conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)).fetchall())
+                        states = {}
+                        for zoid, state, stored in conn.execute(self._q.RECORDS_OF_TRANSACTION, (ids, tid)):
+                            check_checksum(self.path, zoid, tid, state, stored)
+                            states[zoid] = state
                         records = [  # in the order the commit stored them; gone ones left out
                             DataRecord(oid, btid, states[u64(oid)] or None) for oid in split_oids(oids) if u64(oid) in states
                         ]
@@ -353,12 +462,57 @@ class SQLiteStorage(Storage):
         try:
             from atoll.storage.sqlite_pack import Packer
 
-            with self._commit_lock:
+            with self._holding_commit_lock("packing"):
                 self._settle_prepared()
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
             self._checkpointer.request()
+
+    def verify(self, progress: Progress | None = None) -> list[DamagedRecord]:
+        """See :meth:`Storage.verify`: every revision, a page at a time in row order,
+        all from one read snapshot on a connection of its own (commits go on)."""
+        self._check_open()
+        found: list[DamagedRecord] = []
+        checked = unchecked = 0
+        after = 0
+        conn = self._connect()
+        try:
+            conn.execute(sql.BEGIN_READ)
+            while True:
+                try:
+                    rows = conn.execute(self._q.VERIFY_PAGE, (after, VERIFY_PAGE)).fetchall()
+                except sqlite3.DatabaseError as e:
+                    # The b-tree itself is damaged past this row: SQLite cannot go on.
+                    found.append(
+                        DamagedRecord(self.path, _pack64(0), None, f"the file is damaged after row {after}: {e}")
+                    )
+                    break
+                for rowid, zoid, tid, state, stored in rows:
+                    after = rowid
+                    if stored is None:
+                        unchecked += 1
+                    elif not isinstance(state, bytes) or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored:
+                        found.append(
+                            DamagedRecord(
+                                self.path, _pack64(zoid & MAX_ID), _pack64(tid & MAX_ID), damaged(self.path, zoid, tid).detail
+                            )
+                        )
+                    else:
+                        checked += 1
+                if len(rows) < VERIFY_PAGE:
+                    break
+                if progress is not None:
+                    progress(f"verifying {self.path}: {checked + unchecked + len(found)} revisions read, {len(found)} damaged")
+            conn.execute(sql.COMMIT)
+        except sqlite3.Error as e:
+            raise self._error(e, "verifying") from None
+        finally:
+            conn.close()
+        if progress is not None:
+            extra = f", {unchecked} written before checksums (unchecked)" if unchecked else ""
+            progress(f"verified {self.path}: {checked + len(found)} revisions, {len(found)} damaged{extra}")
+        return found
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
         return undo.transaction_log(self, before, limit)
@@ -391,13 +545,13 @@ class SQLiteStorage(Storage):
             return
         self._closed = True
         for view in list(self._views):
-            view._close()
+            view.close()
         self._checkpointer.stop()
         if self._writer is not None and os.path.exists(self._prepared_path):
             # Our last commit's prepared file, most likely: it goes now rather than
             # stay beside the database until the next process writes.
             try:
-                with self._commit_lock:
+                with self._holding_commit_lock("settling a prepared commit"):
                     self._settle_prepared()
             except StorageError as e:
                 log.warning("%s", e)
@@ -432,13 +586,27 @@ class SQLiteView(CommitBuffer, StorageView):
         else:
             self.snapshot = p64(self._newest())
         if before is None:
-            self.poll()
+            try:
+                self.poll()
+            except BaseException:
+                self.close()
+                raise
 
     def __repr__(self) -> str:
         return f"<SQLiteView of {self._storage.path!r} at {self.snapshot.hex()}>"
 
+    def __del__(self) -> None:
+        # A view dropped without close(): its sqlite3 connection sits in a reference
+        # cycle (its statement cache) and would stay open until the cyclic GC runs.
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:  # closed with the storage
+        if self._conn is None:  # closed, or closed with the storage
             raise StorageError(f"storage {self._storage.path} is closed")
         return self._conn
 
@@ -484,7 +652,9 @@ class SQLiteView(CommitBuffer, StorageView):
                 changed.update(split_oids(oids))
         start = self.snapshot
         self.snapshot, self._own = p64(last), set()
-        self._storage._records.advance(start, self.snapshot, changed)
+        storage = self._storage
+        storage._records.advance(start, self.snapshot, changed)
+        storage._skip_oids_of(changed)
         return changed
 
     def load(self, oid: bytes) -> tuple[bytes, bytes]:
@@ -492,18 +662,24 @@ class SQLiteView(CommitBuffer, StorageView):
         cached = records.get(oid, self.snapshot)
         if cached is not None:
             return cached
+        zoid = _unpack64(oid)[0]
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_AT, (_unpack64(oid)[0], _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(self._storage._q.LOAD_AT, (zoid, _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
             if row is None:
                 self._missing(conn, oid)  # type: ignore[arg-type]
-            if not row[0]:  # DELETED: its creation was undone
-                raise POSKeyError(oid)
-        except sqlite3.Error as e:
-            raise self._storage._error(e, "loading") from None
-        serial = _pack64(row[1])
-        records.put(oid, row[0], serial, self.snapshot)
-        return row[0], serial
+        except sqlite3.DatabaseError as e:
+            raise self._storage._read_error(e, zoid) from None
+        state, tid, stored = row
+        if stored is not None and (
+            state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
+        ):
+            raise damaged(self._storage.path, zoid, tid)
+        if not state:  # DELETED: its creation was undone
+            raise POSKeyError(oid)
+        serial = _pack64(tid)
+        records.put(oid, state, serial, self.snapshot)
+        return state, serial
 
     def _missing(self, conn: sqlite3.Connection, oid: bytes) -> None:
         """Raise the right error for an oid with no revision at the snapshot."""
@@ -524,13 +700,18 @@ class SQLiteView(CommitBuffer, StorageView):
         wanted = list(by_number)
         serials: dict[int, bytes] = {}
         found: dict[bytes, tuple[bytes, bytes]] = {}
+        load_many_at = self._storage._q.LOAD_MANY_AT
         wanted_deleted: set[int] = set()  # oids whose creation was undone
         snapshot = u64(self.snapshot)
         try:
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid in conn.execute(sql.LOAD_MANY_AT, (ids, snapshot)):  # type: ignore[union-attr]
+                for zoid, state, tid, stored in conn.execute(load_many_at, (ids, snapshot)):  # type: ignore[union-attr]
+                    if stored is not None and (
+                        state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
+                    ):
+                        raise damaged(self._storage.path, zoid, tid)
                     if not state:  # DELETED
                         wanted_deleted.add(zoid)
                         continue
@@ -538,8 +719,8 @@ class SQLiteView(CommitBuffer, StorageView):
                     if serial is None:
                         serial = serials[tid] = _pack64(tid)
                     found[by_number[zoid]] = (state, serial)
-        except sqlite3.Error as e:
-            raise self._storage._error(e, "loading") from None
+        except sqlite3.DatabaseError as e:
+            raise self._storage._read_error(e, wanted[0] if len(wanted) == 1 else None) from None
         if not self._storage.keep_history and len(found) < len(wanted):
             for zoid in wanted:  # a replaced revision must not pass for a missing object
                 oid = p64(zoid)
@@ -550,11 +731,14 @@ class SQLiteView(CommitBuffer, StorageView):
         return found
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes:
+        zoid, tid = u64(oid), u64(serial)
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()  # type: ignore[union-attr]
-        except sqlite3.Error as e:
-            raise self._storage._error(e, "loading") from None
+            row = conn.execute(self._storage._q.LOAD_SERIAL, (zoid, tid)).fetchone()  # type: ignore[union-attr]
+        except sqlite3.DatabaseError as e:
+            raise self._storage._read_error(e, zoid) from None
+        if row is not None:
+            check_checksum(self._storage.path, zoid, tid, row[0], row[1])
         if row is None or not row[0]:
             raise POSKeyError(oid)
         return row[0]
@@ -570,7 +754,7 @@ class SQLiteView(CommitBuffer, StorageView):
             raise StorageTransactionError("tpc_vote called twice")
         storage = self._storage
         storage._check_open()
-        storage._commit_lock.acquire()
+        storage._acquire_commit_lock("committing")
         self._locked = True
         writer = storage._writer
         assert writer is not None
@@ -580,19 +764,22 @@ class SQLiteView(CommitBuffer, StorageView):
             try:
                 writer.execute(sql.BEGIN_WRITE)
             except sqlite3.OperationalError as e:
-                raise StorageError(
-                    f"could not lock {storage.path} for commit within {BUSY_TIMEOUT:.0f} s: {e}"
+                raise LockTimeoutError(
+                    f"could not lock {storage.path} for commit within {storage.commit_lock_timeout:g} s "
+                    f"(commit_lock_timeout): {e}"
                 ) from None
-            resolved = self._write(writer, resolve)
             partners = prepared.sqlite_partners(self._meta.participants, storage._sort_key)  # type: ignore[union-attr]
-            if partners and self._meta.id:  # type: ignore[union-attr]
+            if not self._meta.id:  # type: ignore[union-attr]
+                partners = []
+            resolved = self._write(writer, resolve, len(partners))
+            if partners:
                 self._prepare(partners)
         except BaseException:
             self._abort_write()
             raise
         return resolved
 
-    def _write(self, writer: sqlite3.Connection, resolve: Resolver | None) -> set[bytes]:
+    def _write(self, writer: sqlite3.Connection, resolve: Resolver | None, partners: int) -> set[bytes]:
         """Check conflicts and insert this commit's rows (inside the write transaction)."""
         stores = self._stores
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
@@ -609,15 +796,26 @@ class SQLiteView(CommitBuffer, StorageView):
                 undo.no_serial_when_ended(writer, found, stores, self._checks)
             return found
 
+        q, path = self._storage._q, self._storage.path
+
         def load_current(oid: bytes) -> bytes:
-            return writer.execute(sql.LOAD_CURRENT, (u64(oid),)).fetchone()[0]
+            state, tid, stored = writer.execute(q.LOAD_CURRENT, (u64(oid),)).fetchone()
+            check_checksum(path, u64(oid), tid, state, stored)
+            return state
 
         resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
         meta = self._meta
         assert meta is not None
         tid = self._tid = u64(commit_tid(meta, p64(last) if last else None))
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
-        self._written = insert_commit(writer, tid, fields, stores, oids, self._storage.keep_history)
+        storage = self._storage
+        self._written = insert_commit(writer, tid, fields, stores, oids, storage.keep_history, partners)
+        if not storage.keep_history:
+            storage._commits_since_prune += 1
+            if storage._commits_since_prune >= sql.PRUNE_EVERY:
+                storage._commits_since_prune = 0
+                window = u64(tid_from_time(max(time.time() - prepared.DECISION_WINDOW, 0.0)))
+                writer.execute(sql.PRUNE_REPLACED_TRANSACTIONS, (tid, window))
         return resolved
 
     def _prepare(self, partners: list[str]) -> None:
@@ -652,13 +850,19 @@ class SQLiteView(CommitBuffer, StorageView):
             self._prepared = False  # partners may have committed: the next writer settles it
             self._abort_write()
             raise storage._error(e, "committing") from None
-        # A prepared file stays: the next writer removes it under the write lock.
+        # Durable from here on: nothing below may raise. A prepared file stays: the
+        # next writer removes it under the write lock.
         self._own.add(tid)
         self._locked = False
         storage._commit_lock.release()
-        storage._checkpointer.wrote(self._written)
-        storage._records.invalidate(self._stores, p64(tid))
-        self._reset()
+        try:
+            storage._records.invalidate(self._stores, p64(tid))
+            storage._skip_oids_of(self._stores)
+            storage._checkpointer.wrote(self._written)
+        except Exception as e:  # a thread that cannot start, say: the log is checkpointed at close
+            log.warning("%s: after commit %s: %s", storage.path, p64(tid).hex(), e)
+        finally:
+            self._reset()
         return p64(tid)
 
     def tpc_abort(self) -> None:
@@ -699,10 +903,16 @@ class SQLiteView(CommitBuffer, StorageView):
             except sqlite3.Error as e:
                 raise self._storage._error(e, "releasing a view") from None
 
-    def _close(self) -> None:
-        """Close the sqlite3 connection (the storage is closing)."""
-        self._abort_write()
-        self._reading = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def close(self) -> None:
+        """Abort any commit and close the view's sqlite3 connection now (see
+        :meth:`StorageView.close`); the storage stays open. Idempotent."""
+        try:
+            self._abort_write()
+        finally:
+            self._reading = False
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+            self._storage._views.discard(self)
+
+    _close = close  # the name the storage used before views had a public close

@@ -75,7 +75,7 @@ class Packer:
         roots = set()
         for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
             ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
-            for _, state in conn.execute(sql.RECORDS_OF_TRANSACTION, (ids, tid)):
+            for _, state, _ in conn.execute(self.storage._q.RECORDS_OF_TRANSACTION, (ids, tid)):
                 if state:  # DELETED refers to nothing
                     roots.update(u64(ref) for ref in references(state))
             self.scanned_upto = tid
@@ -93,7 +93,7 @@ class Packer:
             if self.progress is not None and len(self.reachable) >= reported + PROGRESS_EVERY:
                 reported = len(self.reachable)
                 self.progress(walk_step(self.storage.path, reported))
-            for _, state, _ in conn.execute(sql.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
+            for _, state, _, _ in conn.execute(self.storage._q.LOAD_MANY_AT, (_sqlite.json_ids(batch), self.walk_tid)):
                 for ref in references(state) if state else ():
                     oid = u64(ref)
                     if oid not in self.reachable:

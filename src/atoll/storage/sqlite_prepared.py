@@ -263,7 +263,9 @@ def _settle_step(writer: sqlite3.Connection, path: str, database_path: str, keep
     commit = read(path, records=True)
     assert commit is not None
     meta = (commit.user, commit.description, commit.extension, commit.txn_id)
-    insert_commit(writer, commit.tid, meta, dict(commit.records), sorted(commit.records), keep_history)
+    insert_commit(
+        writer, commit.tid, meta, dict(commit.records), sorted(commit.records), keep_history, len(commit.partners)
+    )
     return f"committed {described}, as another database of its collection had"  # the file goes next step
 
 

@@ -1,6 +1,6 @@
 """Every SQL statement of :mod:`atoll.storage.sqlite`, in one place.
 
-The file format (schema version 1)
+The file format (schema version 2)
 ----------------------------------
 
 ``PRAGMA application_id`` is :data:`APPLICATION_ID` ("ATOL") and ``PRAGMA
@@ -14,7 +14,9 @@ thousand years is below 2**63, so they fit SQLite's signed 64-bit integers and k
 their order.
 
 ``object_state``
-    One row per revision: ``(zoid, tid, state)``. A history-preserving file keeps
+    One row per revision: ``(zoid, tid, state, checksum)``; ``checksum`` is
+    :func:`atoll.storage.checksum.checksum` of the row, NULL in rows written before
+    version 2 (unchecked). A history-preserving file keeps
     every revision until pack; a history-free file deletes the older revisions of an
     object in the transaction that writes a new one. Rows are appended in rowid
     order and found through ``object_state_by_oid`` ("the newest revision at or
@@ -27,8 +29,11 @@ their order.
     One row per committed transaction with its metadata; ``extension`` is
     :meth:`TransactionMeta.extension_bytes`, ``txn_id`` the id shared by the storages
     of one multi-database commit, ``oids`` the oids it wrote, as concatenated 8-byte
-    big-endian values (what ``poll()`` reports and iteration reads). Pack removes rows
-    whose revisions are all gone, except the newest, which holds the last tid.
+    big-endian values (what ``poll()`` reports and iteration reads), ``partners``
+    the number of other SQLite files its commit was prepared with (NULL before
+    version 2). Pack removes rows whose revisions are all gone, except the newest,
+    which holds the last tid; a history-free file does the same every
+    :data:`PRUNE_EVERY` commits (:data:`PRUNE_REPLACED_TRANSACTIONS`).
 ``atoll_meta``
     ``application`` = ``'atoll'``, ``schema_version``, ``keep_history`` (1 or 0),
     ``next_oid``, the first oid no storage instance has been given yet, and, once the
@@ -37,17 +42,20 @@ their order.
     once a commit wrote an empty state (an undone creation: see COUNT_ENDED_OBJECTS).
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
-files whose version is lower; a file whose version is higher is refused.
+files whose version is lower (:data:`MIGRATIONS`, on a writable open); a file whose
+version is higher is refused. A version 1 file opened read-only is read as it is,
+without checksums (:func:`reads`).
 """
 
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 #: "ATOL" as a big-endian 32-bit integer: PRAGMA application_id of every atoll file.
 APPLICATION_ID = 0x41544F4C
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The value of the ``application`` row in ``atoll_meta``.
 APPLICATION_NAME = "atoll"
 
@@ -65,14 +73,16 @@ CREATE TABLE transactions (
     description TEXT NOT NULL,
     extension   BLOB NOT NULL,
     txn_id      TEXT NOT NULL,
-    oids        BLOB NOT NULL
+    oids        BLOB NOT NULL,
+    partners    INTEGER
 );
 
 CREATE TABLE object_state (
-    id    INTEGER PRIMARY KEY,
-    zoid  INTEGER NOT NULL,
-    tid   INTEGER NOT NULL,
-    state BLOB NOT NULL
+    id       INTEGER PRIMARY KEY,
+    zoid     INTEGER NOT NULL,
+    tid      INTEGER NOT NULL,
+    state    BLOB NOT NULL,
+    checksum INTEGER
 );
 
 CREATE UNIQUE INDEX object_state_by_oid ON object_state (zoid, tid);
@@ -80,6 +90,17 @@ CREATE UNIQUE INDEX object_state_by_oid ON object_state (zoid, tid);
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+#: Schema upgrades: version -> statements that turn that version into the next (in
+#: one write transaction, with the version rows updated after them).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE object_state ADD COLUMN checksum INTEGER",
+        "ALTER TABLE transactions ADD COLUMN partners INTEGER",
+    ),
+}
+SET_USER_VERSION = "PRAGMA user_version = {version}"
+UPDATE_SCHEMA_VERSION = "UPDATE atoll_meta SET value = ? WHERE key = 'schema_version'"
 
 INSERT_META = "INSERT INTO atoll_meta (key, value) VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM atoll_meta"
@@ -102,32 +123,18 @@ WRITER_CACHE = "PRAGMA cache_size = -32768"
 
 SELECT_NEXT_OID = "SELECT value FROM atoll_meta WHERE key = 'next_oid'"
 UPDATE_NEXT_OID = "UPDATE atoll_meta SET value = ? WHERE key = 'next_oid'"
+#: A commit that stores oids beyond the counter (a copy, an import) moves it past them.
+ADVANCE_NEXT_OID = "UPDATE atoll_meta SET value = ?1 WHERE key = 'next_oid' AND value < ?1"
 
 # -- reads at a snapshot -----------------------------------------------------
 
 SELECT_LAST_TID = "SELECT max(tid) FROM transactions"
 
-#: (state, tid) of the newest revision of an oid at or before a snapshot.
-LOAD_AT = """
-SELECT state, tid FROM object_state
-WHERE zoid = ? AND tid <= ?
-ORDER BY tid DESC LIMIT 1
-"""
-
-#: Like LOAD_AT for a JSON array of oids: one statement for a whole batch. The
-#: subquery finds the row id in the index (one seek, covering) and the join fetches
-#: the row by it: 15-20% faster than matching (zoid, max(tid)), a second seek.
-LOAD_MANY_AT = """
-SELECT s.zoid, s.state, s.tid
-FROM json_each(?1) AS j
-JOIN object_state AS s
-  ON s.id = (SELECT id FROM object_state WHERE zoid = j.value AND tid <= ?2 ORDER BY tid DESC LIMIT 1)
-"""
+# The statements that read records are in _READS (below), with the checksum column.
 
 #: Does the oid have any revision at all (to tell "not yet/never" from "gone")?
 HAS_REVISION = "SELECT 1 FROM object_state WHERE zoid = ? LIMIT 1"
 
-LOAD_SERIAL = "SELECT state FROM object_state WHERE zoid = ? AND tid = ?"
 
 #: What transactions after a snapshot wrote, up to the newest one.
 CHANGED_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? AND tid <= ?"
@@ -153,7 +160,6 @@ SELECT oid, current FROM (
 WHERE coalesce(current, 0) != expected
 """
 
-LOAD_CURRENT = "SELECT state FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1"
 
 # -- prepared commits (sqlite_prepared.py) -----------------------------------
 
@@ -163,13 +169,13 @@ SELECT_TXN_ID = "SELECT txn_id FROM transactions WHERE tid = ?"
 PARTNER_COMMITTED = "SELECT 1 FROM transactions WHERE tid >= ? AND txn_id = ? LIMIT 1"
 
 INSERT_TRANSACTION = """
-INSERT INTO transactions (tid, username, description, extension, txn_id, oids)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO transactions (tid, username, description, extension, txn_id, oids, partners)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 
 #: Rows per INSERT statement of a commit: one statement with many VALUES rows costs
 #: about 60% of executemany's per-row price (measured with 10,000 rows). 200 rows
-#: bind 401 parameters, below the smallest limit SQLite builds use (999).
+#: bind 601 parameters, below the smallest limit SQLite builds use (999).
 STATES_PER_INSERT = 200
 
 
@@ -177,9 +183,23 @@ STATES_PER_INSERT = 200
 def insert_states(rows: int) -> str:
     """INSERT of ``rows`` revisions of one transaction.
 
-    Parameters: the tid, then ``zoid, state`` for each row."""
-    values = ", ".join(f"(?{2 * i + 2}, ?1, ?{2 * i + 3})" for i in range(rows))
-    return f"INSERT INTO object_state (zoid, tid, state) VALUES {values}"
+    Parameters: the tid, then ``zoid, state, checksum`` for each row."""
+    values = ", ".join(f"(?{3 * i + 2}, ?1, ?{3 * i + 3}, ?{3 * i + 4})" for i in range(rows))
+    return f"INSERT INTO object_state (zoid, tid, state, checksum) VALUES {values}"
+
+
+#: Commits between two prunings of a history-free file's replaced transaction rows.
+PRUNE_EVERY = 1000
+
+#: History-free: the transaction rows whose revisions were all replaced. ``?1`` is the
+#: last tid (its row stays: it holds the last tid), ``?2`` the oldest tid whose row
+#: a partner file may still ask about (a prepared commit's, see sqlite_prepared.py).
+PRUNE_REPLACED_TRANSACTIONS = """
+DELETE FROM transactions
+WHERE tid < ?1 AND (partners = 0 OR tid < ?2)
+  AND tid NOT IN (SELECT DISTINCT tid FROM object_state)
+"""
+COUNT_TRANSACTIONS = "SELECT count(*) FROM transactions"
 
 
 #: History-free commits drop the revisions their new ones replace.
@@ -204,12 +224,6 @@ ORDER BY tid
 LIMIT ?
 """
 
-#: The revisions a transaction wrote that are still there, given its oids (JSON).
-RECORDS_OF_TRANSACTION = """
-SELECT s.zoid, s.state
-FROM json_each(?1) AS j
-JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
-"""
 
 COUNT_OBJECTS = "SELECT count(*) FROM (SELECT DISTINCT zoid FROM object_state)"
 
@@ -271,3 +285,41 @@ SELECT coalesce(sum(length(s.state)), 0)
 FROM json_each(?1) AS j
 JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
 """
+
+# -- reading records (with their checksums) -------------------------------------
+
+_READS = {
+    #: (state, tid, checksum) of the newest revision of an oid at or before a snapshot.
+    "LOAD_AT": """
+SELECT state, tid, {checksum} FROM object_state
+WHERE zoid = ? AND tid <= ?
+ORDER BY tid DESC LIMIT 1
+""",
+    #: Like LOAD_AT for a JSON array of oids: one statement for a whole batch. The
+    #: subquery finds the row id in the index (one seek, covering) and the join
+    #: fetches the row by it: 15-20% faster than matching (zoid, max(tid)).
+    "LOAD_MANY_AT": """
+SELECT s.zoid, s.state, s.tid, {checksum}
+FROM json_each(?1) AS j
+JOIN object_state AS s
+  ON s.id = (SELECT id FROM object_state WHERE zoid = j.value AND tid <= ?2 ORDER BY tid DESC LIMIT 1)
+""",
+    "LOAD_SERIAL": "SELECT state, {checksum} FROM object_state WHERE zoid = ? AND tid = ?",
+    "LOAD_CURRENT": "SELECT state, tid, {checksum} FROM object_state WHERE zoid = ? ORDER BY tid DESC LIMIT 1",
+    #: The revisions a transaction wrote that are still there, given its oids (JSON).
+    "RECORDS_OF_TRANSACTION": """
+SELECT s.zoid, s.state, {checksum}
+FROM json_each(?1) AS j
+JOIN object_state AS s ON s.zoid = j.value AND s.tid = ?2
+""",
+    #: verify(): a page of revisions in row order, after a row id.
+    "VERIFY_PAGE": "SELECT id, zoid, tid, state, {checksum} FROM object_state WHERE id > ? ORDER BY id LIMIT ?",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def reads(checksums: bool = True) -> SimpleNamespace:
+    """The statements that read records; ``checksums`` False reads NULL for the
+    checksum (a version 1 file opened read-only, which has no such column)."""
+    column = "checksum" if checksums else "NULL"
+    return SimpleNamespace(**{name: text.replace("{checksum}", column) for name, text in _READS.items()})

@@ -128,7 +128,7 @@ def no_serial_when_ended(
     for oid, serial in list(moved.items()):
         if serial == z64:
             continue
-        row = writer.execute(sql.LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
+        row = writer.execute(sql.reads().LOAD_SERIAL, (u64(oid), u64(serial))).fetchone()
         if row is not None and not row[0]:
             expected = stores[oid][0] if oid in stores else checks.get(oid, z64)
             if expected == z64:

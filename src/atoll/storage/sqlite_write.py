@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import zlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -18,6 +19,10 @@ from atoll.storage import sqlite_sql as sql
 __all__ = ["write_transaction", "insert_commit"]
 
 _unpack64 = struct.Struct(">Q").unpack
+# The checksum of each revision, inline (see atoll.storage.checksum: the same value).
+_crc32 = zlib.crc32
+_seed = struct.Struct(">QQ").pack
+_OFFSET = 1 << 31
 
 
 @contextmanager
@@ -40,25 +45,32 @@ def insert_commit(
     stores: dict[bytes, tuple[bytes, bytes]],
     oids: list[bytes],
     keep_history: bool,
+    partners: int = 0,
 ) -> int:
     """Write one commit inside an open write transaction: its ``transactions`` row
-    (``meta`` is user, description, extension bytes and shared id), a revision per
-    record of ``stores`` (oid -> (read serial, data)), inserted in the order of
-    ``oids``, and in a history-free file the deletion of the revisions they replace.
-    Returns the bytes of record data written."""
+    (``meta`` is user, description, extension bytes and shared id; ``partners`` the
+    number of other files it was prepared with), a revision per record of ``stores``
+    (oid -> (read serial, data)) with its checksum (:mod:`atoll.storage.checksum`),
+    inserted in the order of ``oids`` (ascending), the file's oid counter moved past
+    the highest oid (a copy or import stores oids no new_oid() handed out), and in a
+    history-free file the deletion of the revisions they replace. Returns the bytes
+    of record data written."""
     user, description, extension, txn_id = meta
-    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores)))
+    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
     per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
         params: list = [tid]
         for oid in part:
             data = stores[oid][1]
-            params += (_unpack64(oid)[0], data)
+            zoid = _unpack64(oid)[0]
+            params += (zoid, data, _crc32(data, _crc32(_seed(zoid, tid))) - _OFFSET)
             written += len(data)
             if not data:
                 ends = True
         writer.execute(sql.insert_states(len(part)), params)
+    if oids:
+        writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids))[0] + 1,))
     if ends:  # an undone creation: len() must look for ended objects from now on
         writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history:

@@ -12,7 +12,8 @@ A target is one of:
     ``memory://?keep_history=false``: a :class:`~atoll.storage.MinimalMemoryStorage`;
   - ``sqlite:///abs/path.db?keep_history=false&read_only=true``: an SQLite file
     (the path is absolute: ``/abs/path.db``); options ``keep_history``,
-    ``read_only``, ``synchronous``, ``cache_size_bytes``;
+    ``read_only``, ``synchronous``, ``cache_size_bytes``, ``commit_lock_timeout``
+    (seconds);
   - ``postgresql://user@host/db?keep_history=false`` (or ``postgres://``): a
     :class:`~atoll.storage.PostgreSQLStorage`; options ``keep_history``,
     ``read_only``, ``schema``, ``two_phase``, ``commit_lock_timeout``, ``lock_wait``
@@ -20,7 +21,10 @@ A target is one of:
     goes to libpq as the DSN, which may carry libpq's own parameters
     (``?sslmode=require``).
 
-An unknown scheme or option raises a one-line ValueError naming it. Storage classes
+An unknown scheme or option raises a one-line ValueError naming it. A string that
+looks like a mistyped URI (``memory:``, ``:memory:``, ``sqlite:app.db``: a known
+scheme without its ``//``, or SQLite's in-memory name) is refused rather than taken
+as the name of a file to create. Storage classes
 are imported only when needed, so a PostgreSQL driver is loaded only for PostgreSQL.
 """
 
@@ -62,6 +66,7 @@ def open_storage(target: object = None) -> Storage:
     if isinstance(target, str):
         if is_uri(target):
             return _open_uri(target)
+        _refuse_mistyped_uri(target)
         from atoll.storage.sqlite import SQLiteStorage
 
         return SQLiteStorage(target)
@@ -73,6 +78,34 @@ def open_storage(target: object = None) -> Storage:
         "storage target must be None, a storage, a path or a URI, "
         f"not {type(target).__name__}: {target!r}"
     )
+
+
+# A scheme and a colon, without the "//" (a one-letter scheme is a Windows drive).
+_ALMOST_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _refuse_mistyped_uri(target: str) -> None:
+    """ValueError for a path that is most likely a mistyped URI (see the docstring)."""
+    if target.strip().lower() in (":memory:", "memory", "memory:"):
+        raise ValueError(
+            f"storage target {target!r} is not a file atoll creates: for an in-memory database "
+            "use 'memory://' (or None); for a file named so, write './' before it"
+        )
+    match = _ALMOST_URI.match(target)
+    if match is None:
+        return
+    scheme = match.group(1).lower()
+    if scheme in _OPENERS or scheme == "file":
+        rest = target[match.end() :].lstrip("/")
+        example = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{os.path.abspath(rest or 'app.db').lstrip('/')}",
+            "file": f"sqlite:///{os.path.abspath(rest or 'app.db').lstrip('/')}",
+        }.get(scheme, f"{scheme}://user@host/dbname")
+        raise ValueError(
+            f"storage target {target!r} looks like a mistyped URI (a URI starts with '{scheme}://'): "
+            f"write {example!r}, or './{target}' for a file of that name"
+        )
 
 
 def _redact(uri: str) -> str:
@@ -115,13 +148,16 @@ def _boolean(uri: str, name: str, value: str) -> bool:
 
 
 def _seconds(uri: str, name: str, value: str) -> float:
+    from atoll.storage.options import MAX_WAIT, check_wait
+
     try:
-        seconds = float(value)
+        return check_wait(name, float(value), allow_zero=name != "lock_wait")
     except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also rejects nan
-        raise ValueError(f"storage URI option {name}={value!r} is not a number of seconds in {uri!r}")
-    return seconds
+        low = "more than 0" if name == "lock_wait" else "0"
+        raise ValueError(
+            f"storage URI option {name}={value!r} is not a number of seconds from {low} to "
+            f"{MAX_WAIT:g} (one day) in {uri!r}"
+        ) from None
 
 
 def _count(uri: str, name: str, value: str) -> int:
@@ -186,6 +222,7 @@ _SQLITE_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "read_only": _boolean,
     "synchronous": _synchronous,
     "cache_size_bytes": _count,
+    "commit_lock_timeout": _seconds,
 }
 
 # The options of PostgreSQL URIs that are atoll's (PostgreSQLStorage's keyword
