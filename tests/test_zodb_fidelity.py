@@ -13,11 +13,12 @@ import pytest
 import transaction
 from BTrees.OOBTree import OOBTree, OOTreeSet
 from persistent.mapping import PersistentMapping
+from persistent.wref import PersistentWeakKeyDictionary, WeakRef
 
 import atoll
-from atoll.errors import ConflictError, ConnectionStateError, ReadOnlyHistoryError
+from atoll.errors import ConflictError, ConnectionStateError, POSKeyError, ReadOnlyHistoryError
 from atoll.ids import next_tid, oid_repr, p64, tid_repr, u64
-from atoll.serialize import PersistentReference
+from atoll.serialize import PersistentReference, references
 from atoll.storage import MemoryStorage
 from helpers import Item, Key
 
@@ -244,6 +245,24 @@ def test_btree_with_persistent_values_under_different_new_keys_still_merges(db):
         c.close()
 
 
+def test_btree_value_replaced_by_another_persistent_object_is_a_conflict_as_in_zodb(db):
+    # Merging needs to know whether the committed value is the one both started
+    # from; two different references cannot be compared (ZODB refuses too).
+    conn = db.open()
+    conn.root()["tree"] = tree = OOBTree()
+    tree["a"] = Item("A")
+    transaction.commit()
+    first, second = (db.open(transaction.TransactionManager()) for _ in range(2))
+    first.root()["tree"]["a"] = Item("B")
+    second.root()["tree"]["b"] = 2
+    first.transaction_manager.commit()
+    with pytest.raises(ConflictError, match="conflict resolution failed"):
+        second.transaction_manager.commit()
+    second.transaction_manager.abort()
+    for c in (first, second, conn):
+        c.close()
+
+
 def test_failed_resolution_message_starts_as_zodbs_and_gives_the_reason(db):
     conn = db.open()
     conn.root()["set"] = OOTreeSet()
@@ -336,3 +355,86 @@ def test_comparing_different_persistent_references_raises_value_error(left, righ
         with pytest.raises(ValueError, match="can't reliably compare"):
             compare()
     assert (a == "not a reference") is False
+
+
+# -- weak references -----------------------------------------------------------------------
+
+
+def stored(db, oid):
+    view = db.storage.open_view()
+    try:
+        return view.load(oid)[0]
+    finally:
+        view.release()
+
+
+def test_weak_reference_is_stored_and_loaded_within_a_database(db):
+    conn = db.open()
+    conn.root()["target"] = target = Item("target")
+    conn.root()["ref"] = WeakRef(target)
+    conn.root()["new_only_weakly"] = WeakRef(new := Item("new"))  # stored with it, as in ZODB
+    transaction.commit()
+    assert new._p_oid is not None
+    reader = db.open(transaction.TransactionManager())
+    ref = reader.root()["ref"]
+    assert isinstance(ref, WeakRef)
+    assert ref() is reader.root()["target"]
+    assert reader.root()["new_only_weakly"]().value == "new"
+    assert ref == WeakRef(reader.root()["target"])
+    reader.close()
+    conn.close()
+
+
+def test_persistent_weak_key_dictionary_round_trips(db):
+    conn = db.open()
+    conn.root()["keys"] = [Item(1), Item(2)]
+    conn.root()["weak"] = weak = PersistentWeakKeyDictionary()
+    for key in conn.root()["keys"]:
+        weak[key] = key.value * 10
+    transaction.commit()
+    reader = db.open(transaction.TransactionManager())
+    loaded = reader.root()["weak"]
+    assert [loaded[key] for key in reader.root()["keys"]] == [10, 20]
+    reader.close()
+    conn.close()
+
+
+def test_weak_reference_across_databases_loads_the_other_databases_object():
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases)
+    second = atoll.DB(MemoryStorage(), database_name="second", databases=databases)
+    conn = first.open()
+    other = conn.get_connection("second")
+    other.root()["target"] = target = Item("in second")
+    transaction.commit()
+    conn.root()["ref"] = WeakRef(target)
+    transaction.commit()
+    record = stored(first, conn.root()._p_oid)
+    assert ("second", target._p_oid) not in references(record)  # weak: not a strong reference
+    reader = first.open(transaction.TransactionManager())
+    loaded = reader.root()["ref"]()
+    assert loaded.value == "in second" and loaded._p_jar.db() is second
+    assert loaded is reader.get_connection("second").root()["target"]
+    reader.close()
+    conn.close()
+    for database in databases.values():
+        database.close()
+
+
+def test_pack_does_not_keep_an_object_referenced_only_weakly(db):
+    conn = db.open()
+    conn.root()["ref"] = WeakRef(target := Item("only weakly"))
+    conn.root()["kept"] = kept = Item("strongly")
+    conn.root()["kept_ref"] = WeakRef(kept)
+    transaction.commit()
+    oid = target._p_oid
+    record = stored(db, conn.root()._p_oid)
+    assert (None, oid) not in references(record)
+    db.pack()
+    with pytest.raises(POSKeyError):
+        stored(db, oid)
+    reader = db.open(transaction.TransactionManager())
+    assert reader.root()["ref"]() is None  # dangling: the object is gone
+    assert reader.root()["kept_ref"]().value == "strongly"
+    reader.close()
+    conn.close()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from persistent import PickleCache, Persistent
 from persistent.mapping import PersistentMapping
+from persistent.wref import WeakRef
 
 from atoll.arguments import check_oid
 from atoll.conflict import resolve
@@ -39,9 +40,10 @@ from atoll.errors import (
     UnpicklableError,
 )
 from atoll.ids import ROOT_OID, oid_repr, z64
+from atoll.savepoint import ADDED, NEW, SavepointStore
 from atoll.readahead import ReadAhead
 from atoll.serialize import ObjectReader, ObjectWriter, needs_args
-from atoll.storage.base import TransactionMeta
+from atoll.storage.base import Member, TransactionMeta
 from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
@@ -100,14 +102,12 @@ class RootConvenience:
 
 
 class _Savepoint:
-    """A connection's state at a savepoint: the records of everything changed."""
+    """A connection's state at a savepoint: a position in its savepoint store
+    (everything changed is saved there) and the objects that must stay current."""
 
-    def __init__(self, connection: Connection, states: dict[bytes, bytes]) -> None:
+    def __init__(self, connection: Connection, position: int) -> None:
         self._connection = connection
-        self.states = states
-        self.registered = list(connection._registered)
-        self.creating = dict(connection._creating)
-        self.added = dict(connection._added)
+        self.position = position
         self.read_current = dict(connection._read_current)
 
     def rollback(self) -> None:
@@ -122,7 +122,7 @@ class Connection:
         self.before = before
         self._view = db.storage.open_view(before)
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
-        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost)
+        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost, self._weak_reference)
         self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
@@ -140,6 +140,9 @@ class Connection:
         self._pending: list[Persistent] = []  # objects still to serialize (commit/savepoint)
         self._stored: dict[bytes, Persistent] = {}  # objects written in the commit in progress
         self._resolved: set[bytes] = set()  # oids merged by conflict resolution in vote
+        # Records of the changes saved by savepoints (atoll.savepoint), while the
+        # objects themselves may be ghosts again; None until the first savepoint.
+        self._saved: SavepointStore | None = None
         self._undo: dict[bytes, tuple[bytes, bytes]] = {}  # an undo's records in this commit
         # Records loaded ahead of their objects (get(), prefetch(), read-ahead); valid
         # for one snapshot, so emptied whenever the snapshot moves.
@@ -169,7 +172,7 @@ class Connection:
         """Return the connection (and, for the group's first, the whole group) to its pool."""
         if self.opened is None:
             return
-        if self._registered or self._creating or self._read_current:
+        if self._registered or self._creating or self._read_current or self._saved is not None:
             raise ConnectionStateError(
                 f"cannot close a connection to {self._db.database_name!r} that is joined to a "
                 "transaction: commit or abort first"
@@ -217,6 +220,9 @@ class Connection:
         """Drop the cache and the view for good (the pool discards this connection)."""
         self._cache.minimize()
         self._ahead.clear()
+        if self._saved is not None:
+            self._saved.close()
+            self._saved = None
         self._view.release()
 
     def _unregister_synch(self) -> None:
@@ -299,7 +305,10 @@ class Connection:
         if obj is not None:
             return obj
         check_oid(oid)  # after the cache: a bad oid is never found there
-        record = self._ahead.keep(oid)
+        if self._saved is not None and oid in self._saved:
+            record = self._saved.load(oid)  # new or changed, saved by a savepoint
+        else:
+            record = self._ahead.keep(oid)
         obj = self._reader.ghost_from_record(record[0])
         self._cache.new_ghost(oid, obj)
         return obj
@@ -375,7 +384,10 @@ class Connection:
             raise ConnectionStateError(
                 f"cannot load object {oid_repr(oid)} of {self._db.database_name!r}: the connection is closed"
             )
-        data, serial = self._ahead.load(oid)
+        if self._saved is not None and oid in self._saved:
+            data, serial = self._saved.load(oid)  # new or changed, saved by a savepoint
+        else:
+            data, serial = self._ahead.load(oid)
         outer = self._new_ghosts, self._new_foreign_ghosts
         created = self._new_ghosts = []
         self._new_foreign_ghosts = None  # made by the first foreign ghost, if any
@@ -463,6 +475,24 @@ class Connection:
             created = self._new_foreign_ghosts.setdefault(connection, [])
         return connection._ghost(oid, klass, created)
 
+    def _weak_reference(self, oid: bytes, database_name: str | None) -> WeakRef:
+        """The ``WeakRef`` a record's weak reference reads as; calling it loads the
+        object (None once it is gone)."""
+        ref = WeakRef.__new__(WeakRef)
+        ref.oid = oid
+        if database_name is None or database_name == self._db.database_name:
+            ref.dm = self
+        else:
+            try:
+                ref.dm = self.get_connection(database_name)
+            except KeyError:
+                raise InvalidObjectReference(
+                    f"an object of {self._db.database_name!r} refers weakly to database "
+                    f"{database_name!r}, which is not in the collection"
+                ) from None
+        ref.database_name = ref.dm.db().database_name
+        return ref
+
     # -- building commits ------------------------------------------------------
 
     def _join(self) -> None:
@@ -484,7 +514,10 @@ class Connection:
             self._join()
 
     def _implicitly_adding(self, oid: bytes) -> bool:
-        return oid in self._creating and oid not in self._added
+        if oid in self._creating:
+            return oid not in self._added
+        saved = self._saved
+        return saved is not None and oid in saved and saved.flags(oid) == NEW
 
     def _cross_reference(self, obj: Persistent) -> str:
         """Check a reference to another connection's object; return its database name."""
@@ -568,13 +601,14 @@ class Connection:
     def tpc_begin(self, txn: Any) -> None:
         self._check_open()
         try:
-            shared_id, participants = txn.data(_TRANSACTION_ID)
+            shared_id, participants, members = txn.data(_TRANSACTION_ID)
         except KeyError:
             # One id and one list of storages for every connection of the commit; the
-            # list is complete before any votes (see TransactionMeta).
-            shared_id, participants = uuid.uuid4().hex, []
-            txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        key = self._db.storage.sort_key()
+            # lists are complete before any votes (see TransactionMeta).
+            shared_id, participants, members = uuid.uuid4().hex, [], []
+            txn.set_data(_TRANSACTION_ID, (shared_id, participants, members))
+        storage = self._db.storage
+        key = storage.sort_key()
         if key in participants:
             # Its vote would wait for the storage's commit lock, held by the other one.
             raise StorageTransactionError(
@@ -584,6 +618,8 @@ class Connection:
                 "e.g. db.open(transaction.TransactionManager())"
             )
         participants.append(key)
+        order_key = self.sortKey()
+        members.append(Member(order_key, storage.decision_home()))
         try:
             txn.data(_COMMITTING)[key] = self
         except KeyError:
@@ -594,6 +630,8 @@ class Connection:
             extension=dict(txn.extension),
             id=shared_id,
             participants=participants,
+            members=members,
+            order_key=order_key,
         )
         self._view.tpc_begin(meta)
 
@@ -601,6 +639,9 @@ class Connection:
         self._pending = [*self._creating.values(), *self._registered]
         with gcpause.paused():
             self._serialize_pending(self._stored, store=True)
+            if self._saved is not None:
+                for batch in self._saved.records(exclude=self._stored):
+                    self._view.store_many(batch)
         for oid, serial in self._read_current.items():
             if oid not in self._stored:
                 self._view.check_current(oid, serial)
@@ -653,9 +694,15 @@ class Connection:
         for oid, obj in self._creating.items():
             if oid in self._stored:
                 cache[oid] = obj
+        if self._saved is not None:
+            for oid in self._saved.index:
+                obj = cache.get(oid)
+                if obj is not None and oid not in self._stored and obj._p_changed is not None:
+                    obj._p_serial = tid  # unchanged since its savepoint: it is this revision
         for oid in self._resolved:
-            if oid in self._stored:
-                self._stored[oid]._p_invalidate()  # the storage holds a merged state we never saw
+            obj = self._stored.get(oid) or cache.get(oid)
+            if obj is not None:
+                obj._p_invalidate()  # the storage holds a merged state we never saw
         if self._undo:
             cache.invalidate(list(self._undo))  # our own commit: no poll will report these
         self._clear_transaction()
@@ -674,8 +721,25 @@ class Connection:
             obj._p_oid = None
         stale = [obj._p_oid for obj in self._registered if obj._p_jar is self]
         stale.extend(self._stored)
+        saved = self._saved
+        if saved is not None:
+            for oid in saved.index:
+                if saved.flags(oid) & NEW:
+                    self._disown(oid)
+                else:
+                    stale.append(oid)
         cache.invalidate(stale)
         self._clear_transaction()
+
+    def _disown(self, oid: bytes) -> None:
+        """A new object saved by a savepoint leaves the transaction: no oid, no jar."""
+        obj = self._cache.get(oid)
+        if obj is not None:
+            del self._cache[oid]
+            if obj._p_jar is self:
+                obj._p_changed = False
+                obj._p_jar = None
+                obj._p_oid = None
 
     def _clear_transaction(self) -> None:
         self._joined = False
@@ -687,33 +751,63 @@ class Connection:
         self._stored = {}
         self._resolved = set()
         self._undo = {}
+        if self._saved is not None:
+            self._saved.close()
+            self._saved = None
 
     # -- savepoints --------------------------------------------------------------
 
     def savepoint(self) -> _Savepoint:
+        """Save every change since the last savepoint to the savepoint store and let
+        the cache ghost the objects changed (see :mod:`atoll.savepoint`)."""
+        saved = self._saved
+        if saved is None:
+            saved = self._saved = SavepointStore()
         states: dict[bytes, bytes] = {}
         self._pending = [*self._creating.values(), *self._registered]
-        self._serialize_pending(states, store=False)
-        return _Savepoint(self, states)
+        with gcpause.paused():
+            self._serialize_pending(states, store=False)
+        if states:
+            changed = {obj._p_oid: obj for obj in self._registered if obj._p_jar is self}
+            creating, added, cache = self._creating, self._added, self._cache
+            records = []
+            for oid, data in states.items():
+                obj = creating.get(oid)
+                if obj is not None:
+                    flags = NEW | (ADDED if oid in added else 0)
+                    if cache.get(oid) is not obj:
+                        cache[oid] = obj
+                else:
+                    obj = changed[oid]
+                    flags = saved.flags(oid) if oid in saved else 0
+                records.append((oid, z64 if flags & NEW else obj._p_serial, flags, data))
+            saved.write(records)
+            for oid in states:
+                obj = creating.get(oid) or changed[oid]
+                obj._p_changed = False  # its record is saved: the cache may ghost it
+        self._registered, self._creating, self._added = [], {}, {}
+        self._cache.incrgc()
+        return _Savepoint(self, saved.position)
 
     def _rollback(self, savepoint: _Savepoint) -> None:
         cache = self._cache
         for oid, obj in self._creating.items():
-            if oid not in savepoint.creating:
-                obj._p_changed = False
-                obj._p_jar = None
-                obj._p_oid = None
-        cache.invalidate(
-            [obj._p_oid for obj in self._registered if obj._p_jar is self and obj._p_oid not in savepoint.states]
-        )
-        self._creating = dict(savepoint.creating)
-        self._added = dict(savepoint.added)
+            if cache.get(oid) is obj:
+                del cache[oid]
+            obj._p_changed = False
+            obj._p_jar = None
+            obj._p_oid = None
+        stale = [obj._p_oid for obj in self._registered if obj._p_jar is self]
+        saved = self._saved
+        if saved is not None:
+            for oid, kept, new in saved.rollback(savepoint.position):
+                if new and not kept:
+                    self._disown(oid)
+                else:
+                    stale.append(oid)
+        cache.invalidate(stale)  # they reload from the savepoint store, or the storage
+        self._registered, self._creating, self._added = [], {}, {}
         self._read_current = dict(savepoint.read_current)
-        self._registered = list(savepoint.registered)
-        for oid, data in savepoint.states.items():
-            obj = self._creating.get(oid) or cache.get(oid)
-            if obj is not None:
-                self._reader.set_state(obj, data)
 
     # -- transaction synchronizer (snapshot moves) ---------------------------------
 

@@ -77,9 +77,11 @@ class Instance:
         self.items.append((key, value))
 
     def append(self, value: Any) -> None:
+        """Keep an item a pickle appends (a list's, a set's)."""
         self.items.append(value)
 
     def extend(self, values: Any) -> None:
+        """Keep items a pickle appends in one go."""
         self.items.extend(values)
 
     add = append

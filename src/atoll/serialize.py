@@ -24,6 +24,11 @@ forms:
     an object of another database of the same collection ("multi-database").
 ``['n', (database_name, oid)]``
     the same without the class (read, never written).
+``['w', (oid,)]`` and ``['w', (oid, database_name)]``
+    a weak reference (``persistent.wref.WeakRef``) to an object of the same
+    database or of another: it does not keep its object alive (pack's garbage
+    collection does not follow it, :func:`references` leaves it out) and reads
+    as a ``WeakRef`` whose call returns None once the object is gone.
 
 Both pickles are written by separate picklers (the class part is cached per
 class), so the state part never refers to the class part's memo; one unpickler
@@ -44,6 +49,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from persistent import Persistent
+from persistent.wref import WeakRef
 
 if TYPE_CHECKING:
     from atoll.connection import Connection
@@ -61,8 +67,11 @@ __all__ = [
     "make_record",
     "class_pickle",
     "needs_args",
+    "PersistentReference",
+    "dump_state",
 ]
 
+#: The record format version this module writes (see the module docstring).
 FORMAT_VERSION = 1
 PROTOCOL = 3
 
@@ -98,7 +107,7 @@ class ObjectWriter:
 
     def _persistent_id(self, obj: Any) -> Any:
         if not isinstance(obj, Persistent) or isinstance(obj, type):
-            return None
+            return self._weak_reference(obj) if type(obj) is WeakRef else None
         jar = obj._p_jar
         if jar is None:
             self._new_object(obj)
@@ -112,6 +121,22 @@ class ObjectWriter:
         if needs:
             return obj._p_oid
         return obj._p_oid, klass
+
+    def _weak_reference(self, ref: WeakRef) -> list:
+        """A WeakRef's reference form. Its object, if new, is given an oid here
+        (and stored), as ZODB does: a weak reference to an object never stored
+        would otherwise be dangling at once."""
+        if ref.oid is None:
+            target = ref()
+            if target._p_jar is None:
+                self._new_object(target)
+            ref.oid, ref.dm = target._p_oid, target._p_jar
+            ref.database_name = ref.dm.db().database_name
+        if ref.dm is self._jar:
+            return ["w", (ref.oid,)]
+        target = getattr(ref, "_v_ob", None)
+        name = self._cross_reference(target) if target is not None else ref.database_name
+        return ["w", (ref.oid, name)]
 
     def serialize(self, obj: Persistent) -> bytes:
         """The record of ``obj`` (which must have its oid already)."""
@@ -233,16 +258,19 @@ class ObjectReader:
     ``ghost(oid, klass)`` returns the connection's object for an oid of its own
     database (from its cache or as a new ghost); ``klass`` may be None when the
     reference does not carry it. ``foreign(database_name, oid, klass)`` does the same
-    for another database of the collection.
+    for another database of the collection. ``weak(oid, database_name)`` makes the
+    ``WeakRef`` of a weak reference (database_name None for the record's own).
     """
 
     def __init__(
         self,
         ghost: Callable[[bytes, type | None], Persistent],
         foreign: Callable[[str, bytes, type | None], Persistent],
+        weak: Callable[[bytes, str | None], WeakRef] | None = None,
     ) -> None:
         self._ghost = ghost
         self._foreign = foreign
+        self._weak = weak
 
     def _persistent_load(self, ref: Any) -> Persistent:
         if isinstance(ref, tuple):
@@ -258,6 +286,8 @@ class ObjectReader:
             if kind == "n":
                 database_name, oid = args
                 return self._foreign(database_name, oid, None)
+            if kind == "w" and self._weak is not None:
+                return self._weak(args[0], args[1] if len(args) > 1 else None)
         raise pickle.UnpicklingError(f"unknown persistent reference {ref!r}")
 
     def ghost_from_record(self, data: bytes) -> Persistent:
@@ -372,8 +402,9 @@ class _ScanningUnpickler(pickle.Unpickler):
 
 
 def references(data: bytes) -> list[tuple[str | None, bytes]]:
-    """Every persistent reference in a record, as ``(database_name, oid)``;
-    database_name is None for the record's own database."""
+    """Every strong persistent reference in a record, as ``(database_name, oid)``;
+    database_name is None for the record's own database. Weak references
+    (``['w', ...]``) are left out: they must not keep an object alive."""
     found: list[tuple[str | None, bytes]] = []
     scanner = _ScanningUnpickler(data, found)
     scanner.load()

@@ -24,6 +24,7 @@ class CommandError(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
+        """Print the one-line error to stderr (or ``file``)."""
         click.echo(f"atoll: error: {self.format_message()}", err=True, file=file)
 
 
@@ -42,6 +43,7 @@ class Collection:
 
     @property
     def first(self) -> DB:
+        """The first database of the target (the one a config file names first)."""
         return next(iter(self.databases.values()))
 
     def pick(self, name: str | None) -> DB:
@@ -61,6 +63,7 @@ class Collection:
         return len(self.databases)
 
     def close(self) -> None:
+        """Close every database of the target."""
         for db in self.databases.values():
             db.close()
 

@@ -24,6 +24,7 @@ def oid_text(oid: bytes) -> str:
 
 
 def tid_text(tid: bytes) -> str:
+    """A tid as the command line shows it: ``0x`` and 16 hex digits."""
     return "0x" + tid.hex()
 
 
@@ -137,6 +138,7 @@ def _flat(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
+    """Print ``data`` as indented JSON (for ``--json``)."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
