@@ -49,3 +49,32 @@ def _first_report(fd: int, pid: int, timeout: float) -> bytes:
                 break  # the child closed the pipe: it stopped
             received += chunk
     return received
+
+
+def run_until_it_dies(child: Callable[[int], None], timeout: float) -> list[bytes]:
+    """Fork a child that runs ``child(write_fd)`` and kills itself with SIGKILL at a
+    moment it chooses; return the lines it reported. A child still alive after
+    ``timeout`` seconds is killed and fails the test, as does one that exits."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            child(write_end)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the child did not die by itself within {timeout:g} s")
+        time.sleep(0.01)
+    with os.fdopen(read_end, "rb") as reports:
+        lines = [line for line in reports.read().split(b"\n") if line]
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the child stopped by itself (see its traceback above)"
+    return lines

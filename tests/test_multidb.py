@@ -209,3 +209,48 @@ def test_read_ahead_loads_partners_in_another_database_in_batches(collection):
     view.load = lambda oid: singles.append(oid) or load(oid)
     assert [item.value.value for item in mapping.values()] == [f"partner {i}" for i in range(100)]
     assert singles == []  # every partner came with the batch that referred to it
+
+
+def test_a_collection_mixing_memory_and_durable_databases_says_so_once(tmp_path, caplog):
+    from atoll.storage.memory import MemoryStorage
+    from atoll.storage.sqlite import SQLiteStorage
+
+    databases: dict = {}
+    with caplog.at_level("WARNING", logger="atoll.db"):
+        atoll.DB(SQLiteStorage(tmp_path / "a.db"), database_name="a", databases=databases)
+        atoll.DB(SQLiteStorage(tmp_path / "b.db"), database_name="b", databases=databases)
+        assert not [r for r in caplog.records if "crash-safe" in r.getMessage()]
+        atoll.DB(MemoryStorage(), database_name="scratch", databases=databases)
+        atoll.DB(MemoryStorage(), database_name="scratch2", databases=databases)
+    said = [r.getMessage() for r in caplog.records if "crash-safe" in r.getMessage()]
+    assert len(said) == 1 and "memory database (scratch)" in said[0]
+    for db in databases.values():
+        db.close()
+
+
+def test_a_commit_of_two_sqlite_files_decides_in_the_first_and_prepares_the_other(tmp_path):
+    import sqlite3
+
+    from atoll.storage.sqlite import SQLiteStorage
+
+    databases: dict = {}
+    paths = sorted(str(tmp_path / name) for name in ("a.db", "b.db"))
+    for name, path in zip("ab", paths):
+        atoll.DB(SQLiteStorage(path), database_name=name, databases=databases)
+    conn = databases["a"].open()
+    conn.root.x = 1
+    conn.get_connection("b").root.x = 1
+    transaction.commit()
+    conn.close()
+    for db in databases.values():
+        db.close()
+    counts = []
+    for path in paths:
+        raw = sqlite3.connect(path)
+        counts.append(
+            (raw.execute("SELECT count(*) FROM commit_decisions").fetchone()[0],
+             raw.execute("SELECT count(*) FROM commit_pending").fetchone()[0])
+        )
+        raw.close()
+    # One decision, in whichever file votes first; the other prepared and finished.
+    assert sorted(counts) == [(0, 0), (1, 0)]

@@ -43,7 +43,7 @@ from atoll.ids import ROOT_OID, oid_repr, z64
 from atoll.savepoint import ADDED, NEW, SavepointStore
 from atoll.readahead import ReadAhead
 from atoll.serialize import ObjectReader, ObjectWriter, needs_args
-from atoll.storage.base import TransactionMeta
+from atoll.storage.base import Member, TransactionMeta
 from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
@@ -601,13 +601,14 @@ class Connection:
     def tpc_begin(self, txn: Any) -> None:
         self._check_open()
         try:
-            shared_id, participants = txn.data(_TRANSACTION_ID)
+            shared_id, participants, members = txn.data(_TRANSACTION_ID)
         except KeyError:
             # One id and one list of storages for every connection of the commit; the
-            # list is complete before any votes (see TransactionMeta).
-            shared_id, participants = uuid.uuid4().hex, []
-            txn.set_data(_TRANSACTION_ID, (shared_id, participants))
-        key = self._db.storage.sort_key()
+            # lists are complete before any votes (see TransactionMeta).
+            shared_id, participants, members = uuid.uuid4().hex, [], []
+            txn.set_data(_TRANSACTION_ID, (shared_id, participants, members))
+        storage = self._db.storage
+        key = storage.sort_key()
         if key in participants:
             # Its vote would wait for the storage's commit lock, held by the other one.
             raise StorageTransactionError(
@@ -617,6 +618,8 @@ class Connection:
                 "e.g. db.open(transaction.TransactionManager())"
             )
         participants.append(key)
+        order_key = self.sortKey()
+        members.append(Member(order_key, storage.decision_home()))
         try:
             txn.data(_COMMITTING)[key] = self
         except KeyError:
@@ -627,6 +630,8 @@ class Connection:
             extension=dict(txn.extension),
             id=shared_id,
             participants=participants,
+            members=members,
+            order_key=order_key,
         )
         self._view.tpc_begin(meta)
 

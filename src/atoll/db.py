@@ -131,6 +131,7 @@ class DB:
             raise
         self.databases = databases
         databases[database_name] = self
+        _warn_if_not_all_durable(self)
 
     def __repr__(self) -> str:
         return f"<DB {self.database_name!r} at {id(self):x} on {type(self.storage).__name__}>"
@@ -462,6 +463,26 @@ class DB:
 
     def __len__(self) -> int:
         return len(self.storage)
+
+
+def _warn_if_not_all_durable(db: DB) -> None:
+    """Say once per collection, when it first mixes them, that its memory databases
+    cannot take part in a crash-safe commit (their part ends with the process)."""
+
+    def durable(each: DB) -> bool:
+        home = getattr(each.storage, "decision_home", None)
+        return home is not None and home() is not None
+
+    others = [each for each in db.databases.values() if each is not db]
+    kinds_before = {durable(each) for each in others}
+    if len(kinds_before) == 2 or (kinds_before | {durable(db)}) != {True, False}:
+        return
+    volatile = sorted(each.database_name for each in db.databases.values() if not durable(each))
+    logger.warning(
+        "the collection of %r mixes durable databases with %s (%s), which cannot take part in a crash-safe "
+        "commit: after a crash, transactions stay whole in the durable databases only",
+        db.database_name, "a memory database" if len(volatile) == 1 else "memory databases", ", ".join(volatile),
+    )
 
 
 def _check_db_arguments(**arguments: Any) -> None:

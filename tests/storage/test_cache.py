@@ -173,3 +173,32 @@ def test_a_second_view_reads_from_the_shared_cache(storage):
         assert records.hits == hits + 5
     else:  # memory storages keep everything in memory already
         assert len(second.load_many(oids)) == 5
+
+
+def test_records_this_process_committed_are_cached_once_the_cache_reaches_their_tid():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.put(X, b"x1", T1, T1)
+    cache.committed({X: b"x2", Y: b"y2"}, T2)
+    assert cache.get(X, T1) is None  # the replaced revision went at once
+    cache.put(X, b"x1", T1, T1)  # a reader at T1 puts it back ...
+    cache.advance(T1, T3, set())  # ... and the poll that passes T2 leaves our commit out
+    assert cache.get(X, T3) == (b"x2", T2) and cache.get(Y, T3) == (b"y2", T2)
+
+
+def test_a_committed_record_another_process_replaced_meanwhile_is_not_cached():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.committed({X: b"x2", Y: b"y2"}, T2)
+    cache.advance(T1, T3, {Y})  # someone wrote Y after us, at T3
+    assert cache.get(X, T3) == (b"x2", T2)
+    assert cache.get(Y, T3) is None
+
+
+def test_committed_records_are_not_cached_after_a_clear():
+    cache = RecordCache()
+    cache.advance(T1, T1, set())
+    cache.committed({X: b"x2"}, T2)
+    cache.clear()  # a pack may have removed them
+    cache.advance(T1, T3, set())
+    assert cache.get(X, T3) is None

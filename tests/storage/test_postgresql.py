@@ -190,12 +190,12 @@ def test_conflict_in_vote_leaves_no_trace(storage):
     stale.release()
 
 
-def test_commit_lock_is_held_from_prepare_until_finish(storage):
+def test_commit_lock_is_held_from_vote_until_finish(storage):
     first = storage.open_view()
     first.tpc_begin(TransactionMeta())
     first.store(z64, z64, b"first")
     first.tpc_vote()
-    assert len(prepared_gids(storage)) == 1
+    assert prepared_gids(storage) == []  # the only participant: one phase, no PREPARE
     impatient = type(storage)(
         postgres_dsn(), schema=storage.schema, keep_history=storage.keep_history,
         commit_lock_timeout=0.5, lock_wait=0.2,
@@ -219,7 +219,7 @@ def test_commit_lock_is_held_from_prepare_until_finish(storage):
         impatient.close()
 
 
-def test_abort_after_vote_rolls_back_the_prepared_transaction(storage):
+def test_abort_after_vote_rolls_back(storage):
     view = storage.open_view()
     view.tpc_begin(TransactionMeta())
     view.store(z64, z64, b"never")

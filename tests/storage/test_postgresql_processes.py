@@ -53,19 +53,21 @@ storage.close()
 print(conflicts)
 """
 
-# Prepares one commit in each schema (one shared transaction id), finishes the
-# first ``finished`` of them, says so, and waits to be killed.
+# Votes one collection commit over the schemas (the first decides, the others
+# prepare), finishes the first ``finished`` of them, says so, and waits to be killed.
 PREPARE_AND_HANG = """
 import sys, time, uuid
 from atoll.ids import z64
-from atoll.storage.base import TransactionMeta
+from atoll.storage.base import Member, TransactionMeta
 from atoll.storage.postgresql import PostgreSQLStorage
 
 dsn, finished, schemas = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 views, shared_id = [], uuid.uuid4().hex
-for schema in schemas:
-    view = PostgreSQLStorage(dsn, schema=schema).open_view()
-    view.tpc_begin(TransactionMeta(id=shared_id))
+storages = [PostgreSQLStorage(dsn, schema=schema) for schema in schemas]
+members = [Member(str(i), storage.decision_home()) for i, storage in enumerate(storages)]
+for i, storage in enumerate(storages):
+    view = storage.open_view()
+    view.tpc_begin(TransactionMeta(id=shared_id, members=members, order_key=str(i)))
     view.store(z64, view.load(z64)[1], b"from the killed process")
     views.append(view)
 for view in views:
@@ -147,21 +149,24 @@ def prepared_gids(schema: str) -> list[str]:
 
 
 def test_killed_between_prepare_and_commit_is_rolled_back_on_next_open():
-    storage = make_storage("killed_single")
-    commit_root(storage, b"before")
+    decider, storage = make_storage("killed_decider"), make_storage("killed_single")
+    for each in (decider, storage):
+        commit_root(each, b"before")
     app = f"atoll_kill_{uuid.uuid4().hex[:8]}"
-    kill_after_ready(run_python(PREPARE_AND_HANG, "0", storage.schema, app=app), app)
+    kill_after_ready(run_python(PREPARE_AND_HANG, "0", decider.schema, storage.schema, app=app), app)
+    assert prepared_gids(decider.schema) == []  # the decider never prepares
     assert len(prepared_gids(storage.schema)) == 1  # left behind, holding the commit lock
 
     reopened = type(storage)(postgres_dsn(), schema=storage.schema)  # recovery runs on open
     try:
         assert prepared_gids(storage.schema) == []
-        assert root_data(reopened) == b"before"  # its finish never ran: rolled back
+        assert root_data(reopened) == root_data(decider) == b"before"  # nothing decided: rolled back
         commit_root(reopened, b"after")  # and the commit lock is free again
         assert root_data(reopened) == b"after"
     finally:
         reopened.close()
         storage.close()
+        decider.close()
 
 
 def test_multi_database_commit_killed_after_the_first_finish_commits_the_rest():
@@ -184,11 +189,13 @@ def test_multi_database_commit_killed_after_the_first_finish_commits_the_rest():
 
 
 def test_a_committer_blocked_by_a_crashed_prepare_recovers_it_and_goes_on():
-    storage = make_storage("killed_blocking", lock_wait=0.2)
-    commit_root(storage, b"before")
+    decider, storage = make_storage("killed_blocking_decider"), make_storage("killed_blocking", lock_wait=0.2)
+    for each in (decider, storage):
+        commit_root(each, b"before")
     app = f"atoll_kill_{uuid.uuid4().hex[:8]}"
-    kill_after_ready(run_python(PREPARE_AND_HANG, "0", storage.schema, app=app), app)
+    kill_after_ready(run_python(PREPARE_AND_HANG, "0", decider.schema, storage.schema, app=app), app)
     assert len(prepared_gids(storage.schema)) == 1
     commit_root(storage, b"after")  # waits lock_wait, recovers, commits
     assert prepared_gids(storage.schema) == [] and root_data(storage) == b"after"
     storage.close()
+    decider.close()

@@ -148,24 +148,31 @@ def test_postgresql_admin_session_reconnects_after_a_drop(cluster, caplog):
         storage.close()
 
 
-def test_tpc_finish_completes_a_commit_whose_session_was_lost(cluster, caplog):
-    """The session dies between vote and finish: tpc_finish commits the prepared
-    transaction from a new session and returns, as the commit is durable."""
+def test_tpc_finish_completes_a_commit_whose_session_was_lost(cluster, caplog, tmp_path):
+    """The session of a collection member dies between its prepare and its finish:
+    tpc_finish commits the prepared transaction from a new session and returns, as
+    the commit is durable (its decider, an SQLite file here, decided it)."""
     import psycopg
 
     from atoll.ids import z64
-    from atoll.storage.base import TransactionMeta
+    from atoll.storage.base import Member, TransactionMeta
     from atoll.storage.postgresql import PostgreSQLStorage
+    from atoll.storage.sqlite import SQLiteStorage
 
+    decider = SQLiteStorage(tmp_path / "decider.db")
     storage = PostgreSQLStorage(cluster.dsn, schema="restart_finish")
+    members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
     try:
-        view = storage.open_view()
-        view.tpc_begin(TransactionMeta())
-        view.store(z64, z64, b"root")
+        first, view = decider.open_view(), storage.open_view()
+        for order, each in enumerate((first, view)):
+            each.tpc_begin(TransactionMeta(id="shared", members=members, order_key=str(order)))
+            each.store(z64, z64, b"root")
+        first.tpc_vote()
         view.tpc_vote()
         with psycopg.connect(cluster.dsn, autocommit=True) as admin:  # kill only that session
             pid = view._load_session.conn.info.backend_pid
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        first.tpc_finish()  # the decision
         with caplog.at_level(logging.WARNING, logger="atoll.storage.postgresql"):
             tid = view.tpc_finish()
         assert "committed transaction" in caplog.text
@@ -173,6 +180,34 @@ def test_tpc_finish_completes_a_commit_whose_session_was_lost(cluster, caplog):
         fresh = storage.open_view()
         assert fresh.load(z64) == (b"root", tid)
         fresh.close()
+        view.close()
+        first.close()
+    finally:
+        storage.close()
+        decider.close()
+
+
+def test_a_lone_commit_whose_session_was_lost_before_commit_did_not_happen(cluster):
+    """A commit of one storage alone is one transaction and a plain COMMIT: the
+    session dies before it, the server rolls it back, and tpc_finish says so."""
+    import psycopg
+
+    from atoll.errors import ConnectionLostError
+    from atoll.ids import z64
+    from atoll.storage.base import TransactionMeta
+    from atoll.storage.postgresql import PostgreSQLStorage
+
+    storage = PostgreSQLStorage(cluster.dsn, schema="restart_lone")
+    try:
+        view = storage.open_view()
+        view.tpc_begin(TransactionMeta())
+        view.store(z64, z64, b"root")
+        view.tpc_vote()
+        with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (view._load_session.conn.info.backend_pid,))
+        with pytest.raises(ConnectionLostError, match="did not commit"):
+            view.tpc_finish()
+        assert storage.last_transaction() == z64
         view.close()
     finally:
         storage.close()

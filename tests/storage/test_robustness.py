@@ -103,6 +103,8 @@ def make_version_1(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE object_state DROP COLUMN checksum")
     conn.execute("ALTER TABLE transactions DROP COLUMN partners")
+    conn.execute("DROP TABLE commit_pending")  # and before the commit tables (version 3)
+    conn.execute("DROP TABLE commit_decisions")
     conn.execute("UPDATE atoll_meta SET value = 1 WHERE key = 'schema_version'")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()

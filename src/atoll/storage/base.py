@@ -31,7 +31,10 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
    durable and visible, then releases the lock. ``tpc_abort`` may be called at any
    point after ``tpc_begin`` and leaves no trace. Locks are taken in ``tpc_vote``,
    which the transaction package calls in ``sort_key()`` order, so several storages
-   committing together cannot deadlock.
+   committing together cannot deadlock. Several durable storages committing one
+   transaction follow the collection protocol of :func:`commit_role`: one of them
+   decides, the others prepare, and a crash at any step leaves the transaction in
+   all of them or in none once each is opened again.
 4. A committed transaction is atomic: every view sees all of its records or none.
 5. ``new_oid()`` never returns the same oid twice for one storage, across processes,
    and never the root oid, nor an oid that exists: a commit that stores an oid
@@ -83,6 +86,9 @@ __all__ = [
     "TransactionInfo",
     "DELETED",
     "commit_key",
+    "Member",
+    "CommitRole",
+    "commit_role",
     "DataRecord",
     "TransactionRecord",
     "HistoryEntry",
@@ -101,15 +107,69 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Member:
+    """One storage taking part in a commit, as the collection's commit protocol sees it.
+
+    ``order_key`` is the key the transaction package orders votes and finishes by
+    (the connection's ``sortKey()``); ``home`` is the storage's
+    :meth:`Storage.decision_home`, None for a storage that cannot keep a decision
+    durably (memory).
+    """
+
+    order_key: str
+    home: str | None
+
+
+@dataclass(frozen=True)
+class CommitRole:
+    """What one storage does in a commit (see ``docs/storages.md``, "One commit for a
+    collection").
+
+    ``alone``: no other durable storage takes part: commit in one phase, as if there
+    were no collection. ``decider``: this storage's own commit is the collection's
+    decision: write the decision (keyed by ``TransactionMeta.id``) in the same local
+    transaction as the data, and commit in one phase. Otherwise the storage is a
+    *member*: its vote makes its part durable but invisible (prepared), its finish
+    makes it visible, and recovery asks ``decider_home`` for the decision.
+    """
+
+    alone: bool
+    decider: bool
+    decider_home: str | None
+
+
+_ALONE = CommitRole(alone=True, decider=True, decider_home=None)
+
+
+def commit_role(meta: "TransactionMeta") -> CommitRole:
+    """This storage's role in the commit ``meta`` describes.
+
+    The decider is the durable member that votes (and finishes) first: the one
+    with the smallest ``order_key``. So when any other member has prepared, the
+    decider holds its commit lock until its own commit has decided, and a recovery
+    that takes that lock and finds no decision knows none will ever be written.
+    """
+    durable = [m for m in meta.members if m.home is not None]
+    if len(durable) < 2 or not meta.id:
+        return _ALONE
+    first = min(durable, key=lambda m: m.order_key)
+    if first.order_key == meta.order_key:
+        return CommitRole(alone=False, decider=True, decider_home=first.home)
+    return CommitRole(alone=False, decider=False, decider_home=first.home)
+
+
+@dataclass(frozen=True)
 class TransactionMeta:
     """What a commit records besides object data.
 
     ``id`` is the same for every storage that takes part in one transaction of a
-    multi-database collection, so a backend that must recover a half-finished
-    commit can find its partners. ``participants`` holds the ``sort_key()`` of every
-    storage taking part, this one included; the caller may still be adding to it
-    during ``tpc_begin`` of the others, but it is complete when ``tpc_vote`` runs
-    (the transaction package begins every participant before it votes any).
+    multi-database collection: the collection's commit decision is keyed by it.
+    ``participants`` holds the ``sort_key()`` of every storage taking part, this one
+    included, and ``members`` each one's :class:`Member`; the caller may still be
+    adding to both during ``tpc_begin`` of the others, but they are complete when
+    ``tpc_vote`` runs (the transaction package begins every participant before it
+    votes any). ``order_key`` is this storage's own ``Member.order_key``.
+    :func:`commit_role` tells a storage what to do with them.
     """
 
     user: str = ""
@@ -117,6 +177,8 @@ class TransactionMeta:
     extension: Mapping[str, object] = field(default_factory=dict)
     id: str = ""
     participants: Sequence[str] = ()
+    members: Sequence[Member] = ()
+    order_key: str = ""
 
     def extension_bytes(self) -> bytes:
         """The extension dict as stored (a pickle; empty bytes for no extension)."""
@@ -422,6 +484,13 @@ class Storage(Protocol):
     def sort_key(self) -> str:
         """A string that orders storages for two-phase commit: unique per storage
         (two instances opened on the same data have the same key) and stable."""
+
+    def decision_home(self) -> str | None:
+        """Where this storage keeps a collection's commit decisions, as an address
+        any process can open (:mod:`atoll.storage.decisions`); None when it cannot
+        keep one durably (memory). Members of a commit record the decider's home
+        with their prepared part, so that whoever opens them next finds the
+        decision (see :func:`commit_role`)."""
 
     def close(self) -> None:
         """Release everything; further use raises StorageError. Idempotent."""

@@ -13,10 +13,13 @@ current as of C. Such an entry, written at ``serial``, is also current for any
 snapshot S with ``serial <= S <= C`` (nothing replaced it up to C). To move C
 forward, the storage reports every oid changed between C and the new tid
 (:meth:`advance`). A view's poll leaves its own commits out, so commits made
-through this process's views are reported as they finish (:meth:`invalidate`):
-their oids are dropped at once, and again when C passes their tid, because until
-then a reader at C may put back the revision the commit replaced, which is
-current at C but not after.
+through this process's views are reported as they finish (:meth:`committed`):
+their oids are dropped at once, because until C passes their tid a reader at C may
+put back the revision the commit replaced, which is current at C but not after.
+The commit's records are kept aside, and when C passes their tid each one enters
+the cache as its oid's current revision, unless another process changed that oid
+meanwhile: so what a process has just written is read back warm, as RelStorage's
+cache does.
 A record loaded from the database enters the cache only if it was read at
 snapshot C exactly (:meth:`put`), so a slow reader cannot store a stale revision
 after C moved on.
@@ -65,7 +68,8 @@ class RecordCache:
         self._bytes = 0  # the segments' total length
         self._segment_oids: dict[int, list[bytes]] = {}  # oids written into each segment
         self._newest = -1
-        self._own: dict[bytes, list[bytes]] = {}  # tid -> oids of our commits C has not passed
+        # tid -> records (oid -> data) of this process's commits that C has not passed
+        self._own: dict[bytes, dict[bytes, bytes]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -123,8 +127,12 @@ class RecordCache:
         if not self.max_bytes:
             return
         with self._lock:
-            if snapshot != self.tid:
-                return
+            if snapshot == self.tid:
+                self._install(records)
+
+    def _install(self, records: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Copy records (oid -> (data, serial)) current as of C into the segments."""
+        if records:
             entries, largest, segment_size = self._entries, self.max_bytes // 4, self._segment_size
             number = self._newest
             segment = self._segments.get(number)
@@ -171,24 +179,37 @@ class RecordCache:
         is not after C); None for ``changed`` means unknown, and empties the cache.
         """
         with self._lock:
-            if changed is None or (self.tid is not None and end > self.tid and start > self.tid):
+            gap = changed is None or (self.tid is not None and end > self.tid and start > self.tid)
+            if gap:
                 self._clear()  # unknown changes, or a gap after C we know nothing about
             else:
                 self._drop(changed)
             if self.tid is None or end > self.tid:
                 self.tid = end
-                for tid in [t for t in self._own if t <= end]:
-                    self._drop(self._own.pop(tid))
+                passed = sorted(t for t in self._own if t <= end)
+                for tid in passed:
+                    records = self._own.pop(tid)
+                    self._drop(records)
+                    if not gap:
+                        # Current as of C unless another process wrote them after us.
+                        self._install(
+                            {oid: (data, tid) for oid, data in records.items() if data is not None and oid not in changed}
+                        )
 
     def invalidate(self, oids: Iterable[bytes], tid: bytes) -> None:
         """Forget these oids, which a commit of this process wrote at ``tid``."""
+        self.committed(dict.fromkeys(oids), tid)
+
+    def committed(self, records: dict[bytes, bytes | None], tid: bytes) -> None:
+        """A commit of this process wrote ``records`` (oid -> data) at ``tid``: forget
+        the revisions they replace now, and cache these once C reaches ``tid`` (see
+        the module docstring); a record whose data is None is only forgotten."""
         if not self.max_bytes:  # nothing was ever kept
             return
-        oids = list(oids)
         with self._lock:
-            self._drop(oids)
+            self._drop(records)
             if self.tid is not None and tid > self.tid:
-                self._own[tid] = oids
+                self._own[tid] = records
 
     def clear(self) -> None:
         """Forget everything (after pack, or when the storage closes)."""
@@ -203,6 +224,9 @@ class RecordCache:
             pop(oid, None)
 
     def _clear(self) -> None:
+        # Commits not yet reached are still dropped when C passes them, but no
+        # longer installed: whatever emptied the cache (a pack) may have removed them.
+        self._own = {tid: dict.fromkeys(records) for tid, records in self._own.items()}
         self._entries.clear()
         self._segments.clear()
         self._segment_oids.clear()

@@ -226,6 +226,11 @@ class MemoryStorage(Storage):
     def sort_key(self) -> str:
         return f"memory:{self.name}:{id(self):x}"
 
+    def decision_home(self) -> None:
+        """None: what this storage holds ends with the process, so it cannot keep a
+        collection's decision, and its part of a commit is not crash-safe."""
+        return None
+
     def close(self) -> None:
         self._closed = True
 

@@ -31,26 +31,32 @@ Commits. ``tpc_vote`` opens a transaction and locks the single row of
 every process on every machine. Under it the view reads the current serials of the
 oids it writes, runs :func:`~atoll.storage.base.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
-transaction, updates the last tid and ends with ``PREPARE TRANSACTION gid``. A
-prepared transaction keeps its row locks (so the commit lock stays held, whatever
-happens to the session) until ``tpc_finish`` runs ``COMMIT PREPARED`` (or
-``tpc_abort`` ``ROLLBACK PREPARED``). Transaction-level advisory locks are kept
-across PREPARE too; a row lock is used because it needs no key management.
+transaction and updates the last tid. What comes next depends on the storage's
+role in the commit (:func:`~atoll.storage.base.commit_role`):
+
+* alone (no other durable storage takes part): ``tpc_finish`` runs a plain
+  ``COMMIT``. No ``PREPARE TRANSACTION``: a crash before the COMMIT rolls the
+  transaction back with the session, and the row lock goes with it.
+* decider of a collection's commit: the vote also inserts the decision row
+  (``commit_decisions``); ``tpc_finish``'s ``COMMIT`` is the collection's decision.
+* member: the vote ends with ``PREPARE TRANSACTION gid``. A prepared transaction
+  keeps its row locks (so the commit lock stays held, whatever happens to the
+  session) until ``tpc_finish`` runs ``COMMIT PREPARED``.
+
 Waiting for the lock is bounded: after ``lock_wait`` seconds the view runs recovery
 (below) and waits again, and gives up with StorageError after
 ``commit_lock_timeout``.
 
 Recovery of prepared transactions left by a crashed process: see
-:mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session
-and the transaction, and whether a partner committed decides). It runs when a storage
+:mod:`atoll.storage.postgresql_recovery` (the gid of each names its owner's session,
+the transaction and where its decider keeps the decision). It runs when a storage
 opens, when a committer has waited ``lock_wait`` for the commit lock, and on demand
 (:meth:`PostgreSQLStorage.recover`); whatever it settles is logged, one line per
-prepared transaction. A server with
-``max_prepared_transactions = 0`` cannot PREPARE: opening fails with a message
-naming the setting, unless ``two_phase=False`` is passed, which commits in
-``tpc_finish`` with a plain COMMIT (the commit lock is then held by the open
-transaction; a crash simply rolls it back, and a multi-database commit is no longer
-atomic against a crash between its participants' finishes).
+prepared transaction. A server with ``max_prepared_transactions = 0`` cannot
+PREPARE: opening fails with a message naming the setting, unless
+``two_phase=False`` is passed, which never prepares (a member of a collection's
+commit then commits in ``tpc_finish`` like a decider, and the collection is no
+longer atomic against a crash between the finishes).
 
 Lost sessions. A server restart or a network failure ends every session. Each is
 re-established on its next use: the storage's own session (oids, history, ``len``,
@@ -101,6 +107,7 @@ from atoll.errors import (
     StorageTransactionError,
 )
 from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import decisions
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage import postgresql_undo as undo
@@ -124,6 +131,7 @@ from atoll.storage.base import (
     TransactionMeta,
     TransactionRecord,
     moved_serials,
+    commit_role,
 )
 
 __all__ = ["PostgreSQLStorage", "PostgreSQLView", "rollback_prepared"]
@@ -213,6 +221,8 @@ class PostgreSQLStorage(Storage):
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
+        self._home = decisions.postgresql_home(schema, dsn)
+        self._home_ids: dict[str, int] = {}  # decider home -> its row in decision_homes
         self._closed = False
         self.name = self._safe_name(dsn)
         self._admin: _Session | None = self._connect()
@@ -374,9 +384,6 @@ class PostgreSQLStorage(Storage):
                 with conn.transaction():
                     # Only when missing: CREATE ... IF NOT EXISTS would still lock the
                     # table against the rows prepared transactions hold.
-                    if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.DECISIONS_TABLE,)).fetchone()[0]:
-                        conn.execute(SQL.SCHEMA_CREATE_LOCK, (SQL.SHARED_SCHEMA,))
-                        conn.execute(SQL.CREATE_SHARED)
                     conn.execute(SQL.SCHEMA_CREATE_LOCK, (self.schema,))
                     if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
                         conn.execute(q.CREATE_HISTORY_PRESERVING if self.keep_history else q.CREATE_HISTORY_FREE)
@@ -415,14 +422,14 @@ class PostgreSQLStorage(Storage):
         Returns gid -> ``"committed"`` or ``"rolled back"``. Transactions whose owner
         is alive are left alone; the rule is in :mod:`atoll.storage.postgresql_recovery`.
         Each one settled is logged (a warning: a process stopped during its commit)."""
-        outcome = self._admin_call(lambda conn: recovery.recover(conn, self.schema))
+        outcome = self._admin_call(lambda conn: recovery.recover(conn, self.schema, self._sql, self.name))
         for gid, verb in outcome.items():
             log.warning(
                 "%s: %s prepared transaction %s, left by a process that stopped during its commit%s",
                 self.name,
                 verb,
                 gid,
-                " (a partner had committed it)" if verb == "committed" else " (no participant had committed it)",
+                " (its decider had decided it)" if verb == "committed" else " (its decider holds no decision)",
             )
         return outcome
 
@@ -561,6 +568,17 @@ class PostgreSQLStorage(Storage):
     def sort_key(self) -> str:
         return self._sort_key
 
+    def decision_home(self) -> str:
+        return self._home
+
+    def _home_id(self, home: str) -> int:
+        """The row of ``decision_homes`` naming ``home``, added (committed) if new."""
+        found = self._home_ids.get(home)
+        if found is None:
+            found = self._admin_call(lambda conn: conn.execute(self._sql.HOME_ID, {"address": home}).fetchone()[0])
+            self._home_ids[home] = found
+        return found
+
     def wait_for_commit(self, timeout: float) -> bytes | None:
         """Block until some process commits to this database, at most ``timeout``
         seconds; the committed tid, or None on timeout. Uses LISTEN/NOTIFY."""
@@ -616,7 +634,7 @@ class PostgreSQLStorage(Storage):
         :data:`PRUNE_EVERY` commits by itself."""
 
         def prune(conn: psycopg.Connection) -> None:
-            conn.execute(SQL.PRUNE_DECISIONS, (self.schema,))
+            conn.execute(self._sql.PRUNE_DECISIONS, (decisions.RETENTION,))
             if not self.keep_history and not self.read_only:
                 conn.execute(self._sql.PRUNE_REPLACED_TRANSACTIONS)
 
@@ -642,6 +660,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         self._tid: int | None = None  # allocated in vote
         self._gid: str | None = None  # of the prepared transaction, between vote and finish
         self._owner_key = 0  # owner lock of the session that prepared it
+        self._deciding = False  # this view's COMMIT will decide a collection's commit
         if before is not None:
             self.snapshot = p64(u64(before) - 1) if before != z64 else z64
         else:
@@ -830,8 +849,12 @@ class PostgreSQLView(CommitBuffer, StorageView):
         if self._tid is not None:
             raise StorageTransactionError("tpc_vote called twice")
         storage, q, meta = self._storage, self._sql, self._meta
+        assert meta is not None
+        role = commit_role(meta)
+        prepare = not role.decider and storage.two_phase
         try:
             with self._errors():
+                home_id = storage._home_id(role.decider_home) if prepare else 0  # type: ignore[arg-type]
                 conn = self._store_conn()
                 last = storage._lock_commit(conn)
                 resolved = self._check_conflicts(conn, p64(last), resolve)
@@ -849,12 +872,16 @@ class PostgreSQLView(CommitBuffer, StorageView):
                         (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
                     )
                     conn.execute(q.SET_LAST_TID, (tid,))
-                    if storage.two_phase:
+                    if not role.alone and role.decider:  # the COMMIT in tpc_finish decides
+                        conn.execute(q.INSERT_DECISION, (meta.id, tid))
+                    elif prepare:
                         self._owner_key = self._store_owner()
-                        gid = recovery.gid(storage.schema, self._owner_key, txn_key)
-                        conn.execute(SQL.INSERT_DECISION, (txn_key, storage.schema))
+                        gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                         self._gid = gid
+                if not role.alone and role.decider:
+                    decisions.holding(storage._home)
+                    self._deciding = True
         except BaseException:
             session = self._store_session if not storage.keep_history else self._load_session
             if session is not None:
@@ -896,18 +923,21 @@ class PostgreSQLView(CommitBuffer, StorageView):
             raise StorageTransactionError("tpc_finish before tpc_vote")
         tid, storage = self._tid, self._storage
         try:
-            conn = self._store_conn()
-            with conn.pipeline():
-                if self._gid is not None:
-                    conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
-                else:
-                    conn.execute("COMMIT")
-                storage._notify(conn, tid)
-        except (psycopg.Error, StorageError) as e:
-            self._finish_again(e)  # returns only if the commit happened
+            try:
+                conn = self._store_conn()
+                with conn.pipeline():
+                    if self._gid is not None:
+                        conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                    else:
+                        conn.execute("COMMIT")
+                    storage._notify(conn, tid)
+            except (psycopg.Error, StorageError) as e:
+                self._finish_again(e)  # returns only if the commit happened
+        finally:
+            self._undecide()
         self._own.append(tid)
         try:
-            storage._records.invalidate(self._stores, p64(tid))
+            storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
         finally:
             self._reset()
         storage._finished()
@@ -958,7 +988,14 @@ class PostgreSQLView(CommitBuffer, StorageView):
             return
         try:
             if self._gid is not None:
-                self._abort_prepared()
+                # The transaction package aborts every participant when one fails to
+                # finish, even after the decider committed: then this part must stay.
+                role = commit_role(self._meta)
+                if decisions.outcome(role.decider_home or "", self._meta.id, time.time(), self._storage.name):
+                    with self._errors():
+                        self._store_conn().execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                else:
+                    self._abort_prepared()
             else:
                 session = self._store_session if not self._storage.keep_history else self._load_session
                 if session is not None:
@@ -987,7 +1024,13 @@ class PostgreSQLView(CommitBuffer, StorageView):
 
             self._storage._admin_call(rollback)
 
+    def _undecide(self) -> None:
+        if self._deciding:
+            self._deciding = False
+            decisions.released(self._storage._home)
+
     def _reset(self) -> None:
+        self._undecide()
         self._reset_buffer()
         self._tid = None
         self._gid = None

@@ -1,23 +1,24 @@
 """Prepared transactions of :class:`~atoll.storage.postgresql.PostgreSQLStorage`:
 their gids, and the recovery of those a crashed process left.
 
-The gid of a commit's prepared transaction is ``atoll|<schema>|<owner key>|<txn key>``:
+A storage prepares a transaction only as a *member* of a collection's commit
+(:func:`atoll.storage.base.commit_role`); a commit of one storage, or the decider's,
+is a plain COMMIT. The gid is ``atoll|<schema>|<owner key>|<txn id>|<home id>``:
 
 * *owner key*: each pooled session holds a session-level advisory lock on a random
   key for its whole life. The lock vanishes with the session, so recovery can tell
   a crashed owner (``pg_try_advisory_lock`` succeeds) from a live one (it fails,
   and the transaction is left alone).
-* *txn key*: a hash of ``TransactionMeta.id``, which every participant of one
-  multi-database transaction shares. Each prepared transaction also inserts
-  ``(txn key, schema)`` into ``atoll_shared.commit_decisions``; that row becomes
-  visible exactly when its participant commits. The commit decision is reached when
-  the first participant's ``tpc_finish`` commits, so: a crashed prepared
-  transaction is committed if some partner's decision row is visible, and rolled
-  back otherwise (for a single database: its finish never ran). A crash during the
-  first ``COMMIT PREPARED`` leaves every participant either committed or prepared
-  with no visible row, so all of them end the same way. This needs the participants
-  to share one PostgreSQL database (any schemas); across servers recovery cannot
-  see a partner's decision and rolls back.
+* *txn id*: ``TransactionMeta.id``, the key of the collection's decision.
+* *home id*: a row of the schema's ``decision_homes``, the address of the
+  decider's home (another schema, database or server, or an SQLite file), written
+  before the first prepare that names it.
+
+A crashed member's transaction is committed if its decider holds the decision, and
+rolled back otherwise (:func:`atoll.storage.decisions.outcome`, which takes the
+decider's commit lock before it presumes an abort). Schema version 1 prepared
+every commit and recorded decisions in ``atoll_shared.commit_decisions``; a
+transaction it left (a gid of four parts) is settled by that table.
 
 Recovery runs when a storage opens, when a committer has waited ``lock_wait`` for
 the commit lock, and on demand (:meth:`PostgreSQLStorage.recover`).
@@ -27,11 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from types import SimpleNamespace
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 
+from atoll.errors import StorageError
+from atoll.storage import decisions
 from atoll.storage import postgresql_sql as SQL
 
 __all__ = ["gid_prefix", "txn_key", "gid", "prepared_gids", "recover", "rollback_prepared"]
@@ -48,10 +52,11 @@ def txn_key(txn_id: str | None) -> str:
     return hashlib.sha1((txn_id or uuid.uuid4().hex).encode()).hexdigest()
 
 
-def gid(schema: str, owner_key: int, key: str) -> str:
+def gid(schema: str, owner_key: int, txn_id: str, home_id: int) -> str:
     """The gid of a prepared transaction of ``schema`` by the session holding
-    ``owner_key``, for the transaction whose :func:`txn_key` is ``key``."""
-    return f"{gid_prefix(schema)}{owner_key}|{key}"
+    ``owner_key``, for the transaction ``txn_id`` whose decider's home is the row
+    ``home_id`` of ``decision_homes``."""
+    return f"{gid_prefix(schema)}{owner_key}|{txn_id}|{home_id}"
 
 
 def prepared_gids(conn: psycopg.Connection, schema: str) -> list[str]:
@@ -69,22 +74,23 @@ def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
     return gids
 
 
-def recover(conn: psycopg.Connection, schema: str) -> dict[str, str]:
+def recover(conn: psycopg.Connection, schema: str, q: SimpleNamespace, name: str) -> dict[str, str]:
     """Resolve prepared transactions of ``schema`` whose owning session is gone, on
     ``conn`` (in autocommit); gid -> ``"committed"`` or ``"rolled back"``.
-    Transactions whose owner is alive are left alone. See the module docstring."""
+    Transactions whose owner is alive are left alone. ``q`` holds the schema's
+    statements, ``name`` names the storage in messages. See the module docstring."""
     outcome: dict[str, str] = {}
     prefix = gid_prefix(schema)
-    for (each,) in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
+    for each, prepared in conn.execute(SQL.PREPARED_OF_SCHEMA, (prefix,)).fetchall():
+        parts = each[len(prefix) :].split("|")
         try:
-            owner_key, key = each[len(prefix) :].split("|")
-            owner = int(owner_key)
+            owner = int(parts[0])
         except ValueError:
             continue  # not one of ours
-        if not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
+        if len(parts) not in (2, 3) or not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
             continue  # its session is alive: it will finish or abort itself
         try:
-            decided = conn.execute(SQL.DECISION_EXISTS, (key,)).fetchone()[0]
+            decided = _decided(conn, parts, prepared.timestamp(), q, name)
             verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
             conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(each)))
             outcome[each] = "committed" if decided else "rolled back"
@@ -92,5 +98,17 @@ def recover(conn: psycopg.Connection, schema: str) -> dict[str, str]:
             pass  # another process resolved it first
         finally:
             conn.execute(SQL.OWNER_UNLOCK, (owner,))
-    conn.execute(SQL.PRUNE_DECISIONS, (schema,))
     return outcome
+
+
+def _decided(conn: psycopg.Connection, parts: list[str], prepared_at: float, q: SimpleNamespace, name: str) -> bool:
+    """Whether the collection committed the prepared transaction whose gid ends in
+    ``parts`` (owner, txn id, home id; version 1: owner, txn key)."""
+    if len(parts) == 2:  # prepared by schema version 1: the shared table decides
+        if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.LEGACY_DECISIONS_TABLE,)).fetchone()[0]:
+            return False
+        return bool(conn.execute(SQL.LEGACY_DECISION_EXISTS, (parts[1],)).fetchone()[0])
+    row = conn.execute(q.HOME_ADDRESS, (int(parts[2]),)).fetchone()
+    if row is None:
+        raise StorageError(f"{name}: a prepared transaction names decision home {parts[2]}, which is missing")
+    return decisions.outcome(row[0], parts[1], prepared_at, name)

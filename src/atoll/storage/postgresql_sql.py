@@ -30,18 +30,23 @@ PostgreSQL schema holds one atoll database:
 ``oid_seq``
     New oids, handed out in blocks of :data:`OID_BLOCK`. A commit that stores an oid
     beyond every block handed out moves it past that oid (:data:`ADVANCE_OIDS`).
+``commit_decisions(txn_id, tid, decided_at)`` (version 3)
+    The collection commits this schema decided (:mod:`atoll.storage.decisions`):
+    the row is inserted by the deciding commit itself.
+``decision_homes(id, address)`` (version 3)
+    Where the decisions of the collection commits this schema took part in live:
+    a prepared transaction's gid names a row of it, so recovery finds the decider.
 
-Shared by every atoll schema of the PostgreSQL database: ``atoll_shared.commit_decisions
-(txn_key, schema_name)``. Each prepared transaction inserts its row; the row becomes
-visible exactly when that participant commits, which is how recovery learns that a
-multi-database transaction was decided (see the storage module's docstring).
+Schema versions 1 and 2 had no commit tables; their prepared transactions recorded
+their decision in ``atoll_shared.commit_decisions``, which recovery still reads for
+them.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: oids handed out per sequence call: one round trip per OID_BLOCK new objects.
 OID_BLOCK = 100
@@ -49,21 +54,22 @@ OID_BLOCK = 100
 #: Schema upgrades: version -> statements that turn that version into the next; an
 #: older schema found on a writable open is brought up to SCHEMA_VERSION by running
 #: these in order.
+_CREATE_COMMIT_TABLES = """
+CREATE TABLE {s}.commit_decisions (
+    txn_id text PRIMARY KEY,
+    tid bigint NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.decision_homes (id serial PRIMARY KEY, address text NOT NULL UNIQUE);
+"""
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE {s}.object_state ADD COLUMN IF NOT EXISTS checksum integer",),
+    2: tuple(part for part in _CREATE_COMMIT_TABLES.split(";") if part.strip()),
 }
 
-SHARED_SCHEMA = "atoll_shared"
-DECISIONS_TABLE = "atoll_shared.commit_decisions"
-
-CREATE_SHARED = """
-CREATE SCHEMA IF NOT EXISTS atoll_shared;
-CREATE TABLE IF NOT EXISTS atoll_shared.commit_decisions (
-    txn_key text NOT NULL,
-    schema_name text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS commit_decisions_txn_key ON atoll_shared.commit_decisions (txn_key);
-"""
+#: Version 1's table of decisions shared by the schemas of a PostgreSQL database.
+LEGACY_DECISIONS_TABLE = "atoll_shared.commit_decisions"
 
 _CREATE_COMMON = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -78,7 +84,7 @@ CREATE TABLE {s}.transactions (
     txn_key text NOT NULL
 );
 CREATE SEQUENCE {s}.oid_seq INCREMENT BY {block} START WITH 1;
-"""
+""" + _CREATE_COMMIT_TABLES
 
 CREATE_HISTORY_PRESERVING = _CREATE_COMMON + """
 CREATE TABLE {s}.object_state (
@@ -196,7 +202,21 @@ SELECT count(nextval('{s}.oid_seq')) FROM generate_series(1, (
 
 INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
 
-INSERT_DECISION = "INSERT INTO atoll_shared.commit_decisions VALUES (%s, %s)"
+INSERT_DECISION = "INSERT INTO {s}.commit_decisions (txn_id, tid) VALUES (%s, %s)"
+
+SELECT_DECISION = "SELECT tid FROM {s}.commit_decisions WHERE txn_id = %s"
+
+PRUNE_DECISIONS = "DELETE FROM {s}.commit_decisions WHERE decided_at < now() - make_interval(secs => %s)"
+
+# The id of a decider's home, added when new (an autocommitted statement).
+HOME_ID = """
+WITH added AS (
+    INSERT INTO {s}.decision_homes (address) VALUES (%(address)s) ON CONFLICT (address) DO NOTHING RETURNING id
+)
+SELECT id FROM added UNION ALL SELECT id FROM {s}.decision_homes WHERE address = %(address)s
+"""
+
+HOME_ADDRESS = "SELECT address FROM {s}.decision_homes WHERE id = %s"
 
 TRANSACTION_EXISTS = "SELECT 1 FROM {s}.transactions WHERE tid = %s"
 
@@ -210,7 +230,7 @@ OWNER_LOCK = "SELECT pg_advisory_lock(%s)"
 # -- recovery ------------------------------------------------------------------------
 
 PREPARED_OF_SCHEMA = """
-SELECT gid FROM pg_prepared_xacts
+SELECT gid, prepared FROM pg_prepared_xacts
 WHERE database = current_database() AND starts_with(gid, %s)
 """
 
@@ -220,14 +240,8 @@ IS_PREPARED = "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = cur
 
 OWNER_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
-DECISION_EXISTS = "SELECT EXISTS (SELECT 1 FROM atoll_shared.commit_decisions WHERE txn_key = %s)"
-
-# Decision rows matter only while a partner of their transaction is still prepared.
-PRUNE_DECISIONS = """
-DELETE FROM atoll_shared.commit_decisions d WHERE d.schema_name = %s AND NOT EXISTS (
-    SELECT 1 FROM pg_prepared_xacts p WHERE p.gid LIKE '%%|' || d.txn_key
-)
-"""
+# Version 1's shared decisions (a prepared transaction of that version).
+LEGACY_DECISION_EXISTS = "SELECT EXISTS (SELECT 1 FROM atoll_shared.commit_decisions WHERE txn_key = %s)"
 
 # -- whole-database work -------------------------------------------------------------
 

@@ -31,12 +31,12 @@ Commits
     IMMEDIATE``, which serializes commits across processes), checks conflicts, takes
     the next tid from the stored last tid (so tids increase across processes) and
     writes the rows; ``tpc_finish`` commits; ``tpc_abort`` rolls back.
-Commits across several files
-    A commit of a collection that writes to several SQLite files is prepared in each
-    (a durable copy of it beside the file) before any of them commits, so that a
-    process killed between two files' commits leaves a commit that the next writer
-    of each file completes or drops, the same way everywhere
-    (:mod:`atoll.storage.sqlite_prepared`).
+Commits of a collection
+    When other durable storages (SQLite files, PostgreSQL schemas) take part in the
+    commit, the file either decides it or prepares its part, as the collection's
+    protocol says (:mod:`atoll.storage.sqlite_pending`): a process killed at any
+    step leaves the transaction in every database or in none, once each is opened
+    again.
 Checkpoints
     Copying the write-ahead log back into the file happens in a background thread
     once about 4 MiB were committed (:mod:`atoll.storage.sqlite_checkpoint`), not
@@ -65,8 +65,8 @@ Checksums
 History-free growth
     A history-free commit deletes the revisions it replaces; every
     ``sqlite_sql.PRUNE_EVERY`` commits it also deletes the transaction rows left
-    with no revision, so such a file stays bounded without a pack (rows of a
-    commit prepared with other files stay a day, for their partners' settling).
+    with no revision, so such a file stays bounded without a pack (collection
+    commits' decisions live apart, in ``commit_decisions``).
 Locks
     A commit waits at most ``commit_lock_timeout`` seconds (default 60) for this
     process's commit lock, and as long again for the file's write lock (another
@@ -111,8 +111,9 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import new_tid, p64, tid_from_time, tid_time, u64, z64
-from atoll.storage import sqlite_prepared as prepared
+from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.storage import decisions
+from atoll.storage import sqlite_pending as pending
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import damaged
@@ -133,6 +134,7 @@ from atoll.storage.base import (
     TransactionInfo,
     TransactionMeta,
     TransactionRecord,
+    commit_role,
 )
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
@@ -223,7 +225,7 @@ class SQLiteStorage(Storage):
         self._checkpointer = Checkpointer(self._connect_writer)
         creating = check_path(self.path, read_only)
         self._sort_key = f"sqlite:{os.path.realpath(self.path)}"
-        self._prepared_path = prepared.prepared_path(self.path)
+        self._home = decisions.sqlite_home(self.path)
         try:
             self._conn = self._connect(create=creating)
             try:
@@ -246,8 +248,10 @@ class SQLiteStorage(Storage):
                 self._writer.execute(sql.NO_AUTOCHECKPOINT)
                 self._writer.execute(sql.WRITER_CACHE)
                 with self._holding_commit_lock("settling a prepared commit"):
-                    self._settle_prepared()
-            elif os.path.exists(self._prepared_path):
+                    self._settle()
+            elif self._conn.execute(sql.HAS_PENDING_TABLE).fetchone()[0] and self._conn.execute(
+                sql.SELECT_PENDING
+            ).fetchone():
                 log.warning(
                     "%s holds a commit that a process prepared and did not finish; a read-only storage "
                     "cannot settle it, so its readers may miss part of a collection's transaction until a "
@@ -278,14 +282,12 @@ class SQLiteStorage(Storage):
         if self._closed:
             raise StorageError(f"storage {self.path} is closed")
 
-    def _settle_prepared(self) -> None:
-        """Complete or drop the commit a process prepared here and did not finish, if
-        there is one (:func:`atoll.storage.sqlite_prepared.settle`). The caller holds
-        ``_commit_lock``."""
-        writer = self._writer
-        assert writer is not None
+    def _settle(self) -> None:
+        """Finish or drop the parts of collection commits that a stopped process
+        prepared here (:mod:`atoll.storage.sqlite_pending`). The caller holds
+        ``_commit_lock`` and no write transaction."""
         try:
-            prepared.settle(writer, self.path, self.keep_history)
+            pending.settle(self._writer, write_transaction, self.path, self.keep_history)  # type: ignore[arg-type]
         except sqlite3.Error as e:
             raise self._error(e, "settling a prepared commit") from None
 
@@ -462,7 +464,8 @@ class SQLiteStorage(Storage):
             from atoll.storage.sqlite_pack import Packer
 
             with self._holding_commit_lock("packing"):
-                self._settle_prepared()
+                self._settle()
+                self._prune_decisions()
             return Packer(self, u64(pack_tid), references).run(progress)
         finally:
             self._records.clear()
@@ -539,6 +542,17 @@ class SQLiteStorage(Storage):
     def sort_key(self) -> str:
         return self._sort_key
 
+    def decision_home(self) -> str:
+        return self._home
+
+    def _prune_decisions(self) -> None:
+        """Drop decisions older than :data:`decisions.RETENTION` (under _commit_lock)."""
+        try:
+            with write_transaction(self._writer):  # type: ignore[arg-type]
+                self._writer.execute(sql.PRUNE_DECISIONS, (time.time() - decisions.RETENTION,))  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            raise self._error(e, "pruning commit decisions") from None
+
     def close(self) -> None:
         if self._closed:
             return
@@ -546,14 +560,6 @@ class SQLiteStorage(Storage):
         for view in list(self._views):
             view.close()
         self._checkpointer.stop()
-        if self._writer is not None and os.path.exists(self._prepared_path):
-            # Our last commit's prepared file, most likely: it goes now rather than
-            # stay beside the database until the next process writes.
-            try:
-                with self._holding_commit_lock("settling a prepared commit"):
-                    self._settle_prepared()
-            except StorageError as e:
-                log.warning("%s", e)
         with self._lock:
             self._close_connections()
 
@@ -576,7 +582,8 @@ class SQLiteView(CommitBuffer, StorageView):
         self._reset_buffer()
         self._tid: int | None = None  # allocated in vote
         self._locked = False  # we hold the storage's commit lock and SQLite's write lock
-        self._prepared = False  # this commit wrote the storage's prepared file
+        self._prepared = False  # a collection member whose prepared part is committed
+        self._deciding = False  # this view's commit will decide a collection's commit
         cached_through = storage._records.tid
         if before is not None:
             self.snapshot = p64(max(u64(before) - 1, 0))
@@ -634,18 +641,14 @@ class SQLiteView(CommitBuffer, StorageView):
             return set()
         try:
             self._end_read()
-            conn = self._connection()
-            conn.execute(sql.BEGIN_READ)
-            try:
-                last = conn.execute(sql.SELECT_LAST_TID).fetchone()[0] or 0
-                since = u64(self.snapshot)
-                rows = conn.execute(sql.CHANGED_SINCE, (since, last)).fetchall() if last != since else []
-            finally:
-                conn.execute(sql.COMMIT)
+            # One statement, so one read transaction: what was committed after the
+            # snapshot, newest last (usually nothing, or this view's own commit).
+            rows = self._connection().execute(sql.COMMITTED_AFTER, (u64(self.snapshot),)).fetchall()
         except sqlite3.Error as e:
             raise self._storage._error(e, "polling") from None
         own = self._own
         changed = set()
+        last = rows[-1][0] if rows else u64(self.snapshot)
         for tid, oids in rows:
             if tid not in own:
                 changed.update(split_oids(oids))
@@ -748,18 +751,41 @@ class SQLiteView(CommitBuffer, StorageView):
     # -- two-phase commit -----------------------------------------------------
 
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        self._check_voting()
+        meta = self._check_voting()
         if self._locked:
             raise StorageTransactionError("tpc_vote called twice")
         storage = self._storage
         storage._check_open()
+        role = commit_role(meta)
         storage._acquire_commit_lock("committing")
         self._locked = True
         writer = storage._writer
         assert writer is not None
         try:
-            if os.path.exists(storage._prepared_path):
-                storage._settle_prepared()
+            last = self._begin_write(writer)
+            resolved = self._write(writer, last, resolve, None if role.decider else role.decider_home)
+            if role.alone:
+                pass
+            elif role.decider:  # this COMMIT, in tpc_finish, will be the collection's decision
+                writer.execute(sql.INSERT_DECISION, (meta.id, self._tid, time.time()))
+                decisions.holding(storage._home)
+                self._deciding = True
+            else:  # a member: the prepared part is durable now, and invisible
+                self._prepared = True
+                writer.execute(sql.COMMIT)
+        except sqlite3.Error as e:
+            self._abort_write()
+            raise storage._error(e, "voting") from None
+        except BaseException:
+            self._abort_write()
+            raise
+        return resolved
+
+    def _begin_write(self, writer: sqlite3.Connection) -> int:
+        """Begin the commit's write transaction, once whatever a stopped process
+        prepared here is settled; the last committed tid."""
+        storage = self._storage
+        while True:
             try:
                 writer.execute(sql.BEGIN_WRITE)
             except sqlite3.OperationalError as e:
@@ -767,24 +793,22 @@ class SQLiteView(CommitBuffer, StorageView):
                     f"could not lock {storage.path} for commit within {storage.commit_lock_timeout:g} s "
                     f"(commit_lock_timeout): {e}"
                 ) from None
-            partners = prepared.sqlite_partners(self._meta.participants, storage._sort_key)  # type: ignore[union-attr]
-            if not self._meta.id:  # type: ignore[union-attr]
-                partners = []
-            resolved = self._write(writer, resolve, len(partners))
-            if partners:
-                self._prepare(partners)
-        except BaseException:
-            self._abort_write()
-            raise
-        return resolved
+            last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
+            if not waiting:
+                return last or 0
+            # Settled without the write lock: see sqlite_pending, "Settling".
+            writer.execute(sql.ROLLBACK)
+            storage._settle()
 
-    def _write(self, writer: sqlite3.Connection, resolve: Resolver | None, partners: int) -> set[bytes]:
-        """Check conflicts and insert this commit's rows (inside the write transaction)."""
+    def _write(
+        self, writer: sqlite3.Connection, last: int, resolve: Resolver | None, decider: str | None
+    ) -> set[bytes]:
+        """Check conflicts and insert this commit's rows (inside the write transaction);
+        with ``decider``, as a prepared part of a collection's commit."""
         stores = self._stores
         # In oid order: the b-tree takes inserts in key order fastest (a commit's oids
         # are often in order already). Big-endian oids sort as their numbers do.
         oids = sorted(stores)
-        last = writer.execute(sql.SELECT_LAST_TID).fetchone()[0]
 
         def moved() -> dict[bytes, bytes]:
             stored = [f"[{u64(oid)},{u64(stores[oid][0])}]" for oid in oids]
@@ -808,54 +832,33 @@ class SQLiteView(CommitBuffer, StorageView):
         assert meta is not None
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         storage = self._storage
-        self._written = insert_commit(writer, tid, fields, stores, oids, storage.keep_history, partners)
+        # partners 0: the decisions of collection commits live in commit_decisions.
+        self._written = insert_commit(writer, tid, fields, stores, oids, storage.keep_history, 0, decider)
         if not storage.keep_history:
             storage._commits_since_prune += 1
             if storage._commits_since_prune >= sql.PRUNE_EVERY:
                 storage._commits_since_prune = 0
-                window = u64(tid_from_time(max(time.time() - prepared.DECISION_WINDOW, 0.0)))
-                writer.execute(sql.PRUNE_REPLACED_TRANSACTIONS, (tid, window))
+                writer.execute(sql.PRUNE_REPLACED_TRANSACTIONS, (tid, tid))
         return resolved
-
-    def _prepare(self, partners: list[str]) -> None:
-        """Write this commit to the storage's prepared file: other SQLite files take
-        part in it (see :mod:`atoll.storage.sqlite_prepared`)."""
-        storage, meta = self._storage, self._meta
-        assert meta is not None and self._tid is not None
-        commit = prepared.PreparedCommit(
-            tid=self._tid,
-            txn_id=meta.id,
-            partners=partners,
-            prepared_at=time.time(),
-            user=meta.user,
-            description=meta.description,
-            extension=meta.extension_bytes(),
-            records=self._stores,
-        )
-        self._prepared = True  # from here on, an abort removes whatever was written
-        try:
-            prepared.write(storage._prepared_path, commit, durable=storage.synchronous == "full")
-        except OSError as e:
-            raise StorageError(f"cannot write {storage._prepared_path}: {e}") from None
 
     def tpc_finish(self) -> bytes:
         if self._tid is None or self._meta is None or not self._locked:
             raise StorageTransactionError("tpc_finish before tpc_vote")
         storage = self._storage
         tid = self._tid
-        try:
-            storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
-        except sqlite3.Error as e:
-            self._prepared = False  # partners may have committed: the next writer settles it
-            self._abort_write()
-            raise storage._error(e, "committing") from None
-        # Durable from here on: nothing below may raise. A prepared file stays: the
-        # next writer removes it under the write lock.
+        if self._prepared:
+            self._finish_prepared(tid)
+        else:
+            try:
+                storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                self._abort_write()
+                raise storage._error(e, "committing") from None
+        # Durable from here on: nothing below may raise.
         self._own.add(tid)
-        self._locked = False
-        storage._commit_lock.release()
+        self._unlock()
         try:
-            storage._records.invalidate(self._stores, p64(tid))
+            storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
             storage._skip_oids_of(self._stores)
             storage._checkpointer.wrote(self._written)
         except Exception as e:  # a thread that cannot start, say: the log is checkpointed at close
@@ -864,25 +867,75 @@ class SQLiteView(CommitBuffer, StorageView):
             self._reset()
         return p64(tid)
 
+    def _finish_prepared(self, tid: int) -> None:
+        """Make this member's prepared part visible, the decider having decided. Not
+        fsynced: the durable decision redoes it after a power loss."""
+        storage = self._storage
+        writer = storage._writer
+        assert writer is not None
+        relax = storage.synchronous == "full"
+        try:
+            if relax:
+                writer.execute(sql.SET_SYNCHRONOUS.format(mode="NORMAL"))
+            try:
+                with write_transaction(writer):
+                    finished = pending.finish(writer, tid, storage.keep_history)
+            finally:
+                if relax:
+                    writer.execute(sql.SET_SYNCHRONOUS.format(mode="FULL"))
+        except sqlite3.Error as e:
+            # The part stays pending: whoever writes here next commits it, as decided.
+            self._unlock()
+            self._reset()
+            raise storage._error(e, "finishing a prepared commit") from None
+        if not finished:
+            self._unlock()
+            self._reset()
+            pending.check_finished(finished, storage.path, tid)
+
     def tpc_abort(self) -> None:
         self._abort_write()
 
     def _abort_write(self) -> None:
-        """Roll back the write transaction, if any, release the locks, forget the commit."""
+        """Roll back the write transaction, if any, release the locks, forget the commit.
+
+        A member whose prepared part is committed already asks the decider: the
+        transaction package aborts every participant when one of them fails to
+        finish, even after the decider committed, and then the part must stay."""
         if self._locked:
-            self._locked = False
+            storage = self._storage
             try:
-                if self._prepared:  # still under the write lock; no partner has finished
-                    try:
-                        prepared.remove(self._storage._prepared_path)
-                    except OSError as e:  # the next writer finds no partner committed it: dropped
-                        log.warning("cannot remove %s: %s", self._storage._prepared_path, e)
-                writer = self._storage._writer
+                writer = storage._writer
                 if writer is not None and writer.in_transaction:
                     writer.execute(sql.ROLLBACK)
+                if self._prepared and writer is not None and self._tid is not None:
+                    self._settle_own(writer, self._tid)
             finally:
-                self._storage._commit_lock.release()
+                self._unlock()
         self._reset()
+
+    def _settle_own(self, writer: sqlite3.Connection, tid: int) -> None:
+        """Finish or drop this view's own prepared part as its decider decided."""
+        storage, meta = self._storage, self._meta
+        assert meta is not None
+        role = commit_role(meta)
+        try:
+            committed = decisions.outcome(role.decider_home or "", meta.id, time.time(), storage.path)
+            with write_transaction(writer):
+                if committed:
+                    pending.finish(writer, tid, storage.keep_history)
+                else:
+                    pending.drop(writer, tid)
+        except (StorageError, sqlite3.Error) as e:  # the next writer settles it
+            log.warning("%s: leaving prepared transaction %s to recovery: %s", storage.path, p64(tid).hex(), e)
+
+    def _unlock(self) -> None:
+        if self._deciding:
+            self._deciding = False
+            decisions.released(self._storage._home)
+        if self._locked:
+            self._locked = False
+            self._storage._commit_lock.release()
 
     def _reset(self) -> None:
         self._reset_buffer()

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_BYTES = 4 << 20
 
 CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+#: Checkpoint runs, at most, to catch up with the commits made during the first.
+CATCH_UP = 4
+#: What a commit adds to the log besides its records: about three pages (the
+#: transactions row, the revision's table and index leaves) and their frame headers.
+COMMIT_OVERHEAD = 3 * 4120
 
 
 class Checkpointer:
@@ -56,7 +61,7 @@ class Checkpointer:
     def wrote(self, nbytes: int) -> None:
         """Count ``nbytes`` written by a commit; start a checkpoint when enough were."""
         with self._lock:
-            self._written += nbytes
+            self._written += nbytes + COMMIT_OVERHEAD
             if self._written < self._every or self._stopping:
                 return
             self._written = 0
@@ -74,7 +79,14 @@ class Checkpointer:
                 self._wanted.clear()
                 if self._stopping:
                     return
-                conn.execute(CHECKPOINT).fetchall()
+                # A checkpoint copies the frames logged when it started; commits
+                # go on meanwhile. The log starts over (and stops growing) only
+                # once a checkpoint copied every frame, so a short second run
+                # copies what came in during the first.
+                for _ in range(CATCH_UP):
+                    _, logged, copied = conn.execute(CHECKPOINT).fetchone()
+                    if copied >= logged or self._stopping:
+                        break
                 self.checkpoints += 1
         except sqlite3.Error as e:
             # A failed checkpoint loses nothing: the log keeps every page and SQLite

@@ -1,6 +1,6 @@
 """Every SQL statement of :mod:`atoll.storage.sqlite`, in one place.
 
-The file format (schema version 2)
+The file format (schema version 3)
 ----------------------------------
 
 ``PRAGMA application_id`` is :data:`APPLICATION_ID` ("ATOL") and ``PRAGMA
@@ -40,6 +40,18 @@ their order.
     file was packed, ``last_pack``, the newest pack tid (undo refuses transactions
     at or before it: the revisions they replaced may be gone); ``ended_objects``
     once a commit wrote an empty state (an undone creation: see COUNT_ENDED_OBJECTS).
+``commit_pending`` (schema version 3)
+    A part of a collection's commit that this file prepared (see
+    :mod:`atoll.storage.sqlite_pending`): its revisions are in ``object_state``
+    under ``tid``, but no ``transactions`` row names that tid yet, so no snapshot
+    includes it. The row holds what that ``transactions`` row will hold, the
+    ``decider``'s home and when it was prepared.
+``commit_decisions`` (schema version 3)
+    The collection commits this file decided: ``txn_id`` -> ``tid`` and the time
+    (see :mod:`atoll.storage.decisions`).
+
+Files of versions 1 and 2 (no commit tables) gain them on their first writable
+open.
 
 A later release that changes the schema raises :data:`SCHEMA_VERSION` and migrates
 files whose version is lower (:data:`MIGRATIONS`, on a writable open); a file whose
@@ -55,7 +67,7 @@ from types import SimpleNamespace
 #: "ATOL" as a big-endian 32-bit integer: PRAGMA application_id of every atoll file.
 APPLICATION_ID = 0x41544F4C
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The value of the ``application`` row in ``atoll_meta``.
 APPLICATION_NAME = "atoll"
 
@@ -86,10 +98,32 @@ CREATE TABLE object_state (
 );
 
 CREATE UNIQUE INDEX object_state_by_oid ON object_state (zoid, tid);
-
+{{commit_tables}}
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+#: The tables of the collection commit protocol (schema version 3).
+CREATE_COMMIT_TABLES = """
+CREATE TABLE IF NOT EXISTS commit_pending (
+    tid         INTEGER PRIMARY KEY,
+    txn_id      TEXT NOT NULL,
+    decider     TEXT NOT NULL,
+    prepared_at REAL NOT NULL,
+    username    TEXT NOT NULL,
+    description TEXT NOT NULL,
+    extension   BLOB NOT NULL,
+    oids        BLOB NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS commit_decisions (
+    txn_id     TEXT PRIMARY KEY,
+    tid        INTEGER NOT NULL,
+    decided_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+CREATE_SCHEMA = CREATE_SCHEMA.replace("{commit_tables}", CREATE_COMMIT_TABLES)
 
 #: Schema upgrades: version -> statements that turn that version into the next (in
 #: one write transaction, with the version rows updated after them).
@@ -98,6 +132,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE object_state ADD COLUMN checksum INTEGER",
         "ALTER TABLE transactions ADD COLUMN partners INTEGER",
     ),
+    2: tuple(part for part in CREATE_COMMIT_TABLES.split(";") if part.strip()),
 }
 SET_USER_VERSION = "PRAGMA user_version = {version}"
 UPDATE_SCHEMA_VERSION = "UPDATE atoll_meta SET value = ? WHERE key = 'schema_version'"
@@ -136,8 +171,8 @@ SELECT_LAST_TID = "SELECT max(tid) FROM transactions"
 HAS_REVISION = "SELECT 1 FROM object_state WHERE zoid = ? LIMIT 1"
 
 
-#: What transactions after a snapshot wrote, up to the newest one.
-CHANGED_SINCE = "SELECT tid, oids FROM transactions WHERE tid > ? AND tid <= ?"
+#: What transactions after a snapshot wrote, oldest first: a poll's one statement.
+COMMITTED_AFTER = "SELECT tid, oids FROM transactions WHERE tid > ? ORDER BY tid"
 
 # -- commit ------------------------------------------------------------------
 
@@ -161,12 +196,32 @@ WHERE coalesce(current, 0) != expected
 """
 
 
-# -- prepared commits (sqlite_prepared.py) -----------------------------------
+#: The writer's first statement of a commit: the last tid, and whether a prepared
+#: part waits to be settled (sqlite_pending.py) before anything else is written.
+LAST_TID_AND_PENDING = "SELECT (SELECT max(tid) FROM transactions), EXISTS (SELECT 1 FROM commit_pending)"
 
-#: The shared id of the transaction a tid committed, if that tid was committed.
-SELECT_TXN_ID = "SELECT txn_id FROM transactions WHERE tid = ?"
-#: Did this file commit a multi-database transaction (no earlier than a tid)?
-PARTNER_COMMITTED = "SELECT 1 FROM transactions WHERE tid >= ? AND txn_id = ? LIMIT 1"
+# -- the collection commit protocol (sqlite_pending.py, decisions.py) --------
+
+HAS_PENDING_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'commit_pending'"
+HAS_DECISIONS_TABLE = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'commit_decisions'"
+SELECT_PENDING = "SELECT tid, txn_id, decider, prepared_at FROM commit_pending ORDER BY tid"
+PENDING_OIDS = "SELECT oids FROM commit_pending WHERE tid = ?"
+INSERT_PENDING = """
+INSERT INTO commit_pending (tid, txn_id, decider, prepared_at, username, description, extension, oids)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+#: A prepared part becomes a committed transaction.
+PENDING_TO_TRANSACTION = """
+INSERT INTO transactions (tid, username, description, extension, txn_id, oids, partners)
+SELECT tid, username, description, extension, txn_id, oids, 0 FROM commit_pending WHERE tid = ?
+"""
+DELETE_PENDING = "DELETE FROM commit_pending WHERE tid = ?"
+#: A dropped prepared part's revisions.
+DELETE_STATES_OF = "DELETE FROM object_state WHERE tid = ?"
+HAS_TRANSACTION = "SELECT 1 FROM transactions WHERE tid = ?"
+INSERT_DECISION = "INSERT INTO commit_decisions (txn_id, tid, decided_at) VALUES (?, ?, ?)"
+SELECT_DECISION = "SELECT tid FROM commit_decisions WHERE txn_id = ?"
+PRUNE_DECISIONS = "DELETE FROM commit_decisions WHERE decided_at < ?"
 
 INSERT_TRANSACTION = """
 INSERT INTO transactions (tid, username, description, extension, txn_id, oids, partners)

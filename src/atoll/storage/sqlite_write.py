@@ -1,14 +1,15 @@
 """Writing to an SQLite file: the write transaction, and a commit's rows.
 
 Shared by the storage's commits (:mod:`atoll.storage.sqlite`), its opening
-(:mod:`atoll.storage.sqlite_open`) and the settling of prepared commits
-(:mod:`atoll.storage.sqlite_prepared`), which all write the same rows.
+(:mod:`atoll.storage.sqlite_open`) and the settling of prepared parts
+(:mod:`atoll.storage.sqlite_pending`), which all write the same rows.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
+import time
 import zlib
 from contextlib import contextmanager
 from typing import Iterator
@@ -46,17 +47,26 @@ def insert_commit(
     oids: list[bytes],
     keep_history: bool,
     partners: int = 0,
+    decider: str | None = None,
 ) -> int:
     """Write one commit inside an open write transaction: its ``transactions`` row
-    (``meta`` is user, description, extension bytes and shared id; ``partners`` the
-    number of other files it was prepared with), a revision per record of ``stores``
-    (oid -> (read serial, data)) with its checksum (:mod:`atoll.storage.checksum`),
-    inserted in the order of ``oids`` (ascending), the file's oid counter moved past
-    the highest oid (a copy or import stores oids no new_oid() handed out), and in a
-    history-free file the deletion of the revisions they replace. Returns the bytes
-    of record data written."""
+    (``meta`` is user, description, extension bytes and shared id; ``partners`` is
+    kept 0 since the collection's decisions live in ``commit_decisions``), a revision
+    per record of ``stores`` (oid -> (read serial, data)) with its checksum
+    (:mod:`atoll.storage.checksum`), inserted in the order of ``oids`` (ascending),
+    the file's oid counter moved past the highest oid (a copy or import stores oids
+    no new_oid() handed out), and in a history-free file the deletion of the
+    revisions they replace. With ``decider`` (its home), the commit is a collection
+    member's prepared part instead: a ``commit_pending`` row, no ``transactions``
+    row, nothing deleted yet (:mod:`atoll.storage.sqlite_pending`). Returns the
+    bytes of record data written."""
     user, description, extension, txn_id = meta
-    writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
+    if decider is None:
+        writer.execute(sql.INSERT_TRANSACTION, (tid, user, description, extension, txn_id, b"".join(stores), partners))
+    else:
+        writer.execute(
+            sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, b"".join(stores))
+        )
     per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
     for start in range(0, len(oids), per_insert):
         part = oids[start : start + per_insert]
@@ -73,6 +83,6 @@ def insert_commit(
         writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids))[0] + 1,))
     if ends:  # an undone creation: len() must look for ended objects from now on
         writer.execute(sql.MARK_ENDED_OBJECTS)
-    if not keep_history:
+    if not keep_history and decider is None:
         writer.executemany(sql.DELETE_OLDER_REVISIONS, [(u64(oid), tid) for oid in oids if stores[oid][0] != z64])
     return written
