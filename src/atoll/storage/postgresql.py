@@ -106,12 +106,8 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-<<<<<<< HEAD
 from atoll.ids import p64, tid_time, u64, z64
-=======
-from atoll.ids import new_tid, p64, tid_time, u64, z64
 from atoll.storage import decisions
->>>>>>> main
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
 from atoll.storage import postgresql_undo as undo
