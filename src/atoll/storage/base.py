@@ -179,14 +179,11 @@ class TransactionMeta:
     extension: Mapping[str, object] = field(default_factory=dict)
     id: str = ""
     participants: Sequence[str] = ()
-<<<<<<< HEAD
+    members: Sequence[Member] = ()
+    order_key: str = ""
     #: Commit with exactly this tid instead of a new one (a copy keeps the source's
     #: tids); it must be later than the storage's last transaction. See commit_tid.
     tid: bytes | None = None
-=======
-    members: Sequence[Member] = ()
-    order_key: str = ""
->>>>>>> main
 
     def extension_bytes(self) -> bytes:
         """The extension dict as stored (a pickle; empty bytes for no extension)."""
