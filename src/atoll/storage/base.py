@@ -66,13 +66,16 @@ find them again by the key every participant of one commit records
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
+from atoll.classes import DEFAULT_POLICY, STANDARD_GLOBALS
 from atoll.errors import (
     ConflictError,
     CorruptRecordError,
+    ForbiddenGlobal,
     POSKeyError,
     ReadConflictError,
     ReadOnlyError,
@@ -191,8 +194,22 @@ class TransactionMeta:
 
     @staticmethod
     def extension_from_bytes(data: bytes | None) -> dict:
-        """The inverse of :meth:`extension_bytes`."""
-        return pickle.loads(data) if data else {}
+        """The inverse of :meth:`extension_bytes`. Read as records are, safely: it
+        may name standard data types only (``docs/security.md``), else
+        ForbiddenGlobal, and nothing it names is called."""
+        return _ExtensionUnpickler(io.BytesIO(data)).load() if data else {}
+
+
+class _ExtensionUnpickler(pickle.Unpickler):
+    """Transaction extensions are written by anyone who can write the database, as
+    records are: they may name the standard data types of :mod:`atoll.classes`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in STANDARD_GLOBALS:
+            raise ForbiddenGlobal(
+                f"{module}.{name}", "a transaction's extension may name only standard data types (see docs/security.md)"
+            )
+        return DEFAULT_POLICY.standard(module, name)
 
 
 def commit_tid(meta: TransactionMeta, last: bytes | None) -> bytes:
