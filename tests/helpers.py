@@ -39,6 +39,22 @@ class WithArgs(Persistent):
         return (self.key,)
 
 
+class Plain:
+    """An ordinary (not persistent) class kept inside states; records may name it
+    only where ``allowed_globals`` allows ``helpers``."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plain) and other.n == self.n
+
+
+def make_plain(n: int = 0) -> Plain:
+    """A function stored by reference (a global)."""
+    return Plain(n)
+
+
 class Key(Persistent):
     """A persistent object ordered by its value, usable as a BTree key."""
 

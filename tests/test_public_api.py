@@ -16,6 +16,9 @@ MODULES = [
     "atoll.readahead",
     "atoll.serialize",
     "atoll.conflict",
+    "atoll.broken",
+    "atoll.classes",
+    "atoll.migrate",
     "atoll.errors",
     "atoll.ids",
     "atoll.gcpause",
@@ -71,7 +74,8 @@ def test_contract_names_exist():
     assert callable(atoll.open) and callable(atoll.connect) and atoll.DB and atoll.__version__
     for name in (
         "POSError StorageError ConflictError ReadConflictError POSKeyError InvalidObjectReference "
-        "ReadOnlyError ReadOnlyHistoryError ConnectionStateError StorageTransactionError Unsupported UndoError"
+        "ReadOnlyError ReadOnlyHistoryError ConnectionStateError StorageTransactionError Unsupported UndoError "
+        "ForbiddenGlobal BrokenModified"
     ).split():
         assert issubclass(getattr(errors, name), errors.POSError)
     assert issubclass(errors.POSKeyError, KeyError)

@@ -6,13 +6,19 @@ When two transactions change the same object, the storage asks a resolver (durin
 BTrees' buckets do. States are merged as plain data: persistent references inside
 them stay :class:`~atoll.serialize.PersistentReference` values and are written back
 unchanged.
+
+States are read with the database's :class:`~atoll.classes.ClassPolicy`, as loads
+are: a record naming a forbidden global raises ForbiddenGlobal here too, before any
+of its code (or the class's ``_p_resolveConflict``) runs.
 """
 
 from __future__ import annotations
 
 import logging
 
-from atoll.errors import ConflictError
+from atoll.broken import Broken
+from atoll.classes import DEFAULT_POLICY, ClassPolicy
+from atoll.errors import ConflictError, ForbiddenGlobal
 from atoll.serialize import dump_state, record_class, record_state
 
 logger = logging.getLogger(__name__)
@@ -25,20 +31,29 @@ def resolve(
     committed_data: bytes,
     old_data: bytes | None,
     new_data: bytes,
+    policy: ClassPolicy = DEFAULT_POLICY,
 ) -> bytes:
-    """The :class:`~atoll.storage.base.Resolver` the connection hands to storages."""
+    """The :class:`~atoll.storage.base.Resolver` the connection hands to storages
+    (with its database's ``policy`` bound)."""
     serials = (committed_serial, read_serial)
     try:
-        klass = record_class(new_data)
-    except Exception as exc:  # an unimportable class cannot resolve anything
-        raise ConflictError(oid=oid, serials=serials, class_name=f"<cannot import: {exc}>") from exc
+        klass = record_class(new_data, policy)
+    except ForbiddenGlobal as exc:
+        exc.oid = oid
+        raise
+    except Exception as exc:  # an unreadable class part cannot resolve anything
+        raise ConflictError(oid=oid, serials=serials, class_name=f"<cannot read: {exc}>") from exc
     name = f"{klass.__module__}.{klass.__qualname__}"
-    merge = getattr(klass, "_p_resolveConflict", None)
+    merge = None if issubclass(klass, Broken) else getattr(klass, "_p_resolveConflict", None)
     if merge is None or old_data is None:
         raise ConflictError(oid=oid, serials=serials, class_name=name)
-    offset, new_state = record_state(new_data)
-    _, old_state = record_state(old_data)
-    _, committed_state = record_state(committed_data)
+    try:
+        offset, new_state = record_state(new_data, policy)
+        _, old_state = record_state(old_data, policy)
+        _, committed_state = record_state(committed_data, policy)
+    except ForbiddenGlobal as exc:
+        exc.oid = oid
+        raise
     try:
         merged = merge(klass.__new__(klass), old_state, committed_state, new_state)
     except ConflictError as exc:

@@ -26,7 +26,6 @@ from persistent.mapping import PersistentMapping
 from persistent.wref import WeakRef
 
 from atoll.arguments import check_oid
-from atoll.conflict import resolve
 from atoll import gcpause
 from atoll.errors import (
     ConflictError,
@@ -122,8 +121,10 @@ class Connection:
         self.before = before
         self._view = db.storage.open_view(before)
         self._cache = PickleCache(self, cache_size, cache_size_bytes)
-        self._reader = ObjectReader(self._ghost_here, self._foreign_ghost, self._weak_reference)
-        self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference)
+        self._reader = ObjectReader(
+            self._ghost_here, self._foreign_ghost, self._weak_reference, db.class_policy, self
+        )
+        self._writer = ObjectWriter(self, self._claim_new_object, self._cross_reference, db.class_policy)
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
         self.opened: float | None = None  # time of open; None while closed
@@ -309,7 +310,7 @@ class Connection:
             record = self._saved.load(oid)  # new or changed, saved by a savepoint
         else:
             record = self._ahead.keep(oid)
-        obj = self._reader.ghost_from_record(record[0])
+        obj = self._reader.ghost_from_record(record[0], oid)
         self._cache.new_ghost(oid, obj)
         return obj
 
@@ -392,7 +393,7 @@ class Connection:
         created = self._new_ghosts = []
         self._new_foreign_ghosts = None  # made by the first foreign ghost, if any
         try:
-            obj.__setstate__(self._reader.load_state(data, type(obj)))
+            obj.__setstate__(self._reader.load_state(data, type(obj), oid))
             foreign = self._new_foreign_ghosts
         finally:
             self._new_ghosts, self._new_foreign_ghosts = outer
@@ -668,7 +669,7 @@ class Connection:
             self._check_undo(self._undo)
         try:
             # Not paused (see atoll.gcpause): the vote waits for the commit lock.
-            self._resolved = self._view.tpc_vote(resolve)
+            self._resolved = self._view.tpc_vote(self._db.resolve_conflict)
         except ConflictError as exc:
             exc.database_name = self._db.database_name
             if exc.class_name is None and exc.oid is not None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import transaction
 from persistent.mapping import PersistentMapping
 
+from atoll.classes import ClassPolicy
+from atoll.conflict import resolve
 from atoll.arguments import check_count, check_oid, check_seconds, pack_time
 from atoll.connection import Connection
 from atoll.errors import ConflictError, POSError, POSKeyError, StorageError
@@ -89,6 +92,8 @@ class DB:
         historical_cache_size: int = 1000,
         historical_cache_size_bytes: int = 0,
         historical_timeout: float = 300,
+        class_aliases: Mapping[str, str] | None = None,
+        allowed_globals: Iterable[str] = (),
     ) -> None:
         _check_db_arguments(
             pool_size=pool_size, cache_size=cache_size, cache_size_bytes=cache_size_bytes,
@@ -100,6 +105,15 @@ class DB:
             databases = {}
         if database_name in databases:
             raise ValueError(f"database_name {database_name!r} already in databases")
+        # What records may name, and old class names mapped to new ones
+        # (atoll.classes, docs/security.md); checked before anything is opened.
+        self.class_policy = ClassPolicy(
+            database_name,
+            class_aliases,
+            allowed_globals,
+            factory=lambda connection, module, name: self.classFactory(connection, module, name),
+        )
+        self.resolve_conflict = functools.partial(resolve, policy=self.class_policy)
         opened_here = not isinstance(storage, Storage)
         if storage is None:
             from atoll.storage.memory import MemoryStorage
@@ -269,6 +283,18 @@ class DB:
                 yield connection
         finally:
             connection.close()
+
+    def classFactory(self, connection: Connection | None, modulename: str, globalname: str) -> Any:
+        """The object a record's global ``modulename.globalname`` stands for (after
+        ``class_aliases``), as ZODB's hook: override it (in a subclass or on the
+        instance) to find classes your own way.
+
+        The default imports only what the application allowed and gives a broken
+        stand-in class (:mod:`atoll.broken`) for one that cannot be found; see
+        :mod:`atoll.classes`. Whatever it returns is still checked: a persistent
+        class, a standard data type or an allowed global, else ForbiddenGlobal.
+        """
+        return self.class_policy.find_global(modulename, globalname)
 
     # -- whole-database operations ----------------------------------------------------
 

@@ -24,6 +24,8 @@ __all__ = [
     "StorageTransactionError",
     "Unsupported",
     "UndoError",
+    "ForbiddenGlobal",
+    "BrokenModified",
     "CorruptRecordError",
     "ConnectionLostError",
     "LockTimeoutError",
@@ -198,6 +200,46 @@ class ReadOnlyHistoryError(POSError):
 
 class ConnectionStateError(POSError):
     """A connection was used in a state that does not allow it (closed, joined, ...)."""
+
+
+class ForbiddenGlobal(POSError):
+    """A record names a global that atoll does not load (or an object would be written
+    naming one): nothing was called or imported, nothing written.
+
+    ``global_name`` is the dotted name the record gives, ``database_name`` and
+    ``oid`` say where it is, ``reason`` why it is refused. See ``docs/security.md``.
+    """
+
+    def __init__(
+        self,
+        global_name: str,
+        reason: str,
+        *,
+        database_name: str | None = None,
+        oid: bytes | None = None,
+    ) -> None:
+        self.global_name = global_name
+        self.reason = reason
+        self.database_name = database_name
+        self.oid = oid
+        super().__init__(global_name, reason)
+
+    def __str__(self) -> str:
+        where = []
+        if self.oid is not None:
+            where.append(f"object {oid_repr(self.oid)}")
+        if self.database_name is not None:
+            where.append(f"of database {self.database_name!r}")
+        place = f" ({' '.join(where)})" if where else ""
+        return f"forbidden global {self.global_name}{place}: {self.reason}"
+
+
+class BrokenModified(POSError, TypeError):
+    """A broken object (one whose class cannot be imported) was changed or stored.
+
+    Broken objects keep their record's state so nothing is lost, but cannot be
+    written: restore the class, or map its old name with ``class_aliases``.
+    """
 
 
 class UnpicklableError(POSError, TypeError):

@@ -23,7 +23,7 @@ forms:
 ``['m', (database_name, oid, class)]``
     an object of another database of the same collection ("multi-database").
 ``['n', (database_name, oid)]``
-    the same without the class (read, never written).
+    the same without the class (written for a reference to a broken object).
 ``['w', (oid,)]`` and ``['w', (oid, database_name)]``
     a weak reference (``persistent.wref.WeakRef``) to an object of the same
     database or of another: it does not keep its object alive (pack's garbage
@@ -33,6 +33,17 @@ forms:
 Both pickles are written by separate picklers (the class part is cached per
 class), so the state part never refers to the class part's memo; one unpickler
 reading both, as ZODB's does, gets the same objects.
+
+Globals: every global a record names (the class part, a reference's class, any
+class or function in the state) is resolved by the database's
+:class:`~atoll.classes.ClassPolicy` through :class:`_RecordUnpickler.find_class`, the
+one place where reading decides what a record may name: persistent classes,
+standard data types and what the application allows; anything else raises
+:class:`~atoll.errors.ForbiddenGlobal` before it is called (``docs/security.md``).
+A class that cannot be found gives a broken object (:mod:`atoll.broken`). The
+writer checks the same rule, so nothing is committed that readers would refuse. A
+reference to a broken object is written without its class (``oid`` or
+``['n', (database_name, oid)]``), since the class cannot be named.
 
 The writer reuses one pickler, clearing its memo between records, and replaces it
 after a large record: a pickler's memo table keeps its largest size, and clearing
@@ -45,11 +56,15 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
-import sys
+import types
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from persistent import Persistent
 from persistent.wref import WeakRef
+
+from atoll.broken import Broken, persistent_broken_class
+from atoll.classes import DEFAULT_POLICY, ClassPolicy
+from atoll.errors import BrokenModified, ForbiddenGlobal
 
 if TYPE_CHECKING:
     from atoll.connection import Connection
@@ -93,10 +108,14 @@ class ObjectWriter:
         jar: Connection,
         new_object: Callable[[Persistent], None],
         cross_reference: Callable[[Persistent], str],
+        policy: ClassPolicy = DEFAULT_POLICY,
     ) -> None:
         self._jar = jar
         self._new_object = new_object
         self._cross_reference = cross_reference
+        self._policy = policy
+        self._checked_globals = policy._written_ok  # id -> class or function known good
+        self._checked_types = policy._written_types  # instance types known good
         self._buffer = io.BytesIO()
         self._pickler = self._new_pickler()
 
@@ -106,19 +125,32 @@ class ObjectWriter:
         return pickler
 
     def _persistent_id(self, obj: Any) -> Any:
+        if type(obj) in _PLAIN_TYPES:
+            return None
         if not isinstance(obj, Persistent) or isinstance(obj, type):
-            return self._weak_reference(obj) if type(obj) is WeakRef else None
+            if type(obj) is WeakRef:
+                return self._weak_reference(obj)
+            # Whatever the pickler writes as a global passes here first (a class or
+            # function), or is reduced from an instance whose type passes here.
+            if isinstance(obj, _GLOBAL_KINDS):
+                if id(obj) not in self._checked_globals:
+                    self._policy.check_written(obj)
+            elif type(obj) not in self._checked_types:
+                self._policy.check_written(obj)
+            return None
         jar = obj._p_jar
         if jar is None:
             self._new_object(obj)
             jar = obj._p_jar
         klass = type(obj)
+        bare = _bare_references.get(klass)
+        if bare is None:
+            bare = _bare_references[klass] = needs_args(klass) or issubclass(klass, Broken)
         if jar is not self._jar:
+            if bare and issubclass(klass, Broken):
+                return ["n", (self._cross_reference(obj), obj._p_oid)]
             return ["m", (self._cross_reference(obj), obj._p_oid, klass)]
-        needs = _needs_args_cache.get(klass)
-        if needs is None:
-            needs = needs_args(klass)
-        if needs:
+        if bare:
             return obj._p_oid
         return obj._p_oid, klass
 
@@ -139,7 +171,18 @@ class ObjectWriter:
         return ["w", (ref.oid, name)]
 
     def serialize(self, obj: Persistent) -> bytes:
-        """The record of ``obj`` (which must have its oid already)."""
+        """The record of ``obj`` (which must have its oid already).
+
+        Raises ForbiddenGlobal if its state names a global that readers refuse, and
+        BrokenModified for a broken object."""
+        try:
+            return self._serialize(obj)
+        except ForbiddenGlobal as exc:
+            if exc.oid is None:
+                exc.oid = obj._p_oid
+            raise
+
+    def _serialize(self, obj: Persistent) -> bytes:
         klass = type(obj)
         meta = _dict_state_classes.get(klass)
         if meta is None:
@@ -157,8 +200,10 @@ class ObjectWriter:
                 return meta + _dumps(attributes, PROTOCOL)
         meta = _class_pickles.get(klass)
         if meta is None:
+            if isinstance(obj, Broken):
+                obj.__reduce_ex__(PROTOCOL)  # raises BrokenModified, naming the object
             if needs_args(klass):
-                meta = pickle.dumps((klass, obj.__getnewargs__()), PROTOCOL)
+                meta = self._checked_dumps((klass, obj.__getnewargs__()))
             else:
                 meta = class_pickle(klass)
         state = obj.__getstate__()
@@ -182,11 +227,30 @@ class ObjectWriter:
             self._pickler = self._new_pickler()
         return meta + state
 
+    def _checked_dumps(self, value: Any) -> bytes:
+        """``pickle.dumps(value)``, checking the globals it writes (a class part with
+        arguments)."""
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, PROTOCOL)
+        pickler.persistent_id = self._check_only
+        pickler.dump(value)
+        return buffer.getvalue()
+
+    def _check_only(self, obj: Any) -> None:
+        if type(obj) not in _PLAIN_TYPES and (not isinstance(obj, Persistent) or isinstance(obj, type)):
+            self._policy.check_written(obj)
+        return None
+
 
 #: Types that never are, nor contain, a persistent object (see ObjectWriter.serialize).
 _SCALARS = frozenset({str, int, float, bytes, bool, type(None)})
+#: Types the pickler writes without naming a global (their items pass on their own).
+_PLAIN_TYPES = _SCALARS | {tuple, list, dict}
+#: Objects the pickler writes as globals (by module and name).
+_GLOBAL_KINDS = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+#: class -> whether references to its instances are written without the class.
+_bare_references: dict[type, bool] = {}
 _dumps = pickle.dumps
-_loads = pickle.loads
 
 _class_pickles: dict[type, bytes] = {}
 #: class -> its class pickle when its state is its __dict__, else b"" (see serialize).
@@ -241,15 +305,93 @@ def make_record(obj: Persistent) -> bytes:
     return class_pickle(type(obj)) + pickle.dumps(obj.__getstate__(), PROTOCOL)
 
 
-def _resolve_class(meta: Any) -> tuple[type, tuple | None]:
-    if isinstance(meta, tuple):
+class _Source:
+    """A record's bytes as the C unpickler reads them.
+
+    With ``peek`` the unpickler takes everything left in one call and parses it in
+    memory; a ``BytesIO`` has no ``peek``, and the unpickler then calls ``read`` once
+    per opcode (which made an unpickler cost three times ``pickle.loads``)."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes = b"", pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def peek(self, size: int = 0) -> bytes:
+        return self.data[self.pos :] if self.pos else self.data
+
+    def read(self, size: int = -1) -> bytes:
+        pos = self.pos
+        end = len(self.data) if size < 0 else pos + size
+        self.pos = end
+        return self.data[pos:end]
+
+    def readline(self) -> bytes:
+        pos = self.pos
+        end = self.data.find(b"\n", pos)
+        end = len(self.data) if end < 0 else end + 1
+        self.pos = end
+        return self.data[pos:end]
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    """Reads records, resolving every global through a :class:`ClassPolicy`: the one
+    place where what a record may name is decided.
+
+    Resolutions are cached by the policy, so a global costs a dict lookup; nothing
+    is imported or looked up on a module again (fresh name strings looked up on
+    modules used to stay alive in CPython's type cache and pin the memory of
+    objects loaded meanwhile: see docs/benchmark-notes.md, "The cause, found")."""
+
+    def __init__(self, source: _Source, policy: ClassPolicy, connection: Any = None) -> None:
+        super().__init__(source)
+        self._resolved = policy.resolved
+        self._policy = policy
+        self._connection = connection
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = self._resolved.get((module, name))
+        if obj is None:
+            obj = self._policy.resolve(self._connection, module, name)
+        return obj
+
+
+#: Records longer than this are read by a fresh unpickler (see ObjectReader.__init__).
+_REUSE_LIMIT = 1024
+
+#: Classes found to be persistent (so fit for a reference or a record's class part).
+_persistent_classes: set[type] = set()
+
+
+def _persistent_class(klass: Any, policy: ClassPolicy, connection: Any = None) -> type:
+    """``klass``, as a record's class part or a reference gives it, checked to be a
+    persistent class: a ``(module, name)`` pair is resolved, a broken stand-in made
+    persistent."""
+    try:
+        if klass in _persistent_classes:
+            return klass
+    except TypeError:  # unhashable: not a class
+        pass
+    if type(klass) is tuple and len(klass) == 2 and all(type(part) is str for part in klass):
+        klass = policy.resolve(connection, *klass)
+    if isinstance(klass, type):
+        if issubclass(klass, Broken):
+            return persistent_broken_class(klass)
+        if issubclass(klass, Persistent):
+            _persistent_classes.add(klass)
+            return klass
+    raise pickle.UnpicklingError(f"a record or reference names {klass!r}, which is not a persistent class")
+
+
+def _class_and_args(meta: Any, policy: ClassPolicy, connection: Any = None) -> tuple[type, tuple | None]:
+    if type(meta) is tuple and len(meta) == 2 and not all(type(part) is str for part in meta):
         klass, args = meta
+        if args is not None and type(args) is not tuple:
+            raise pickle.UnpicklingError(f"a record's class part has arguments {args!r}, not a tuple")
     else:
         klass, args = meta, None
-    if isinstance(klass, tuple):
-        module, name = klass
-        klass = _RecordUnpickler(io.BytesIO(b"")).find_class(module, name)
-    return klass, args
+    return _persistent_class(klass, policy, connection), args
 
 
 class ObjectReader:
@@ -260,6 +402,8 @@ class ObjectReader:
     reference does not carry it. ``foreign(database_name, oid, klass)`` does the same
     for another database of the collection. ``weak(oid, database_name)`` makes the
     ``WeakRef`` of a weak reference (database_name None for the record's own).
+    ``policy`` decides which globals records may name; ``connection`` is handed to
+    its class factory.
     """
 
     def __init__(
@@ -267,21 +411,40 @@ class ObjectReader:
         ghost: Callable[[bytes, type | None], Persistent],
         foreign: Callable[[str, bytes, type | None], Persistent],
         weak: Callable[[bytes, str | None], WeakRef] | None = None,
+        policy: ClassPolicy = DEFAULT_POLICY,
+        connection: Any = None,
     ) -> None:
         self._ghost = ghost
         self._foreign = foreign
         self._weak = weak
+        self._policy = policy
+        self._connection = connection
+        # One unpickler reused for loads of small records (made lazily): a new one
+        # per record costs more than loading a small state. Not while one load runs
+        # inside another (a __setstate__ that touches a ghost): _busy. Not for large
+        # records: an unpickler's memo table keeps its largest size, and clearing it
+        # after every load costs that size (0.5 ms once a 10,000-entry mapping was read).
+        self._source = _Source()
+        self._reused: _RecordUnpickler | None = None
+        self._busy = False
 
     def _persistent_load(self, ref: Any) -> Persistent:
-        if isinstance(ref, tuple):
+        if type(ref) is tuple:
             oid, klass = ref
-            return self._ghost(oid, _resolve_class(klass)[0] if isinstance(klass, tuple) else klass)
-        if isinstance(ref, bytes):
+            try:
+                known = klass in _persistent_classes
+            except TypeError:
+                known = False
+            if not known:
+                klass = _persistent_class(klass, self._policy, self._connection)
+            return self._ghost(oid, klass)
+        if type(ref) is bytes:
             return self._ghost(ref, None)
-        if isinstance(ref, list) and len(ref) == 2:
+        if type(ref) is list and len(ref) == 2:
             kind, args = ref
             if kind == "m":
                 database_name, oid, klass = args
+                klass = _persistent_class(klass, self._policy, self._connection)
                 return self._foreign(database_name, oid, klass)
             if kind == "n":
                 database_name, oid = args
@@ -290,68 +453,87 @@ class ObjectReader:
                 return self._weak(args[0], args[1] if len(args) > 1 else None)
         raise pickle.UnpicklingError(f"unknown persistent reference {ref!r}")
 
-    def ghost_from_record(self, data: bytes) -> Persistent:
+    def ghost_from_record(self, data: bytes, oid: bytes | None = None) -> Persistent:
         """A new ghost of the class a record names (not yet in any cache)."""
-        klass, args = _resolve_class(_class_part(data))
+        try:
+            unpickler = _RecordUnpickler(_Source(data), self._policy, self._connection)
+            klass, args = _class_and_args(unpickler.load(), self._policy, self._connection)
+        except ForbiddenGlobal as exc:
+            raise _located(exc, oid) from None
         return klass.__new__(klass, *args) if args else klass.__new__(klass)
 
-    def load_state(self, data: bytes, klass: type | None = None) -> Any:
+    def load_state(self, data: bytes, klass: type | None = None, oid: bytes | None = None) -> Any:
         """The state part of a record, with references resolved.
 
         ``klass``, the class the record is expected to name, lets the class part be
-        skipped when it is the one this module writes.
+        skipped when it is the one this module writes. ``oid`` names the object in
+        errors.
         """
-        prefix = _class_pickles.get(klass) if klass is not None else None
-        if prefix is not None and data.startswith(prefix):
-            # A state that refers to the class part's memo (ZODB pickles both parts
-            # with one pickler) fails when read alone, and is read whole below.
-            try:
-                if data.find(b"Q", len(prefix)) < 0:
-                    # No BINPERSID byte, so no reference: plain loads costs a third
-                    # of an Unpickler (protocol 0's PERSID fails and goes below).
-                    return _loads(data[len(prefix) :])  # a copy costs less than a memoryview
-                return self._unpickler(data, len(prefix)).load()
-            except pickle.UnpicklingError:
-                pass
-        unpickler = self._unpickler(data, 0)
-        unpickler.load()
-        return unpickler.load()
+        try:
+            prefix = _class_pickles.get(klass) if klass is not None else None
+            if prefix is not None and data.startswith(prefix):
+                # A state that refers to the class part's memo (ZODB pickles both
+                # parts with one pickler) fails when read alone, and is read whole.
+                try:
+                    return self._load(data, len(prefix), False)
+                except pickle.UnpicklingError:
+                    pass
+            return self._load(data, 0, True)
+        except ForbiddenGlobal as exc:
+            raise _located(exc, oid) from None
 
-    def _unpickler(self, data: bytes, offset: int) -> pickle.Unpickler:
-        stream = io.BytesIO(data)
-        stream.seek(offset)
-        unpickler = _RecordUnpickler(stream)
+    def _load(self, data: bytes, offset: int, whole: bool) -> Any:
+        if self._busy or len(data) > _REUSE_LIMIT:
+            unpickler = self._new_unpickler(_Source(data, offset))
+            if whole:
+                unpickler.load()
+            return unpickler.load()
+        self._busy = True
+        source = self._source
+        source.data, source.pos = data, offset
+        unpickler = self._reused
+        if unpickler is None:
+            unpickler = self._reused = self._new_unpickler(source)
+        try:
+            if whole:
+                unpickler.load()
+            state = unpickler.load()
+            if source.pos != len(data):  # bytes left in the unpickler's buffer
+                self._reused = None
+            return state
+        except BaseException:
+            self._reused = None  # it may hold half a record
+            raise
+        finally:
+            unpickler.memo.clear()  # the objects loaded: let them go
+            source.data = b""
+            self._busy = False
+
+    def _new_unpickler(self, source: _Source) -> _RecordUnpickler:
+        unpickler = _RecordUnpickler(source, self._policy, self._connection)
         unpickler.persistent_load = self._persistent_load
         return unpickler
 
     def set_state(self, obj: Persistent, data: bytes) -> None:
         """Give ``obj`` the state stored in ``data``."""
-        obj.__setstate__(self.load_state(data, type(obj)))
+        obj.__setstate__(self.load_state(data, type(obj), obj._p_oid))
 
 
-class _RecordUnpickler(pickle.Unpickler):
-    """Looks classes up by interned names.
-
-    The unpickler makes new strings for every global it reads, and looking one up on
-    its module leaves the name in CPython's type-attribute cache, which (in 3.11)
-    keeps each distinct string object alive until its slot is reused. A load of a
-    BTree bucket reads two globals: thousands of such strings, each a 64-byte block,
-    stayed scattered among the objects loaded meanwhile and kept the memory of those
-    objects from being freed whole (see docs/benchmark-notes.md, "The cause, found").
-    Interned names are one string per name."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(sys.intern(module), sys.intern(name))
+def _located(exc: ForbiddenGlobal, oid: bytes | None) -> ForbiddenGlobal:
+    if exc.oid is None:
+        exc.oid = oid
+    return exc
 
 
-def record_class(data: bytes) -> type:
-    """The class a record names (imported)."""
-    return _resolve_class(_class_part(data))[0]
+def record_class(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> type:
+    """The class a record names, resolved by ``policy`` (a broken stand-in when it
+    cannot be found; ForbiddenGlobal when the policy refuses it)."""
+    return _class_and_args(_class_part(data, policy), policy)[0]
 
 
-def _class_part(data: bytes) -> Any:
+def _class_part(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> Any:
     """The first pickle of a record (its class, or class and arguments)."""
-    return _RecordUnpickler(io.BytesIO(data)).load()
+    return _RecordUnpickler(_Source(data), policy).load()
 
 
 class _Placeholder:
@@ -385,7 +567,7 @@ class _Placeholder:
 
 class _ScanningUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, found: list) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(_Source(data))
         self._found = found
 
     def find_class(self, module: str, name: str) -> type:
@@ -404,7 +586,14 @@ class _ScanningUnpickler(pickle.Unpickler):
 def references(data: bytes) -> list[tuple[str | None, bytes]]:
     """Every strong persistent reference in a record, as ``(database_name, oid)``;
     database_name is None for the record's own database. Weak references
-    (``['w', ...]``) are left out: they must not keep an object alive."""
+    (``['w', ...]``) are left out: they must not keep an object alive.
+
+    Imports nothing and runs no code of the record's classes (every global reads as
+    an inert placeholder), so pack and tools can scan any record. A record without
+    a ``Q`` or ``P`` byte has no persistent reference (BINPERSID, PERSID) and is not
+    unpickled at all."""
+    if b"Q" not in data and b"P" not in data:
+        return []
     found: list[tuple[str | None, bytes]] = []
     scanner = _ScanningUnpickler(data, found)
     scanner.load()
@@ -469,14 +658,15 @@ def referenced_oids(data: bytes) -> Iterator[bytes]:
     return (oid for database_name, oid in references(data) if database_name is None)
 
 
-def record_state(data: bytes) -> tuple[int, Any]:
+def record_state(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> tuple[int, Any]:
     """Offset where the state pickle starts, and the state with references kept
-    as :class:`PersistentReference` values (for conflict resolution)."""
-    buf = io.BytesIO(data)
-    unpickler = pickle.Unpickler(buf)
+    as :class:`PersistentReference` values (for conflict resolution). Globals are
+    resolved by ``policy``, as when loading."""
+    source = _Source(data)
+    unpickler = _RecordUnpickler(source, policy)
     unpickler.persistent_load = PersistentReference
     unpickler.load()
-    offset = buf.tell()
+    offset = source.pos
     return offset, unpickler.load()
 
 

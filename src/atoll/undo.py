@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import transaction
 
-from atoll.conflict import resolve
 from atoll.errors import ConflictError, ReadOnlyError, UndoError
 from atoll.ids import oid_repr, tid_repr, z64
 from atoll.storage.base import DELETED, Storage, StorageView
@@ -212,7 +211,7 @@ class UndoPart:
             if read == z64 or now_data is None or data == DELETED:
                 raise undo_error(oid, database_name, None)
             try:
-                merged = resolve(oid, now_serial, read, now_data, view.load_serial(oid, read), data)
+                merged = self._db.resolve_conflict(oid, now_serial, read, now_data, view.load_serial(oid, read), data)
             except ConflictError as exc:
                 raise undo_error(oid, database_name, exc.class_name) from exc
             stores[oid] = (now_serial, merged)

@@ -35,6 +35,7 @@ __all__ = [
     "non_negative_byte_size",
     "non_negative_interval",
     "synchronous",
+    "class_alias",
     "database_schema_root",
 ]
 
@@ -73,6 +74,14 @@ def synchronous(text: str) -> str:
     if value not in ("full", "normal"):
         raise ValueError(f"synchronous must be full or normal, not {text!r}")
     return value
+
+
+def class_alias(text: str) -> tuple[str, str]:
+    """ZConfig datatype: ``old.name new.name`` (a ``class-alias`` line)."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"class-alias takes an old and a new dotted name, not {text!r}")
+    return parts[0], parts[1]
 
 
 def _given(section: SectionValue, keys: dict[str, str]) -> dict[str, Any]:
@@ -206,7 +215,12 @@ class DatabaseFactory:
     def arguments(self) -> dict[str, Any]:
         """The keyword arguments for :class:`atoll.DB`, besides storage and databases:
         only the keys the file sets, so that DB's defaults apply to the rest."""
-        return {"database_name": self.database_name, **_given(self.section, _DB_ARGUMENTS)}
+        kwargs = {"database_name": self.database_name, **_given(self.section, _DB_ARGUMENTS)}
+        if self.section.class_aliases:
+            kwargs["class_aliases"] = dict(self.section.class_aliases)
+        if self.section.allowed_globals:
+            kwargs["allowed_globals"] = list(self.section.allowed_globals)
+        return kwargs
 
     def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
         """Open the storage and a DB on it, registered in ``databases`` if given.

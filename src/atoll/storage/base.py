@@ -40,8 +40,8 @@ Invariants every backend keeps (the contract tests in ``tests/storage`` check th
    and never the root oid, nor an oid that exists: a commit that stores an oid
    ``new_oid()`` never handed out (a copy, an import) moves the counter past it,
    for every process of the storage.
-6. Every revision is stored with a checksum (CRC-32 over the oid, the tid and the
-   data); a load whose bytes do not match raises
+6. Every revision is stored with a checksum (CRC-32 of the data, seeded by the oid and
+   tid); a load whose bytes do not match raises
    :class:`~atoll.errors.CorruptRecordError` naming the database, oid and tid,
    never returns the damaged bytes. ``verify()`` lists every damaged record.
    Revisions written before checksums existed (older files) carry none and are
@@ -66,13 +66,16 @@ find them again by the key every participant of one commit records
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
+from atoll.classes import DEFAULT_POLICY, STANDARD_GLOBALS
 from atoll.errors import (
     ConflictError,
     CorruptRecordError,
+    ForbiddenGlobal,
     POSKeyError,
     ReadConflictError,
     ReadOnlyError,
@@ -186,8 +189,22 @@ class TransactionMeta:
 
     @staticmethod
     def extension_from_bytes(data: bytes | None) -> dict:
-        """The inverse of :meth:`extension_bytes`."""
-        return pickle.loads(data) if data else {}
+        """The inverse of :meth:`extension_bytes`. Read as records are, safely: it
+        may name standard data types only (``docs/security.md``), else
+        ForbiddenGlobal, and nothing it names is called."""
+        return _ExtensionUnpickler(io.BytesIO(data)).load() if data else {}
+
+
+class _ExtensionUnpickler(pickle.Unpickler):
+    """Transaction extensions are written by anyone who can write the database, as
+    records are: they may name the standard data types of :mod:`atoll.classes`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in STANDARD_GLOBALS:
+            raise ForbiddenGlobal(
+                f"{module}.{name}", "a transaction's extension may name only standard data types (see docs/security.md)"
+            )
+        return DEFAULT_POLICY.standard(module, name)
 
 
 #: The record that ends an object (see invariant 7): what undoing its creation stores.

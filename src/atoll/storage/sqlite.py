@@ -163,7 +163,6 @@ _pack64 = struct.Struct(">Q").pack
 _unpack64 = struct.Struct(">Q").unpack
 # ... and check checksums inline (see checksum.py; a call per record costs more).
 _crc32 = zlib.crc32
-_seed = struct.Struct(">QQ").pack
 _OFFSET = 1 << 31
 
 
@@ -494,7 +493,7 @@ class SQLiteStorage(Storage):
                     after = rowid
                     if stored is None:
                         unchecked += 1
-                    elif not isinstance(state, bytes) or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored:
+                    elif not isinstance(state, bytes) or _crc32(state, zoid ^ tid) - _OFFSET != stored:
                         found.append(
                             DamagedRecord(
                                 self.path, _pack64(zoid & MAX_ID), _pack64(tid & MAX_ID), damaged(self.path, zoid, tid).detail
@@ -674,7 +673,7 @@ class SQLiteView(CommitBuffer, StorageView):
             raise self._storage._read_error(e, zoid) from None
         state, tid, stored = row
         if stored is not None and (
-            state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
+            state.__class__ is not bytes or _crc32(state, zoid ^ tid) - _OFFSET != stored
         ):
             raise damaged(self._storage.path, zoid, tid)
         if not state:  # DELETED: its creation was undone
@@ -711,7 +710,7 @@ class SQLiteView(CommitBuffer, StorageView):
                 ids = json_ids(wanted[i : i + BATCH])
                 for zoid, state, tid, stored in conn.execute(load_many_at, (ids, snapshot)):  # type: ignore[union-attr]
                     if stored is not None and (
-                        state.__class__ is not bytes or _crc32(state, _crc32(_seed(zoid, tid))) - _OFFSET != stored
+                        state.__class__ is not bytes or _crc32(state, zoid ^ tid) - _OFFSET != stored
                     ):
                         raise damaged(self._storage.path, zoid, tid)
                     if not state:  # DELETED

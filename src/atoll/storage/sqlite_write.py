@@ -22,7 +22,6 @@ __all__ = ["write_transaction", "insert_commit"]
 _unpack64 = struct.Struct(">Q").unpack
 # The checksum of each revision, inline (see atoll.storage.checksum: the same value).
 _crc32 = zlib.crc32
-_seed = struct.Struct(">QQ").pack
 _OFFSET = 1 << 31
 
 
@@ -74,7 +73,7 @@ def insert_commit(
         for oid in part:
             data = stores[oid][1]
             zoid = _unpack64(oid)[0]
-            params += (zoid, data, _crc32(data, _crc32(_seed(zoid, tid))) - _OFFSET)
+            params += (zoid, data, _crc32(data, zoid ^ tid) - _OFFSET)
             written += len(data)
             if not data:
                 ends = True
