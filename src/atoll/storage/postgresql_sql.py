@@ -54,13 +54,15 @@ OID_BLOCK = 100
 #: Schema upgrades: version -> statements that turn that version into the next; an
 #: older schema found on a writable open is brought up to SCHEMA_VERSION by running
 #: these in order.
+# IF NOT EXISTS: an upgrade may meet tables a newer atoll already made (a schema
+# whose version row was set back), and must still bring the schema up to date.
 _CREATE_COMMIT_TABLES = """
-CREATE TABLE {s}.commit_decisions (
+CREATE TABLE IF NOT EXISTS {s}.commit_decisions (
     txn_id text PRIMARY KEY,
     tid bigint NOT NULL,
     decided_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE {s}.decision_homes (id serial PRIMARY KEY, address text NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS {s}.decision_homes (id serial PRIMARY KEY, address text NOT NULL UNIQUE);
 """
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
