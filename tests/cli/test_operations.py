@@ -85,3 +85,31 @@ def test_copy_into_a_database_that_is_not_empty_is_refused(run, sqlite_target, t
     assert "is not empty and is not an interrupted copy" in result.stderr and result.stderr.count("\n") == 1
     missing = run("copy", str(tmp_path / "missing.db"), str(tmp_path / "x.db"), expect=2)
     assert "no database at" in missing.stderr
+def test_rename_classes_rewrites_records_without_the_application(run, tmp_path):
+    import pickle
+
+    from atoll.storage.base import TransactionMeta
+
+    path = str(tmp_path / "old.db")
+    db = atoll.open(path)
+    view = db.storage.open_view()
+    oid = db.storage.new_oid()
+    old_record = b"\x80\x03cteamwiki.models\nPage\nq\x00." + pickle.dumps({"title": "Home"}, 3)
+    view.tpc_begin(TransactionMeta(description="an old page"))
+    view.store(oid, b"\0" * 8, old_record)
+    view.tpc_vote()
+    view.tpc_finish()
+    view.release()
+    with db.transaction() as conn:
+        conn.root()["home"] = conn.get(oid)
+    db.close()
+    assert run.json("show", path, "0x" + oid.hex())["class"] == "teamwiki.models.Page"
+    out = run.json("rename-classes", path, "teamwiki.models=teamwiki.core")
+    assert out["rewritten"] >= 1 and out["names"]
+    assert run.json("show", path, "0x" + oid.hex())["class"] == "teamwiki.core.Page"
+    assert run.json("show", path, "0x" + oid.hex())["state"] == {"title": "Home"}
+
+
+def test_rename_classes_needs_old_equals_new(run, sqlite_target):
+    result = run("rename-classes", sqlite_target, "nonsense", expect=2)
+    assert "is not OLD=NEW" in result.stderr

@@ -11,7 +11,7 @@ import click
 from atoll.cli.main import cli
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup", "copy", "undo"]
+__all__ = ["backup", "copy", "rename_classes", "undo"]
 
 
 @cli.command()
@@ -128,3 +128,43 @@ def copy(source: str, destination: str, as_json: bool) -> None:
             f"{name}: {stats.transactions:,} transactions, {stats.records:,} revisions, "
             f"{stats.bytes:,} bytes in {stats.seconds:.1f} s{resumed}"
         )
+@cli.command("rename-classes")
+@click.argument("target", metavar="TARGET")
+@click.argument("aliases", metavar="OLD=NEW...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was rewritten as JSON.")
+def rename_classes(target: str, aliases: tuple[str, ...], as_json: bool) -> None:
+    """Rewrite every record that names an old class or module so it names the new
+    one, in every database of the target, without importing application code.
+    Afterwards the class_aliases for these names can be dropped.
+
+    \b
+    Examples:
+      atoll rename-classes app.db teamwiki.models.Page=teamwiki.core.Page
+      atoll rename-classes app.conf teamwiki.models=teamwiki.core
+    """
+    from atoll.migrate import rename_classes as rename
+
+    from atoll.cli.opening import TargetError, open_target
+
+    mapping: dict[str, str] = {}
+    for alias in aliases:
+        old, sep, new = alias.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise TargetError(f"{alias!r} is not OLD=NEW (e.g. teamwiki.models.Page=teamwiki.core.Page)")
+        mapping[old.strip()] = new.strip()
+    opened = open_target(target, read_only=False)
+    bar = ProgressBar()
+    try:
+        stats = rename(opened.databases, mapping, progress=bar)
+    finally:
+        bar.close()
+        opened.close()
+    if as_json:
+        print_json({
+            "read": stats.read,
+            "rewritten": stats.rewritten,
+            "names": dict(stats.names),
+            "not_rewritten": [f"{db}:0x{oid.hex()}" for db, oid in stats.not_rewritten],
+        })
+        return
+    click.echo(str(stats))
