@@ -41,13 +41,13 @@ def backup(source: str, destination: str, as_json: bool) -> None:
     finally:
         bar.close()
     if as_json:
-        print_json({"files": stats.files, "bytes": stats.bytes, "config": stats.config, "seconds": stats.seconds})
+        print_json({"files": stats.files, "bytes": stats.size, "config": stats.config, "seconds": stats.seconds})
         return
     for name, path in stats.files.items():
         click.echo(f"{name}: {path}")
     if stats.config:
         click.echo(f"open the backup with: atoll info {stats.config}")
-    click.echo(f"{stats.bytes:,} bytes in {stats.seconds:.1f} s")
+    click.echo(f"{stats.size:,} bytes in {stats.seconds:.1f} s")
 
 
 @cli.command()
@@ -117,7 +117,7 @@ def copy(source: str, destination: str, as_json: bool) -> None:
     results = result if isinstance(result, dict) else {"main": result}
     if as_json:
         print_json({
-            name: {"transactions": s.transactions, "records": s.records, "bytes": s.bytes, "seconds": s.seconds,
+            name: {"transactions": s.transactions, "records": s.records, "bytes": s.size, "seconds": s.seconds,
                    "resumed_after": s.resumed_after.hex() if s.resumed_after else None}
             for name, s in results.items()
         })
@@ -126,7 +126,7 @@ def copy(source: str, destination: str, as_json: bool) -> None:
         resumed = f", continuing after {stats.resumed_after.hex()}" if stats.resumed_after else ""
         click.echo(
             f"{name}: {stats.transactions:,} transactions, {stats.records:,} revisions, "
-            f"{stats.bytes:,} bytes in {stats.seconds:.1f} s{resumed}"
+            f"{stats.size:,} bytes in {stats.seconds:.1f} s{resumed}"
         )
 @cli.command("rename-classes")
 @click.argument("target", metavar="TARGET")

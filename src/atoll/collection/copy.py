@@ -33,12 +33,12 @@ __all__ = ["copy", "CopyStats"]
 
 @dataclass
 class CopyStats:
-    """What a copy wrote: transactions, revisions and bytes of record data; the tid
+    """What a copy wrote: transactions, revisions and ``size`` (bytes of record data); the tid
     after which it continued an interrupted copy (None for a fresh one); seconds."""
 
     transactions: int = 0
     records: int = 0
-    bytes: int = 0
+    size: int = 0
     resumed_after: bytes | None = None
     seconds: float = 0.0
 
@@ -81,13 +81,13 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
         written = writer.write(record)
         stats.transactions += 1
         stats.records += len(record.records)
-        stats.bytes += written
+        stats.size += written
         report.advance()
     writer.finish()
     stats.seconds = time.monotonic() - started
     report.done(
         f"copied {reader.name} into {writer.name}: {stats.transactions:,} transactions, "
-        f"{stats.records:,} revisions, {stats.bytes:,} bytes in {stats.seconds:.1f} s"
+        f"{stats.records:,} revisions, {stats.size:,} bytes in {stats.seconds:.1f} s"
     )
     return stats
 

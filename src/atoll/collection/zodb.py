@@ -51,6 +51,7 @@ class FileStorageReader:
             raise StorageError(f"{path} is not a ZODB FileStorage: {e}") from None
 
     def transactions(self, start: bytes | None) -> Iterator[TransactionRecord]:
+        """The file's transactions from ``start`` (all when None), oldest first."""
         iterator = self._storage.iterator(start)
         try:
             for txn in iterator:
@@ -62,12 +63,15 @@ class FileStorageReader:
                 close()
 
     def has_transaction(self, tid: bytes) -> bool:
+        """Whether the file holds the transaction ``tid``."""
         return any(record.tid == tid for record in self.transactions(tid))
 
     def count_after(self, start: bytes | None) -> int | None:
+        """How many transactions from ``start``: not known without reading them all."""
         return None
 
     def close(self) -> None:
+        """Close the FileStorage."""
         self._storage.close()
 
 
@@ -86,9 +90,11 @@ class FileStorageWriter:
             raise StorageError(f"cannot open {path} as a ZODB FileStorage: {e}") from None
 
     def last_transaction(self) -> bytes:
+        """The tid of the file's newest transaction (``z64`` when empty)."""
         return self._storage.lastTransaction() or z64
 
     def write(self, record: TransactionRecord) -> int:
+        """Commit ``record`` with its tid; returns the bytes of record data written."""
         storage = self._storage
         meta = self._meta_class(_bytes(record.user), _bytes(record.description), dict(record.extension))
         storage.tpc_begin(meta, record.tid)
@@ -108,7 +114,8 @@ class FileStorageWriter:
         return written
 
     def finish(self) -> None:
-        pass
+        """Nothing to do: FileStorage makes each commit durable itself."""
 
     def close(self) -> None:
+        """Close the FileStorage."""
         self._storage.close()
