@@ -636,6 +636,10 @@ def test_oids_never_reused_after_a_store_of_an_oid_never_handed_out(storage):
     handed = {storage.new_oid() for _ in range(300)}
     assert far not in handed and p64(1) not in handed
     assert all(u64(oid) > 5000 for oid in handed)
+    very_far = p64(2**40)  # a sparse import
+    commit(view, {very_far: (z64, record("far away"))})
+    handed = [storage.new_oid() for _ in range(5000)]  # past any block reserved before
+    assert very_far not in handed and u64(handed[-1]) > 2**40
     view.release()
 
 

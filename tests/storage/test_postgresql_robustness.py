@@ -51,6 +51,7 @@ def test_postgresql_schema_without_checksums_still_opens(request):
         storage.close()
     with admin_connection() as admin:  # as atoll wrote it before checksums (version 1)
         admin.execute(f'ALTER TABLE "{schema}".object_state DROP COLUMN checksum')
+        admin.execute(f'DROP TABLE "{schema}".commit_decisions, "{schema}".decision_homes')
         admin.execute(f"UPDATE \"{schema}\".info SET value = '1' WHERE key = 'schema_version'")
     reader = pg.PostgreSQLStorage(storage._dsn, schema=schema, read_only=True)
     try:
@@ -120,22 +121,33 @@ def test_postgresql_history_free_database_stays_bounded_without_a_pack(request, 
         storage.close()
 
 
-def test_postgresql_recovery_is_logged_on_the_next_open(request, caplog):
-    """A process stops between vote and finish: the next open rolls its prepared
-    transaction back and says so in one log line."""
+def test_postgresql_recovery_is_logged_on_the_next_open(request, caplog, tmp_path):
+    """A process stops between a collection member's prepare and its finish, before
+    the decider decided: the next open rolls the prepared transaction back and says
+    so in one log line."""
+    from atoll.storage.base import Member
+    from atoll.storage.sqlite import SQLiteStorage
+
+    decider = SQLiteStorage(tmp_path / "decider.db")
     storage = make_storage(request.node.name)
+    members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
     try:
         commit(storage.open_view(), {ROOT_OID: (z64, b"root")})
-        view = storage.open_view()
-        view.tpc_begin(TransactionMeta())
-        view.store(p64(1), z64, b"never finished")
-        view.tpc_vote()
-        with admin_connection() as admin:  # the committing session dies (this test's only)
+        first, view = decider.open_view(), storage.open_view()
+        for order, each in enumerate((first, view)):
+            each.tpc_begin(TransactionMeta(id="never decided", members=members, order_key=str(order)))
+            each.store(p64(1), z64, b"never finished")
+        first.tpc_vote()
+        view.tpc_vote()  # prepared
+        with admin_connection() as admin:  # the member's session dies (this test's own)
             admin.execute("SELECT pg_terminate_backend(%s)", (view._load_session.conn.info.backend_pid,))
+        first.tpc_abort()  # the decider never decides
         with caplog.at_level(logging.WARNING, logger="atoll.storage.postgresql"):
             other = pg.PostgreSQLStorage(storage._dsn, schema=storage.schema)
         lines = [r.getMessage() for r in caplog.records if "prepared transaction" in r.getMessage()]
         assert len(lines) == 1 and "rolled back" in lines[0] and storage.schema in lines[0]
         other.close()
+        first.close()
     finally:
         storage.close()
+        decider.close()

@@ -867,7 +867,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 with conn.pipeline():
                     if zoids:
                         conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
-                        conn.execute(q.ADVANCE_OIDS, (max(zoids),))
+                        conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
                     conn.execute(
                         q.INSERT_TRANSACTION,
                         (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),

@@ -192,14 +192,18 @@ ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, che
 """
 
 # Given the highest oid a commit stores, takes (and throws away) blocks of oids until
-# the next block starts past it: a sequence cannot be lowered by a racing setval
-# this way, and every block another process takes meanwhile stays its own. Does
-# nothing (no row of the series) when the oid is below the next block already.
+# the next block starts past it: a racing setval could lower the sequence below a
+# block another process just took; nextval cannot. Does nothing (no row of the
+# series) when the oid is below the next block already. An oid more than 100,000
+# blocks ahead (a sparse import) moves the sequence with one setval instead.
 ADVANCE_OIDS = """
-SELECT count(nextval('{s}.oid_seq')) FROM generate_series(1, (
-    SELECT greatest(0, ceil((%s + 1 - CASE WHEN is_called THEN last_value + {block} ELSE last_value END)
-                            / {block}::numeric))::bigint
-    FROM {s}.oid_seq))
+SELECT CASE WHEN n > 100000 THEN setval('{s}.oid_seq', %(oid)s + 1, false)
+            ELSE (SELECT count(nextval('{s}.oid_seq')) FROM generate_series(1, n)) END
+FROM (
+    SELECT greatest(0, ceil((%(oid)s + 1 - CASE WHEN is_called THEN last_value + {block} ELSE last_value END)
+                            / {block}::numeric))::bigint AS n
+    FROM {s}.oid_seq
+) AS needed
 """
 
 INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
