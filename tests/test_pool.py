@@ -3,7 +3,9 @@ and never hands out a connection while its cache is being emptied."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import threading
 import time
 
@@ -12,6 +14,7 @@ import transaction
 
 import atoll
 from atoll.errors import StorageError
+from atoll.ids import ROOT_OID
 from helpers import Item
 
 
@@ -90,18 +93,33 @@ def test_failed_open_in_a_group_leaves_the_group_unchanged(monkeypatch):
     conn.close()
 
 
-def test_pool_dropped_connections_release_their_views(monkeypatch):
-    db = atoll.DB(None, pool_size=1)
-    managers = [transaction.TransactionManager() for _ in range(3)]
-    connections = [db.open(m) for m in managers]
-    released = []
-    for conn in connections:
-        monkeypatch.setattr(conn._view, "release", lambda conn=conn: released.append(conn))
-    for conn in connections:
-        conn.close()
-    assert released == connections[:2]  # the two the pool did not keep
-    assert [c for _, c in db._pool.idle] == [connections[2]]
-    db.close()
+def test_pool_dropped_connections_release_their_views(tmp_path):
+    was = gc.isenabled()
+    gc.disable()  # what is closed must be closed by the pool, not found by the collector
+    try:
+        db = atoll.DB(str(tmp_path / "app.db"), pool_size=1)
+        managers = [transaction.TransactionManager() for _ in range(3)]
+        connections = [db.open(m) for m in managers]
+        for conn in connections:
+            conn.root()  # each view reads: its sqlite3 connection is in use
+        before = _open_descriptors()
+        for conn in connections:
+            conn.close()
+        assert [c for _, c in db._pool.idle] == [connections[2]]
+        for dropped in connections[:2]:  # the two the pool did not keep
+            assert dropped._view._conn is None
+            with pytest.raises(StorageError):
+                dropped._view.load(ROOT_OID)
+        assert connections[2]._view._conn is not None
+        assert _open_descriptors() < before  # their files were closed at once
+        db.close()
+    finally:
+        if was:
+            gc.enable()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_cache_minimize_does_not_race_with_taking_a_pooled_connection():

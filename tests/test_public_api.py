@@ -22,6 +22,8 @@ MODULES = [
     "atoll.errors",
     "atoll.ids",
     "atoll.gcpause",
+    "atoll.arguments",
+    "atoll.unpicklable",
     "atoll.config",
     "atoll.storage",
     "atoll.storage.base",

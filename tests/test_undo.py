@@ -52,6 +52,7 @@ def undo(db: atoll.DB, description: str, note: str | None = None) -> None:
 
 
 def test_undo_a_change(db):
+    assert db.supportsUndo()
     commit(db, "set", lambda root: root.update(x=1))
     commit(db, "change", lambda root: root.update(x=2, y=3))
     reader = db.open(transaction.TransactionManager())
@@ -258,6 +259,7 @@ def test_history_free_storages_cannot_undo(kind, tmp_path, request):
     db = atoll.DB(_storage(kind, tmp_path, request.node.name, keep_history=False))
     try:
         commit(db, "set", lambda root: root.update(x=1))
+        assert not db.supportsUndo()
         with pytest.raises(UndoError, match="keeps no history"):
             db.undo(db.undoLog()[0]["id"])
     finally:

@@ -218,13 +218,15 @@ class Connection:
             raise failures[0]
 
     def _release(self) -> None:
-        """Drop the cache and the view for good (the pool discards this connection)."""
+        """Drop the cache and the view for good (the pool discards this connection,
+        or its database closes): the view's own database connection closes now,
+        not when the garbage collector finds it."""
         self._cache.minimize()
         self._ahead.clear()
         if self._saved is not None:
             self._saved.close()
             self._saved = None
-        self._view.release()
+        self._view.close()
 
     def _unregister_synch(self) -> None:
         """Stop following the transaction manager's transactions.

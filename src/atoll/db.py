@@ -442,6 +442,10 @@ class DB:
 
     # -- undo (ZODB's names; the work is in atoll.undo and atoll.collection.undo) ------
 
+    def supportsUndo(self) -> bool:
+        """Whether the storage keeps the history undo needs (``keep_history``)."""
+        return bool(self.storage.keep_history)
+
     def undoLog(self, first: int = 0, last: int = -20, filter: Any = None) -> list[dict]:
         """Transactions that can be undone, newest first: entries ``first`` to ``last``
         (a negative ``last`` counts from ``first``) of those ``filter`` accepts. Each

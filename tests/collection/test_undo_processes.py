@@ -22,6 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import transaction
 from persistent.mapping import PersistentMapping
 
@@ -36,11 +37,33 @@ DIE_BETWEEN_FINISHES = 0.15  # chance per undo that the child dies between its t
 SEED = int(os.environ.get("ATOLL_CRASH_SEED", "0")) or random.randrange(1 << 30)
 
 
-def open_collection(folder: Path) -> dict:
+def open_collection(where: Path | dict[str, str]) -> dict:
+    """The collection of databases a and b: SQLite files in a folder, or PostgreSQL
+    schemas (name -> schema)."""
     databases: dict = {}
     for name in "ab":
-        atoll.DB(SQLiteStorage(folder / f"{name}.db"), database_name=name, databases=databases)
+        if isinstance(where, Path):
+            storage = SQLiteStorage(where / f"{name}.db")
+        else:
+            from atoll.storage.postgresql import PostgreSQLStorage
+            from postgres_support import postgres_dsn
+
+            storage = PostgreSQLStorage(postgres_dsn(), schema=where[name])
+        atoll.DB(storage, database_name=name, databases=databases)
     return databases
+
+
+def place(kind: str, tmp_path: Path, test: str) -> Path | dict[str, str]:
+    if kind == "sqlite":
+        return tmp_path
+    import postgres_support
+
+    schemas = {}
+    for name in "ab":  # fresh schemas, dropped when the test process exits
+        storage = postgres_support.make_storage(f"{test}_{name}")
+        schemas[name] = storage.schema
+        storage.close()
+    return schemas
 
 
 def close_collection(databases: dict) -> None:
@@ -49,9 +72,9 @@ def close_collection(databases: dict) -> None:
         db.close()
 
 
-def prepare(folder: Path) -> None:
+def prepare(where: Path | dict[str, str]) -> None:
     """Objects at 0 in both databases, then one transaction setting them all to 1."""
-    databases = open_collection(folder)
+    databases = open_collection(where)
     conn = databases["a"].open()
     for name in "ab":
         conn.get_connection(name).root()["objs"] = [PersistentMapping(v=0) for _ in range(OBJECTS)]
@@ -76,8 +99,9 @@ def undo_newest(databases: dict) -> None:
     transaction.commit()
 
 
-def flipper(folder: Path, flips: int, pause: float) -> None:
-    databases = open_collection(folder)
+def flipper(where: Path | dict[str, str], flips: int, pause: float, go) -> None:
+    go.wait(60)  # until the reader has its databases open
+    databases = open_collection(where)
     try:
         for _ in range(flips):
             undo_newest(databases)
@@ -86,14 +110,21 @@ def flipper(folder: Path, flips: int, pause: float) -> None:
         close_collection(databases)
 
 
-def test_a_reader_sees_each_database_before_or_after_an_undo(tmp_path: Path):
-    prepare(tmp_path)
-    writer = multiprocessing.get_context("fork").Process(target=flipper, args=(tmp_path, 20, 0.01))
-    databases = open_collection(tmp_path)
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_reader_sees_each_database_before_or_after_an_undo(kind: str, tmp_path: Path, request):
+    where = place(kind, tmp_path, request.node.name)
+    prepare(where)
+    # Forked before the reader opens anything: a child must not inherit (and use, when
+    # its transaction manager calls the synchronizers it inherited) the reader's sessions.
+    fork = multiprocessing.get_context("fork")
+    go = fork.Event()
+    writer = fork.Process(target=flipper, args=(where, 20, 0.01, go))
+    writer.start()
+    databases = open_collection(where)
     conn = databases["a"].open()
     seen: dict[str, set[int]] = {"a": set(), "b": set()}
     try:
-        writer.start()
+        go.set()
         while writer.is_alive():
             transaction.begin()  # a new snapshot of each database
             for name in "ab":
