@@ -17,9 +17,10 @@ from bisect import bisect_left, bisect_right
 from typing import Iterable, Iterator
 
 from atoll.errors import POSKeyError, ReadConflictError, StorageError, StorageTransactionError
-from atoll.ids import ROOT_OID, new_tid, p64, tid_time, u64, z64
+from atoll.ids import ROOT_OID, p64, tid_time, u64, z64
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DamagedRecord,
@@ -111,7 +112,7 @@ class MemoryStorage(Storage):
             revisions = self._objects.get(oid)
             if revisions is None or not revisions.tids:
                 raise POSKeyError(oid)
-            entries = []
+            entries: list[HistoryEntry] = []
             for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
                 if len(entries) >= size:
                     break
@@ -248,13 +249,14 @@ class MemoryStorage(Storage):
         seen = {oid for oid, _ in todo}
         while todo:
             oid, _ = todo.pop()
-            revisions = self._objects.get(oid)
-            if revisions is None:
+            found = self._objects.get(oid)
+            if found is None:
                 continue
-            i = revisions.at(pack_tid)
-            if i < 0 or not revisions.datas[i]:
+            i = found.at(pack_tid)
+            state = found.datas[i] if i >= 0 else None
+            if not state:  # none, or deleted (an undone creation)
                 continue
-            for ref in references(revisions.datas[i]):
+            for ref in references(state):
                 if ref not in seen:
                     seen.add(ref)
                     todo.append((ref, pack_tid))
@@ -413,7 +415,7 @@ class MemoryView(CommitBuffer, StorageView):
                 return moved_serials(self._stores, self._checks, committed)
 
             resolved = self._resolve_conflicts(storage._last_tid, moved, lambda oid: objects[oid].datas[-1], resolve)
-            self._tid = new_tid(storage._last_tid)
+            self._tid = commit_tid(self._meta, storage._last_tid)
             storage._advance_oids(self._stores)
         return resolved
 

@@ -72,7 +72,7 @@ class Packer:
         """Oids referenced by revisions written after ``scanned_upto``; moves it on."""
         references = self.references
         assert references is not None
-        roots = set()
+        roots: set[int] = set()
         for tid, oids in conn.execute(sql.TRANSACTIONS_AFTER, (self.scanned_upto,)).fetchall():
             ids = _sqlite.json_ids(u64(oid) for oid in _sqlite.split_oids(oids))
             for _, state, _ in conn.execute(self.storage._q.RECORDS_OF_TRANSACTION, (ids, tid)):
