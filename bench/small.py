@@ -294,6 +294,7 @@ def run_case(name: str, sides: dict[str, object], rounds: int, txns: int, proces
                     rate = len(latencies) / sum(latencies)
                 else:
                     setup = sides[label]  # a function of the worker number
+                    setup.reset()  # type: ignore[attr-defined]  # a fresh database each round
                     # The first worker creates the database (and, PostgreSQL, its schema).
                     _time(setup(0), folder, 1)  # type: ignore[operator]
                     rate, latencies = _time_processes(setup, folder, txns, processes)  # type: ignore[arg-type]

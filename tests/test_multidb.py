@@ -8,7 +8,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 import atoll
-from atoll.errors import InvalidObjectReference
+from atoll.errors import ConnectionStateError, InvalidObjectReference
 from atoll.serialize import references
 from atoll.storage import MemoryStorage
 from helpers import Item
@@ -141,13 +141,125 @@ def test_btrees_as_values_and_across_databases(collection):
 
 
 def test_closing_the_first_connection_closes_the_group(collection):
-    first, _ = collection
+    first, second = collection
     conn = first.open()
     other = conn.get_connection("second")
     conn.close()
     assert other.opened is None
+    with pytest.raises(ConnectionStateError):
+        other.root()
+    # The group stays bound: its second connection is not handed out on its own,
+    # and reopening the first reopens it too (ZODB's behaviour).
+    alone = second.open(transaction.TransactionManager())
+    assert alone is not other
+    alone.close()
     again = first.open()
-    assert list(again.connections) == ["first"]
+    assert again is conn
+    assert again.connections is other.connections
+    assert sorted(again.connections) == ["first", "second"]
+    assert other.opened is not None and other.transaction_manager is again.transaction_manager
+    assert again.get_connection("second") is other
+
+
+def _cross_referenced_collection(kind, tmp_path):
+    databases: dict = {}
+    for name in ("first", "second"):
+        storage = MemoryStorage() if kind == "memory" else str(tmp_path / f"{name}.db")
+        atoll.DB(storage, database_name=name, databases=databases)
+    conn = databases["first"].open()
+    target = Item("in second")
+    conn.get_connection("second").add(target)
+    conn.root()["link"] = PersistentMapping(target=target)
+    transaction.commit()
+    return databases, conn
+
+
+def _touch_in_a_later_transaction(conn, shape):
+    """Ghost the cross-database object held by the first's cached parent, move on to
+    a later transaction the way ``shape`` says, and return the connection to use."""
+    parent = conn.root()["link"]
+    target = parent["target"]
+    target._p_deactivate()
+    assert target._p_changed is None
+    db = conn.db()
+    if shape == "commit":
+        conn.root()["n"] = 1
+        transaction.commit()
+    elif shape == "abort":
+        transaction.abort()
+    elif shape == "begin":
+        transaction.begin()
+    elif shape == "reopen":
+        transaction.commit()
+        conn.close()
+        conn = db.open()
+    elif shape == "reopen-after-other-opened":
+        conn.close()
+        # Someone else opens the second database meanwhile: it must get a connection
+        # of its own, not the one bound to the idle group.
+        stranger = target._p_jar.db().open(transaction.TransactionManager())
+        assert stranger is not target._p_jar
+        stranger.close()
+        conn = db.open()
+    return conn, parent, target
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("shape", ["commit", "abort", "begin", "reopen", "reopen-after-other-opened"])
+def test_a_cross_database_ghost_loads_in_a_later_transaction(kind, shape, tmp_path):
+    databases, conn = _cross_referenced_collection(kind, tmp_path)
+    try:
+        conn, parent, target = _touch_in_a_later_transaction(conn, shape)
+        assert conn.root()["link"] is parent  # the first's cached parent, reused
+        assert parent["target"].value == "in second"  # loads: no ConnectionStateError
+        assert target._p_jar is conn.get_connection("second")
+        assert target._p_jar.opened is not None
+        target.value = "changed"
+        transaction.commit()
+        reader = databases["first"].open(transaction.TransactionManager())
+        assert reader.root()["link"]["target"].value == "changed"
+        reader.close()
+    finally:
+        transaction.abort()
+        for db in databases.values():
+            db.close()
+
+
+def test_a_closed_second_database_leaves_the_idle_group(collection):
+    first, second = collection
+    conn = first.open()
+    target = Item("in second")
+    conn.get_connection("second").add(target)
+    conn.root()["link"] = target
+    transaction.commit()
+    conn.close()
+    second.close()
+    again = first.open()
+    assert sorted(again.connections) == ["first"]
+    with pytest.raises(ConnectionStateError):
+        again.root()["link"].value
+    transaction.abort()
+
+
+def test_idle_groups_count_as_idle_and_go_with_their_first_connection(caplog):
+    databases: dict = {}
+    first = atoll.DB(MemoryStorage(), database_name="first", databases=databases, pool_size=2)
+    second = atoll.DB(MemoryStorage(), database_name="second", databases=databases, pool_size=2)
+    try:
+        for _ in range(3):
+            groups = [first.open(transaction.TransactionManager()) for _ in range(4)]
+            for conn in groups:
+                conn.get_connection("second")
+                conn.close()
+        assert first._pool.in_use == 0 and second._pool.in_use == 0
+        assert len(first._pool.idle) == 2 and not second._pool.idle  # parked in the groups
+        assert "'second' has" not in caplog.text  # parked members are not "open"
+        kept = {c.connections["second"] for _, c in first._pool.idle}
+        # The pool discarded the other groups, and with them their second connections.
+        assert len(second.storage._views) == len(kept) == 2
+    finally:
+        first.close()
+        second.close()
 
 
 def test_unknown_database_in_a_record_is_reported(collection):
@@ -157,10 +269,11 @@ def test_unknown_database_in_a_record_is_reported(collection):
     transaction.commit()
     conn.root()["t"] = target
     transaction.commit()
-    conn.close()
     del first.databases["second"]
-    reader = first.open()
-    reader.cacheMinimize()  # the pooled connection still holds the old objects
+    # A new connection (not the pooled one: its idle group keeps its bound connection
+    # to "second", as ZODB's does).
+    reader = first.open(transaction.TransactionManager())
+    assert reader is not conn
     with pytest.raises(InvalidObjectReference, match="'second'"):
         reader.root()["t"]
     first.databases["second"] = second

@@ -16,7 +16,7 @@ from atoll.db import DB
 
 __version__ = "0.1.0"
 
-__all__ = ["DB", "Connection", "open", "connect", "__version__"]
+__all__ = ["DB", "Connection", "open", "connect", "copy", "__version__"]
 
 
 def open(target: Any = None, **db_kwargs: Any) -> DB:  # noqa: A001 - the API's name
@@ -47,3 +47,12 @@ def connect(target: Any = None, **db_kwargs: Any) -> Connection:
     connection._commit_on_exit = True
     return connection
 
+
+def copy(source: Any, destination: Any, progress: Any = None) -> Any:
+    """Copy every transaction of ``source`` into the empty ``destination``, keeping
+    tids, metadata and every revision; continue an interrupted copy. Each end is a
+    storage, a DB, anything :func:`open` accepts, or a ZODB ``.fs`` file. See
+    :func:`atoll.collection.copy.copy`."""
+    from atoll.collection.copy import copy as copy_transactions
+
+    return copy_transactions(source, destination, progress)

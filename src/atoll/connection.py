@@ -128,6 +128,10 @@ class Connection:
         self.transaction_manager: Any = None
         self.connections: dict[str, Connection] = {}
         self.opened: float | None = None  # time of open; None while closed
+        # Closed with its group's first connection and kept in the group (not in its
+        # database's pool), to reopen with it: the first's cached objects may hold ghosts
+        # of this connection (cross-database references), so it must stay their jar.
+        self._parked = False
         self._commit_on_exit = False  # set by atoll.connect()
         self._closes_db = False  # set by atoll.connect(): close() closes the collection
         self._on_close: list[Any] = []  # onCloseCallback's callables, run by the next close()
@@ -165,10 +169,15 @@ class Connection:
     def _open(self, transaction_manager: Any, connections: dict[str, Connection] | None, now: float) -> None:
         self.opened = now
         self.transaction_manager = transaction_manager
-        self.connections = connections if connections is not None else {}
+        if connections is None:
+            connections = self.connections  # the group kept from its last use ({} if new)
+        self.connections = connections
         self.connections[self._db.database_name] = self
         transaction_manager.registerSynch(self)
         self._poll()
+        for other in list(connections.values()):
+            if other._parked:
+                other._db._reopen_in_group(other, transaction_manager, connections, now)
 
     def close(self, primary: bool = True) -> None:
         """Return the connection (and, for the group's first, the whole group) to its pool."""
@@ -179,8 +188,10 @@ class Connection:
                 f"cannot close a connection to {self._db.database_name!r} that is joined to a "
                 "transaction: commit or abort first"
             )
+        group = self.connections
+        members = len(group)
         if primary:
-            for other in list(self.connections.values()):
+            for other in list(group.values()):
                 if other is not self:
                     other.close(primary=False)
         self._forget_refused()
@@ -193,7 +204,6 @@ class Connection:
                 logger.exception("close callback %r of %r failed", callback, self)
         self._unregister_synch()
         self.opened = None
-        self.connections = {}
         self._commit_on_exit = False
         reusable = True
         if not self._db._closed:
@@ -202,6 +212,16 @@ class Connection:
             except POSError as exc:  # storage failed (server gone): do not pool this one
                 logger.warning("connection to %r not reused: %s", self._db.database_name, exc)
                 reusable = False
+        if not primary and reusable:
+            self._parked = True  # stays in the group, which the first connection keeps
+            self._db._park_connection(self)
+            return
+        if not primary:
+            del group[self._db.database_name]  # a broken member leaves the group
+        elif len(group) < members:
+            reusable = False  # its cache may hold ghosts of the member that left
+        if not reusable:
+            self.connections = {}
         self._db._return_connection(self, reusable)
         if self._closes_db:
             self._close_databases()
@@ -221,7 +241,13 @@ class Connection:
     def _release(self) -> None:
         """Drop the cache and the view for good (the pool discards this connection,
         or its database closes): the view's own database connection closes now,
-        not when the garbage collector finds it."""
+        not when the garbage collector finds it. The group members parked with it go too."""
+        if not self._parked:
+            for other in list(self.connections.values()):
+                if other._parked:
+                    other._parked = False
+                    other._release()
+        self.connections = {}
         self._cache.minimize()
         self._ahead.clear()
         if self._saved is not None:
@@ -248,7 +274,6 @@ class Connection:
         self._unregister_synch()
         self._on_close = []
         self.opened = None
-        self.connections = {}
         self._clear_transaction()
         self._release()
 

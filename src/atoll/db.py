@@ -263,6 +263,40 @@ class DB:
                     del self._historical[before]
         self._discard(drop)
 
+    def _park_connection(self, connection: Connection) -> None:
+        """A group member closed with its group's first connection: no longer in use,
+        yet not idle in the pool either (the group keeps it, to reopen with it)."""
+        with self._lock:
+            if self._closed:
+                return
+            before = connection.before
+            pool = self._pool if before is None else self._historical[before]
+            pool.in_use -= 1
+            if before is not None and not pool.idle and not pool.in_use:
+                del self._historical[before]
+
+    def _reopen_in_group(
+        self, connection: Connection, transaction_manager: Any, connections: dict[str, Connection], now: float
+    ) -> None:
+        """Reopen a parked member with its group's first connection; a member of a
+        database closed meanwhile leaves the group instead."""
+        connection._parked = False
+        with self._lock:
+            if self._closed:
+                del connections[self.database_name]
+                return
+            before = connection.before
+            if before is None:
+                pool = self._pool
+            else:
+                pool = self._historical.setdefault(before, _Pool(self._historical_size, self._historical_timeout))
+            pool.in_use += 1
+        try:
+            connection._open(transaction_manager, connections, now)
+        except BaseException:
+            self._open_failed(pool, before, connection, connections)
+            raise
+
     @staticmethod
     def _discard(connections: list[Connection]) -> None:
         for connection in connections:

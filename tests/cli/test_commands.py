@@ -86,9 +86,15 @@ def test_a_collection_config_covers_every_database(run, collection_target):
 
 
 def test_a_memory_config_works(run, memory_config):
+    """A memory storage starts empty at every open: each command sees a new root."""
     rows = run.json("info", memory_config)
     assert [r["database"] for r in rows] == ["main", "other"]
+    assert all(r["objects"] == 1 and r["transactions"] == 1 for r in rows)
     assert run.json("ls", memory_config)["entries"] == []
+    assert run.json("show", memory_config, "-d", "other")["class"] == "persistent.mapping.PersistentMapping"
+    (created,) = run.json("log", memory_config, "-n", "1")
+    assert created["description"] == "initial database creation"
+    assert run.json("history", memory_config, "0x0")["revisions"][0]["description"] == "initial database creation"
 
 
 def test_show_reads_records_of_classes_that_are_not_installed(run, tmp_path):

@@ -60,3 +60,56 @@ def test_undo_of_a_collection_transaction_undoes_every_database(run, collection_
 def test_undo_of_a_bad_id_is_one_line(run, sqlite_target):
     result = run("undo", sqlite_target, "nonsense", expect=1)
     assert "is not an undo id" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_copy_makes_an_equal_database_and_continues_an_interrupted_one(run, sqlite_target, tmp_path):
+    copy = str(tmp_path / "copy.db")
+    out = run.json("copy", sqlite_target, copy)
+    assert out["main"]["transactions"] == 3 and out["main"]["resumed_after"] is None
+    assert run.json("log", copy) == [dict(r, id=r["id"]) for r in run.json("log", sqlite_target)]
+    again = run.json("copy", sqlite_target, copy)  # nothing left to copy
+    assert again["main"]["transactions"] == 0 and again["main"]["resumed_after"] is not None
+
+
+def test_copy_to_and_from_a_zodb_filestorage(run, sqlite_target, tmp_path):
+    fs, back = str(tmp_path / "Data.fs"), str(tmp_path / "back.db")
+    run("copy", sqlite_target, fs)
+    run("copy", fs, back)
+    assert run.json("show", back, "people/ada")["state"] == {"data": {"born": 1816, "name": "Ada"}}
+
+
+def test_copy_into_a_database_that_is_not_empty_is_refused(run, sqlite_target, tmp_path):
+    other = str(tmp_path / "other.db")
+    atoll.open(other).close()  # a database of its own: its root's creation
+    result = run("copy", sqlite_target, other, expect=2)
+    assert "is not empty and is not an interrupted copy" in result.stderr and result.stderr.count("\n") == 1
+    missing = run("copy", str(tmp_path / "missing.db"), str(tmp_path / "x.db"), expect=2)
+    assert "no database at" in missing.stderr
+def test_rename_classes_rewrites_records_without_the_application(run, tmp_path):
+    import pickle
+
+    from atoll.storage.base import TransactionMeta
+
+    path = str(tmp_path / "old.db")
+    db = atoll.open(path)
+    view = db.storage.open_view()
+    oid = db.storage.new_oid()
+    old_record = b"\x80\x03cteamwiki.models\nPage\nq\x00." + pickle.dumps({"title": "Home"}, 3)
+    view.tpc_begin(TransactionMeta(description="an old page"))
+    view.store(oid, b"\0" * 8, old_record)
+    view.tpc_vote()
+    view.tpc_finish()
+    view.release()
+    with db.transaction() as conn:
+        conn.root()["home"] = conn.get(oid)
+    db.close()
+    assert run.json("show", path, "0x" + oid.hex())["class"] == "teamwiki.models.Page"
+    out = run.json("rename-classes", path, "teamwiki.models=teamwiki.core")
+    assert out["rewritten"] >= 1 and out["names"]
+    assert run.json("show", path, "0x" + oid.hex())["class"] == "teamwiki.core.Page"
+    assert run.json("show", path, "0x" + oid.hex())["state"] == {"title": "Home"}
+
+
+def test_rename_classes_needs_old_equals_new(run, sqlite_target):
+    result = run("rename-classes", sqlite_target, "nonsense", expect=2)
+    assert "is not OLD=NEW" in result.stderr

@@ -71,7 +71,7 @@ def test_a_backup_opens_as_the_same_database(tmp_path: Path):
     fill(source)
     steps: list[str] = []
     stats = backup(source, copy, progress=steps.append)
-    assert stats.files == {"main": copy} and stats.bytes == os.path.getsize(copy)
+    assert stats.files == {"main": copy} and stats.size == os.path.getsize(copy)
     assert any(isinstance(s, ProgressStep) and s.unit == "pages" for s in steps)
     db = atoll.open(copy)
     with db.transaction() as conn:

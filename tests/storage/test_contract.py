@@ -719,3 +719,22 @@ def test_last_pack_remembers_the_newest_pack(storage):
     assert storage.last_pack() == t2
     pack_storage(storage, t1, references=references)  # an older pack tid does not move it back
     assert storage.last_pack() == t2
+
+
+def test_a_commit_may_ask_for_its_tid(storage):
+    view = storage.open_view()
+    oid = storage.new_oid()
+    later = p64(u64(storage.last_transaction()) + 1000) if storage.last_transaction() != z64 else p64(1 << 60)
+    view.tpc_begin(TransactionMeta(description="copied", tid=later))
+    view.store(oid, z64, b"x")
+    view.tpc_vote()
+    assert view.tpc_finish() == later
+    assert storage.last_transaction() == later
+    view.poll()
+    assert view.load(oid) == (b"x", later)
+    view.tpc_begin(TransactionMeta(tid=later))  # not later than the last: refused, nothing written
+    view.store(oid, later, b"y")
+    with pytest.raises(StorageError, match="tids only increase"):
+        view.tpc_vote()
+    view.tpc_abort()
+    assert storage.last_transaction() == later

@@ -11,7 +11,7 @@ import click
 from atoll.cli.main import cli
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup", "undo"]
+__all__ = ["backup", "copy", "rename_classes", "undo"]
 
 
 @cli.command()
@@ -41,13 +41,13 @@ def backup(source: str, destination: str, as_json: bool) -> None:
     finally:
         bar.close()
     if as_json:
-        print_json({"files": stats.files, "bytes": stats.bytes, "config": stats.config, "seconds": stats.seconds})
+        print_json({"files": stats.files, "bytes": stats.size, "config": stats.config, "seconds": stats.seconds})
         return
     for name, path in stats.files.items():
         click.echo(f"{name}: {path}")
     if stats.config:
         click.echo(f"open the backup with: atoll info {stats.config}")
-    click.echo(f"{stats.bytes:,} bytes in {stats.seconds:.1f} s")
+    click.echo(f"{stats.size:,} bytes in {stats.seconds:.1f} s")
 
 
 @cli.command()
@@ -84,3 +84,87 @@ def undo(target: str, ids: tuple[str, ...], message: str | None, as_json: bool) 
         print_json({"undone": list(ids), "last_tid": tid})
         return
     click.echo(f"undone {len(ids)} transaction{'s' if len(ids) != 1 else ''}: {', '.join(ids)}")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("destination", metavar="DESTINATION")
+@click.option("--json", "as_json", is_flag=True, help="Print what was copied as JSON.")
+def copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy every transaction (tids, metadata, every revision) into an empty
+    database: any storage to any storage; a path ending in .fs is a ZODB
+    FileStorage (needs atoll[zodb]); two .conf files copy a collection. Run it
+    again to finish a copy that was interrupted.
+
+    \b
+    Examples:
+      atoll copy Data.fs app.db
+      atoll copy app.db postgresql://app@db.example.com/app
+      atoll copy zodb.conf atoll.conf
+    """
+    from atoll.collection.copy import copy as copy_transactions
+    from atoll.collection.targets import TargetError as LibraryTargetError
+
+    from atoll.cli.opening import TargetError
+
+    bar = ProgressBar()
+    try:
+        result = copy_transactions(source, destination, progress=bar)
+    except LibraryTargetError as e:
+        raise TargetError(str(e)) from None
+    finally:
+        bar.close()
+    results = result if isinstance(result, dict) else {"main": result}
+    if as_json:
+        print_json({
+            name: {"transactions": s.transactions, "records": s.records, "bytes": s.size, "seconds": s.seconds,
+                   "resumed_after": s.resumed_after.hex() if s.resumed_after else None}
+            for name, s in results.items()
+        })
+        return
+    for name, stats in results.items():
+        resumed = f", continuing after {stats.resumed_after.hex()}" if stats.resumed_after else ""
+        click.echo(
+            f"{name}: {stats.transactions:,} transactions, {stats.records:,} revisions, "
+            f"{stats.size:,} bytes in {stats.seconds:.1f} s{resumed}"
+        )
+@cli.command("rename-classes")
+@click.argument("target", metavar="TARGET")
+@click.argument("aliases", metavar="OLD=NEW...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was rewritten as JSON.")
+def rename_classes(target: str, aliases: tuple[str, ...], as_json: bool) -> None:
+    """Rewrite every record that names an old class or module so it names the new
+    one, in every database of the target, without importing application code.
+    Afterwards the class_aliases for these names can be dropped.
+
+    \b
+    Examples:
+      atoll rename-classes app.db teamwiki.models.Page=teamwiki.core.Page
+      atoll rename-classes app.conf teamwiki.models=teamwiki.core
+    """
+    from atoll.migrate import rename_classes as rename
+
+    from atoll.cli.opening import TargetError, open_target
+
+    mapping: dict[str, str] = {}
+    for alias in aliases:
+        old, sep, new = alias.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise TargetError(f"{alias!r} is not OLD=NEW (e.g. teamwiki.models.Page=teamwiki.core.Page)")
+        mapping[old.strip()] = new.strip()
+    opened = open_target(target, read_only=False)
+    bar = ProgressBar()
+    try:
+        stats = rename(opened.databases, mapping, progress=bar)
+    finally:
+        bar.close()
+        opened.close()
+    if as_json:
+        print_json({
+            "read": stats.read,
+            "rewritten": stats.rewritten,
+            "names": dict(stats.names),
+            "not_rewritten": [f"{db}:0x{oid.hex()}" for db, oid in stats.not_rewritten],
+        })
+        return
+    click.echo(str(stats))

@@ -9,6 +9,8 @@ Each operation works over the storage protocol:
 - :func:`check`: dangling references, unreadable records, missing classes.
 - :func:`vacuum`: give the space of removed records back (a pack does it too).
 - :func:`backup` (:mod:`atoll.collection.backup`): a live backup of SQLite files.
+- :func:`copy` (:mod:`atoll.collection.copy`): every transaction into another
+  storage, ZODB FileStorage included; restartable.
 - :func:`undo_log` (:mod:`atoll.collection.undo`): undo across databases.
 - :func:`open_databases`, :func:`open_storages` (:mod:`atoll.collection.targets`):
   what a target (path, URI, ``.conf`` file) names.
@@ -16,6 +18,7 @@ Each operation works over the storage protocol:
 
 from atoll.collection.backup import BackupStats, backup
 from atoll.collection.check import CheckReport, Problem, check
+from atoll.collection.copy import CopyStats, copy
 from atoll.collection.pack import Space, pack, vacuum
 from atoll.collection.targets import TargetError, open_databases, open_storages
 from atoll.collection.undo import undo_log
@@ -23,5 +26,5 @@ from atoll.storage.base import PackStats
 
 __all__ = [
     "pack", "check", "vacuum", "CheckReport", "Problem", "PackStats", "Space",
-    "backup", "BackupStats", "undo_log", "open_databases", "open_storages", "TargetError",
+    "backup", "BackupStats", "copy", "CopyStats", "undo_log", "open_databases", "open_storages", "TargetError",
 ]

@@ -30,11 +30,11 @@ __all__ = ["backup", "BackupStats"]
 
 @dataclass
 class BackupStats:
-    """What a backup wrote: the file of each database (by name), the bytes in all,
+    """What a backup wrote: the file of each database (by name), its size in bytes,
     the configuration file of a collection's backup (else None), and the seconds."""
 
     files: dict[str, str] = field(default_factory=dict)
-    bytes: int = 0
+    size: int = 0
     config: str | None = None
     seconds: float = 0.0
 
@@ -62,7 +62,7 @@ def backup(source: Any, destination: str | os.PathLike[str], progress: Progress 
         written = backup_files(
             [(paths[n], stats.files[n]) for n in order], progress=progress, lock_writers=len(order) > 1
         )
-        stats.bytes = sum(written)
+        stats.size = sum(written)
         if len(paths) > 1:
             stats.config = _write_config(destination, source, stats.files)
     finally:

@@ -79,13 +79,15 @@ from atoll.errors import (
     POSKeyError,
     ReadConflictError,
     ReadOnlyError,
+    StorageError,
     StorageTransactionError,
 )
-from atoll.ids import z64
+from atoll.ids import new_tid, z64
 from atoll.progress import Progress, ProgressStep
 
 __all__ = [
     "TransactionMeta",
+    "commit_tid",
     "TransactionInfo",
     "DELETED",
     "commit_key",
@@ -183,6 +185,9 @@ class TransactionMeta:
     participants: Sequence[str] = ()
     members: Sequence[Member] = ()
     order_key: str = ""
+    #: Commit with exactly this tid instead of a new one (a copy keeps the source's
+    #: tids); it must be later than the storage's last transaction. See commit_tid.
+    tid: bytes | None = None
 
     def extension_bytes(self) -> bytes:
         """The extension dict as stored (a pickle; empty bytes for no extension)."""
@@ -206,6 +211,22 @@ class _ExtensionUnpickler(pickle.Unpickler):
                 f"{module}.{name}", "a transaction's extension may name only standard data types (see docs/security.md)"
             )
         return DEFAULT_POLICY.standard(module, name)
+
+
+def commit_tid(meta: TransactionMeta, last: bytes | None) -> bytes:
+    """The tid a commit gets in ``tpc_vote``, given the storage's last tid: a new one
+    (later than ``last``, from the clock) or the one ``meta.tid`` asks for, which
+    must be later than ``last`` (invariant 1), else StorageError."""
+    if meta.tid is None:
+        return new_tid(last)
+    if len(meta.tid) != 8:
+        raise StorageError(f"a commit's tid must be 8 bytes, not {meta.tid!r}")
+    if last is not None and meta.tid <= last:
+        raise StorageError(
+            f"cannot commit with tid {meta.tid.hex()}: the storage's last transaction "
+            f"{last.hex()} is not older (tids only increase)"
+        )
+    return meta.tid
 
 
 #: The record that ends an object (see invariant 7): what undoing its creation stores.

@@ -79,7 +79,7 @@ class RecordCache:
     def _read(self, entry: _Entry) -> tuple[bytes, bytes]:
         number, offset, length, serial = entry
         segment = self._segments[number]
-        if type(segment) is bytearray:
+        if isinstance(segment, bytearray):
             if len(segment) < FREEZE_BYTES:
                 return bytes(segment[offset : offset + length]), serial
             segment = self._segments[number] = bytes(segment)  # frozen: see FREEZE_BYTES

@@ -17,9 +17,10 @@ from bisect import bisect_left, bisect_right
 from typing import Container, Iterable, Iterator, Sequence
 
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
-from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.ids import ROOT_OID, p64, tid_time, u64, z64
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DamagedRecord,
@@ -113,7 +114,7 @@ class MemoryStorage(Storage):
             revisions = self._objects.get(oid)
             if revisions is None or not revisions.tids:
                 raise POSKeyError(oid)
-            entries = []
+            entries: list[HistoryEntry] = []
             for tid, data in zip(reversed(revisions.tids), reversed(revisions.datas)):
                 if len(entries) >= size:
                     break
@@ -465,7 +466,7 @@ class MemoryView(CommitBuffer, StorageView):
                 return moved_serials(self._stores, self._checks, committed)
 
             resolved = self._resolve_conflicts(storage._last_tid, moved, lambda oid: objects[oid].datas[-1], resolve)
-            self._tid = new_tid(storage._last_tid)
+            self._tid = commit_tid(self._meta, storage._last_tid)
             storage._advance_oids(self._stores)
         return resolved
 

@@ -106,7 +106,7 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import decisions
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage import postgresql_sql as SQL
@@ -118,6 +118,7 @@ from atoll.storage.options import check_wait
 from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DamagedRecord,
@@ -877,7 +878,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 conn = self._store_conn()
                 last = storage._lock_commit(conn)
                 resolved = self._check_conflicts(conn, p64(last), resolve)
-                tid = u64(new_tid(max(p64(last), self.snapshot)))
+                tid = u64(commit_tid(meta, max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL

@@ -111,7 +111,7 @@ from atoll.errors import (
     StorageError,
     StorageTransactionError,
 )
-from atoll.ids import new_tid, p64, tid_time, u64, z64
+from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import decisions
 from atoll.storage import sqlite_pending as pending
 from atoll.storage import sqlite_sql as sql
@@ -122,6 +122,7 @@ from atoll.storage.options import check_wait
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     CommitBuffer,
+    commit_tid,
     Storage,
     StorageView,
     DamagedRecord,
@@ -846,9 +847,9 @@ class SQLiteView(CommitBuffer, StorageView):
             return state
 
         resolved = self._resolve_conflicts(p64(last or 0), moved, load_current, resolve)  # merged records replace ours
-        tid = self._tid = u64(new_tid(p64(last) if last else None))
         meta = self._meta
         assert meta is not None
+        tid = self._tid = u64(commit_tid(meta, p64(last) if last else None))
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         storage = self._storage
         # partners 0: the decisions of collection commits live in commit_decisions.

@@ -1,0 +1,299 @@
+"""Copying a database, or a whole collection, transaction by transaction.
+
+``copy(source, destination)`` writes every transaction of the source into an empty
+destination, in order, each with its tid, user, description, extension and every
+revision it wrote (a history-free source has only current revisions to give). Any
+storage to any storage: memory, SQLite, PostgreSQL, and ZODB FileStorage files
+(``Data.fs``) both ways, through ZODB's own FileStorage (the ``zodb`` extra).
+
+Restartable: a destination that holds the first transactions of the source (a copy
+that was interrupted) is continued from its last transaction instead of refused, so
+running the same copy again finishes it. Each source transaction is one commit of
+the destination, so an interruption never leaves one in part.
+
+A collection is copied database by database (``copy({"a": ..., "b": ...}, {"a":
+..., "b": ...})``, or two ``.conf`` files); records name other databases by name, so
+cross-database references stay intact when the names do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from atoll.collection.targets import TargetError, is_config, open_storages
+from atoll.ids import p64, u64, z64
+from atoll.progress import Progress, Reporter
+from atoll.storage.base import DELETED, Storage, TransactionMeta, TransactionRecord
+
+__all__ = ["copy", "CopyStats"]
+
+
+@dataclass
+class CopyStats:
+    """What a copy wrote: transactions, revisions and ``size`` (bytes of record data); the tid
+    after which it continued an interrupted copy (None for a fresh one); seconds."""
+
+    transactions: int = 0
+    records: int = 0
+    size: int = 0
+    resumed_after: bytes | None = None
+    seconds: float = 0.0
+
+
+def copy(source: Any, destination: Any, progress: Progress | None = None) -> CopyStats | dict[str, CopyStats]:
+    """Copy ``source`` into ``destination`` (see the module docstring).
+
+    Each end is a storage, a ``DB``, or anything :func:`atoll.open` accepts; a path
+    ending in ``.fs`` is a ZODB FileStorage. Two collections (``databases`` dicts or
+    ``.conf`` files with the same database names) are copied database by database,
+    and the result is then a dict of stats by name.
+    """
+    if _is_collection(source) or _is_collection(destination):
+        return _copy_collection(source, destination, progress)
+    reader = _reader(source)
+    try:
+        writer = _writer(destination)
+        try:
+            return _copy_one(reader, writer, progress)
+        finally:
+            writer.close()
+    finally:
+        reader.close()
+
+
+def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> CopyStats:
+    started = time.monotonic()
+    stats = CopyStats()
+    last = writer.last_transaction()
+    start = None
+    if last != z64:
+        if not reader.has_transaction(last):
+            raise TargetError(
+                f"destination {writer.name} is not empty and is not an interrupted copy of {reader.name} "
+                "(its last transaction is not in the source): copy into an empty database"
+            )
+        stats.resumed_after, start = last, p64(u64(last) + 1)
+    report = Reporter(progress, f"copying {reader.name}", total=reader.count_after(start), unit="transactions", every=10)
+    for record in reader.transactions(start):
+        written = writer.write(record)
+        stats.transactions += 1
+        stats.records += len(record.records)
+        stats.size += written
+        report.advance()
+    writer.finish()
+    stats.seconds = time.monotonic() - started
+    report.done(
+        f"copied {reader.name} into {writer.name}: {stats.transactions:,} transactions, "
+        f"{stats.records:,} revisions, {stats.size:,} bytes in {stats.seconds:.1f} s"
+    )
+    return stats
+
+
+def _is_collection(end: Any) -> bool:
+    from atoll.db import DB
+
+    if isinstance(end, Mapping):
+        return True
+    if isinstance(end, DB):
+        return len(end.databases) > 1
+    return is_config(end)
+
+
+def _copy_collection(source: Any, destination: Any, progress: Progress | None) -> dict[str, CopyStats]:
+    sources, close_sources = _ends(source, read_only=True)
+    try:
+        destinations, close_destinations = _ends(destination, read_only=False)
+        try:
+            if set(sources) != set(destinations):
+                raise TargetError(
+                    f"a collection is copied into one with the same database names: source has "
+                    f"{sorted(sources)}, destination {sorted(destinations)}"
+                )
+            return {name: copy(sources[name], destinations[name], progress) for name in sorted(sources)}  # type: ignore[misc]
+        finally:
+            if close_destinations:
+                for storage in destinations.values():
+                    storage.close()
+    finally:
+        if close_sources:
+            for storage in sources.values():
+                storage.close()
+
+
+def _ends(end: Any, read_only: bool) -> tuple[dict[str, Any], bool]:
+    """Name -> one database's storage (or FileStorage path) of a collection given as
+    a dict, DB or .conf, and whether they were opened here."""
+    from atoll.db import DB
+
+    if isinstance(end, DB):
+        return {name: db.storage for name, db in end.databases.items()}, False
+    if isinstance(end, Mapping):
+        return {name: (db.storage if isinstance(db, DB) else db) for name, db in end.items()}, False
+    if is_config(end):
+        return open_storages(end, read_only=read_only, must_exist=not read_only)
+    raise TargetError(f"{end!r} is one database: copy a collection into a collection")
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """A source of transactions, oldest first."""
+
+    name: str
+
+    def transactions(self, start: bytes | None) -> Iterator[TransactionRecord]:
+        raise NotImplementedError
+
+    def has_transaction(self, tid: bytes) -> bool:
+        return any(record.tid == tid for record in self.transactions(tid))
+
+    def count_after(self, start: bytes | None) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _StorageReader(_Reader):
+    def __init__(self, storage: Storage, opened_here: bool) -> None:
+        self.storage, self._opened_here, self.name = storage, opened_here, storage.name
+
+    def transactions(self, start: bytes | None) -> Iterator[TransactionRecord]:
+        return self.storage.iterator(start)
+
+    def has_transaction(self, tid: bytes) -> bool:
+        return any(record.tid == tid for record in self.storage.iterator(tid, tid))
+
+    def count_after(self, start: bytes | None) -> int | None:
+        log = getattr(self.storage, "transaction_log", None)
+        if log is None:
+            return None
+        count, before = 0, None
+        while True:
+            page = log(before, 1000)
+            count += sum(1 for info in page if start is None or info.tid >= start)
+            if len(page) < 1000 or (start is not None and page[-1].tid < start):
+                return count
+            before = page[-1].tid
+
+    def close(self) -> None:
+        if self._opened_here:
+            self.storage.close()
+
+
+def _reader(source: Any) -> _Reader:
+    if _is_filestorage(source):
+        from atoll.collection.zodb import FileStorageReader
+
+        return FileStorageReader(os.fspath(source))
+    storages, opened_here = open_storages(source, read_only=True)
+    (storage,) = storages.values()
+    return _StorageReader(storage, opened_here)
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+class _Writer:
+    """A destination of transactions."""
+
+    name: str
+
+    def last_transaction(self) -> bytes:
+        raise NotImplementedError
+
+    def write(self, record: TransactionRecord) -> int:
+        """Commit ``record`` with its tid; returns the bytes of record data written."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _StorageWriter(_Writer):
+    """Writes through the storage's own two-phase commit, asking for each tid."""
+
+    def __init__(self, storage: Storage, opened_here: bool) -> None:
+        self.storage, self._opened_here, self.name = storage, opened_here, storage.name
+        self._view = storage.open_view()
+        self._serials: dict[bytes, bytes] = {}  # oid -> tid of its revision written here
+        self._resumed = storage.last_transaction() != z64
+
+    def last_transaction(self) -> bytes:
+        return self.storage.last_transaction()
+
+    def _serial(self, oid: bytes) -> bytes:
+        serial = self._serials.get(oid)
+        if serial is None:
+            serial = z64
+            if self._resumed:  # a continued copy: the revision the last run wrote
+                from atoll.errors import POSKeyError
+
+                try:
+                    serial = self._view.load(oid)[1]
+                except POSKeyError:
+                    pass
+        return serial
+
+    def write(self, record: TransactionRecord) -> int:
+        view = self._view
+        view.poll()  # the snapshot is this copy's last commit: nothing to check against
+        meta = TransactionMeta(
+            user=record.user, description=record.description, extension=record.extension, tid=record.tid
+        )
+        stores = {r.oid: (self._serial(r.oid), DELETED if r.data is None else r.data) for r in record.records}
+        view.tpc_begin(meta)
+        try:
+            view.store_many(stores)
+            view.tpc_vote()
+            view.tpc_finish()
+        except BaseException:
+            view.tpc_abort()
+            raise
+        for oid in stores:
+            self._serials[oid] = record.tid
+        return sum(len(data) for _, data in stores.values())
+
+    def close(self) -> None:
+        self._view.release()
+        if self._opened_here:
+            self.storage.close()
+
+
+def _writer(destination: Any) -> _Writer:
+    if _is_filestorage(destination):
+        from atoll.collection.zodb import FileStorageWriter
+
+        return FileStorageWriter(os.fspath(destination))
+    if isinstance(destination, (str, os.PathLike)) and _is_plain_path(os.fspath(destination)):
+        from atoll.storage.sqlite import SQLiteStorage
+
+        # A file the copy makes itself is written without an fsync per transaction
+        # (WAL, synchronous=normal: each commit stays atomic) and made durable when
+        # the storage closes (its checkpoint fsyncs the file). A crash before that
+        # loses at most the last transactions copied, which a rerun copies again.
+        if "\x00" in os.fspath(destination):
+            raise TargetError("a target cannot contain a NUL byte")
+        return _StorageWriter(SQLiteStorage(os.fspath(destination), synchronous="normal"), True)
+    storages, opened_here = open_storages(destination, must_exist=False)
+    (storage,) = storages.values()
+    if storage.read_only:
+        raise TargetError(f"destination {storage.name} is read-only")
+    return _StorageWriter(storage, opened_here)
+
+
+def _is_plain_path(target: str) -> bool:
+    from atoll.storage.targets import is_uri
+
+    return not is_uri(target) and not is_config(target) and not target.endswith(".fs")
+
+
+def _is_filestorage(end: Any) -> bool:
+    return isinstance(end, (str, os.PathLike)) and os.fspath(end).endswith(".fs")
