@@ -113,3 +113,63 @@ def test_rename_classes_rewrites_records_without_the_application(run, tmp_path):
 def test_rename_classes_needs_old_equals_new(run, sqlite_target):
     result = run("rename-classes", sqlite_target, "nonsense", expect=2)
     assert "is not OLD=NEW" in result.stderr
+
+
+def test_pack_removes_garbage_across_the_collection(run, collection_target):
+    import transaction
+
+    db = atoll.open(collection_target)
+    conn = db.open()
+    orders = conn.get_connection("orders")
+    del orders.root()["first"]  # ada is now referred to only from users' root
+    orders.root()["junk"] = {"x": 1}
+    conn.root()["tmp"] = __import__("persistent.mapping").mapping.PersistentMapping()
+    transaction.commit()
+    del conn.root()["tmp"]
+    transaction.commit()
+    conn.close()
+    for each in list(db.databases.values()):
+        each.close()
+    out = run.json("pack", collection_target)
+    assert set(out) == {"users", "orders"}
+    assert out["users"]["objects_removed"] == 1  # tmp, reachable from nothing
+    assert out["orders"]["objects_removed"] == 1  # the old order
+    assert run.json("ls", collection_target)["entries"][0]["key"] == "ada"
+    assert run.json("check", collection_target)["ok"] is True
+
+
+def test_check_finds_a_dangling_reference_and_exits_1(run, collection_target):
+    from atoll.storage import SQLiteStorage
+
+    db = atoll.open(collection_target)
+    users_path = db.databases["users"].storage.path
+    conn = db.open()
+    ada_oid = conn.root()["ada"]._p_oid
+    conn.close()
+    for each in list(db.databases.values()):
+        each.close()
+    storage = SQLiteStorage(users_path)
+    view = storage.open_view()
+    from atoll.storage.base import DELETED, TransactionMeta
+
+    serial = view.load(ada_oid)[1]
+    view.tpc_begin(TransactionMeta(description="damage"))
+    view.store(ada_oid, serial, DELETED)  # users' ada ends; orders still refers to it
+    view.tpc_vote()
+    view.tpc_finish()
+    view.close()
+    storage.close()
+    result = run("check", collection_target, "--json", expect=1)
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert {p["kind"] for p in report["problems"]} >= {"dangling"}
+    text = run("check", collection_target, expect=1).stdout
+    assert "problem" in text and "found" in text
+
+
+def test_vacuum_reports_sizes(run, sqlite_target):
+    out = run.json("vacuum", sqlite_target)
+    assert 0 < out["main"]["after"] <= out["main"]["before"]
+    assert "main:" in run("vacuum", sqlite_target).stdout

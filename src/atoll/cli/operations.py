@@ -11,7 +11,7 @@ import click
 from atoll.cli.main import cli
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup", "copy", "rename_classes", "undo"]
+__all__ = ["backup", "check", "copy", "pack", "rename_classes", "undo", "vacuum"]
 
 
 @cli.command()
@@ -168,3 +168,112 @@ def rename_classes(target: str, aliases: tuple[str, ...], as_json: bool) -> None
         })
         return
     click.echo(str(stats))
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option("--days", type=float, default=0, show_default=True, help="Keep history younger than this many days.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def pack(target: str, days: float, as_json: bool) -> None:
+    """Remove old revisions and, in every database of the target, the objects no
+    root of the collection reaches (following references across databases).
+    Writers may go on meanwhile; space goes back to the file system.
+
+    \b
+    Examples:
+      atoll pack app.db
+      atoll pack app.conf --days 7
+    """
+    from atoll.collection.pack import pack as pack_collection
+
+    from atoll.cli.opening import TargetError, open_target
+
+    if days < 0:
+        raise TargetError("--days must be 0 or more")
+    opened = open_target(target, read_only=False)
+    bar = ProgressBar()
+    try:
+        stats = pack_collection(opened.databases, days=days, progress=bar)
+    finally:
+        bar.close()
+        opened.close()
+    if as_json:
+        print_json({name: vars(s) for name, s in stats.items()})
+        return
+    for name, s in stats.items():
+        click.echo(
+            f"{name}: removed {s.objects_removed:,} objects, {s.revisions_removed:,} revisions, "
+            f"{s.transactions_removed:,} transactions; {s.size_before:,} -> {s.size_after:,} bytes"
+        )
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def check(target: str, as_json: bool) -> None:
+    """Check every database of the target: dangling references (within and across
+    databases), unreadable or damaged records, classes that cannot be imported,
+    each with the path from a root. Reads only. Exit status 1 when it finds any.
+
+    \b
+    Examples:
+      atoll check app.db
+      atoll check app.conf --json
+    """
+    from atoll.collection.check import check as check_collection
+
+    from atoll.cli.opening import open_target
+
+    opened = open_target(target, read_only=True)
+    bar = ProgressBar()
+    try:
+        report = check_collection(opened.databases, progress=bar)
+    finally:
+        bar.close()
+        opened.close()
+    if as_json:
+        print_json({
+            "ok": report.ok,
+            "problems": [
+                {"database": p.database, "oid": "0x" + p.oid.hex(), "kind": p.kind, "detail": p.detail,
+                 "path": [f"{db}:0x{oid.hex()}" for db, oid in p.path]}
+                for p in report.problems
+            ],
+        })
+    else:
+        for problem in report.problems:
+            click.echo(str(problem))
+        count = len(report.problems)
+        click.echo("no problems found" if report.ok else f"{count} problem{'s' if count != 1 else ''} found")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option("--json", "as_json", is_flag=True, help="Print the sizes as JSON.")
+def vacuum(target: str, as_json: bool) -> None:
+    """Give the space of removed records back to the file system in every database
+    of the target (a pack does it already; this is for files packed by an earlier
+    version, or to run at a quiet moment). PostgreSQL: runs VACUUM.
+
+    \b
+    Example:
+      atoll vacuum app.db
+    """
+    from atoll.collection.pack import vacuum as vacuum_collection
+
+    from atoll.cli.opening import open_target
+
+    opened = open_target(target, read_only=False)
+    bar = ProgressBar()
+    try:
+        sizes = vacuum_collection(opened.databases, progress=bar)
+    finally:
+        bar.close()
+        opened.close()
+    if as_json:
+        print_json({name: {"before": s.before, "after": s.after} for name, s in sizes.items()})
+        return
+    for name, s in sizes.items():
+        click.echo(f"{name}: {s.before:,} -> {s.after:,} bytes")
