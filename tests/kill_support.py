@@ -18,15 +18,7 @@ def run_until_killed(child: Callable[[int], None], rng: random.Random, longest: 
     The delay counts from the child's first report, not from the fork: on a loaded
     machine a child may need longer than ``longest`` just to open its databases, and
     kills that all land before the first commit would test nothing."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        try:
-            os.close(read_end)
-            child(write_end)
-        finally:
-            os._exit(1)
-    os.close(write_end)
+    pid, read_end = _fork(child)
     first = _first_report(read_end, pid, timeout=60.0)
     time.sleep(rng.uniform(0.0, longest))
     os.kill(pid, signal.SIGKILL)
@@ -55,15 +47,7 @@ def run_until_it_dies(child: Callable[[int], None], timeout: float) -> list[byte
     """Fork a child that runs ``child(write_fd)`` and kills itself with SIGKILL at a
     moment it chooses; return the lines it reported. A child still alive after
     ``timeout`` seconds is killed and fails the test, as does one that exits."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        try:
-            os.close(read_end)
-            child(write_end)
-        finally:
-            os._exit(1)
-    os.close(write_end)
+    pid, read_end = _fork(child)
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -78,3 +62,18 @@ def run_until_it_dies(child: Callable[[int], None], timeout: float) -> list[byte
         lines = [line for line in reports.read().split(b"\n") if line]
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the child stopped by itself (see its traceback above)"
     return lines
+
+
+def _fork(child: Callable[[int], None]) -> tuple[int, int]:
+    """Fork a child that runs ``child(write_fd)`` and never returns; the parent gets
+    the child's pid and the read end of its pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            child(write_end)
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    return pid, read_end

@@ -6,12 +6,28 @@ show long work as a bar on a terminal or as plain lines otherwise.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Callable, Iterator
+
 import click
 
 from atoll.cli.main import cli
+from atoll.cli.opening import open_target
 from atoll.cli.output import ProgressBar, print_json
 
 __all__ = ["backup", "check", "copy", "pack", "rename_classes", "undo", "vacuum"]
+
+
+@contextlib.contextmanager
+def _operating(target: str, *, read_only: bool) -> Iterator[tuple[Any, Callable[[str], None]]]:
+    """The databases ``target`` names and a progress bar, both closed afterwards."""
+    opened = open_target(target, read_only=read_only)
+    bar = ProgressBar()
+    try:
+        yield opened, bar
+    finally:
+        bar.close()
+        opened.close()
 
 
 @cli.command()
@@ -66,8 +82,6 @@ def undo(target: str, ids: tuple[str, ...], message: str | None, as_json: bool) 
       atoll undo app.db 040d5f3d3d7e2933@main
     """
     import transaction
-
-    from atoll.cli.opening import open_target
 
     opened = open_target(target, read_only=False)
     try:
@@ -144,7 +158,7 @@ def rename_classes(target: str, aliases: tuple[str, ...], as_json: bool) -> None
     """
     from atoll.migrate import rename_classes as rename
 
-    from atoll.cli.opening import TargetError, open_target
+    from atoll.cli.opening import TargetError
 
     mapping: dict[str, str] = {}
     for alias in aliases:
@@ -152,13 +166,8 @@ def rename_classes(target: str, aliases: tuple[str, ...], as_json: bool) -> None
         if not sep or not old.strip() or not new.strip():
             raise TargetError(f"{alias!r} is not OLD=NEW (e.g. teamwiki.models.Page=teamwiki.core.Page)")
         mapping[old.strip()] = new.strip()
-    opened = open_target(target, read_only=False)
-    bar = ProgressBar()
-    try:
+    with _operating(target, read_only=False) as (opened, bar):
         stats = rename(opened.databases, mapping, progress=bar)
-    finally:
-        bar.close()
-        opened.close()
     if as_json:
         print_json({
             "read": stats.read,
@@ -186,17 +195,12 @@ def pack(target: str, days: float, as_json: bool) -> None:
     """
     from atoll.collection.pack import pack as pack_collection
 
-    from atoll.cli.opening import TargetError, open_target
+    from atoll.cli.opening import TargetError
 
     if days < 0:
         raise TargetError("--days must be 0 or more")
-    opened = open_target(target, read_only=False)
-    bar = ProgressBar()
-    try:
+    with _operating(target, read_only=False) as (opened, bar):
         stats = pack_collection(opened.databases, days=days, progress=bar)
-    finally:
-        bar.close()
-        opened.close()
     if as_json:
         print_json({name: vars(s) for name, s in stats.items()})
         return
@@ -222,15 +226,8 @@ def check(target: str, as_json: bool) -> None:
     """
     from atoll.collection.check import check as check_collection
 
-    from atoll.cli.opening import open_target
-
-    opened = open_target(target, read_only=True)
-    bar = ProgressBar()
-    try:
+    with _operating(target, read_only=True) as (opened, bar):
         report = check_collection(opened.databases, progress=bar)
-    finally:
-        bar.close()
-        opened.close()
     if as_json:
         print_json({
             "ok": report.ok,
@@ -263,15 +260,8 @@ def vacuum(target: str, as_json: bool) -> None:
     """
     from atoll.collection.pack import vacuum as vacuum_collection
 
-    from atoll.cli.opening import open_target
-
-    opened = open_target(target, read_only=False)
-    bar = ProgressBar()
-    try:
+    with _operating(target, read_only=False) as (opened, bar):
         sizes = vacuum_collection(opened.databases, progress=bar)
-    finally:
-        bar.close()
-        opened.close()
     if as_json:
         print_json({name: {"before": s.before, "after": s.after} for name, s in sizes.items()})
         return
