@@ -87,6 +87,7 @@ from atoll.progress import Progress, ProgressStep
 
 __all__ = [
     "TransactionMeta",
+    "verify_step",
     "commit_tid",
     "TransactionInfo",
     "DELETED",
@@ -585,6 +586,16 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release everything; further use raises StorageError. Idempotent."""
+
+
+def verify_step(name: str, read: int, damaged: int, unchecked: int = 0, finished: bool = False) -> ProgressStep:
+    """The progress line every backend's :meth:`Storage.verify` reports: revisions
+    read so far (or in all, when ``finished``), how many were damaged, and how many
+    were written before checksums (so could not be checked)."""
+    extra = f", {unchecked} written before checksums (unchecked)" if finished and unchecked else ""
+    verb = "verified" if finished else "verifying"
+    text = f"{verb} {name}: {read} revisions read, {damaged} damaged{extra}"
+    return ProgressStep(f"verifying {name}", read, unit="revisions", finished=finished, text=text)
 
 
 def check_metadata_key(key: str) -> None:

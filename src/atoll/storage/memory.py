@@ -19,6 +19,7 @@ from typing import Container, Iterable, Iterator, Sequence
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, p64, tid_time, u64, z64
 from atoll.storage.base import (
+    verify_step,
     CommitBuffer,
     commit_tid,
     Storage,
@@ -176,7 +177,7 @@ class MemoryStorage(Storage):
             ]
             count = sum(len(r.tids) for r in self._objects.values())
         if progress is not None:
-            progress(f"verified {self.name}: {count} revisions, {len(damaged)} damaged")
+            progress(verify_step(self.name, count, len(damaged), finished=True))
         return damaged
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:

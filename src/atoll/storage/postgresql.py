@@ -115,6 +115,7 @@ from atoll.storage.postgresql_recovery import rollback_prepared
 from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost
 from atoll.storage.postgresql_view import PostgreSQLView
 from atoll.storage.base import (
+    verify_step,
     Storage,
     DamagedRecord,
     DataRecord,
@@ -521,10 +522,9 @@ class PostgreSQLStorage(Storage):
                 break
             after = (rows[-1][0], rows[-1][1])
             if progress is not None:
-                progress(f"verifying {self.name}: {checked + unchecked} revisions read, {len(found)} damaged")
+                progress(verify_step(self.name, checked + unchecked, len(found)))
         if progress is not None:
-            extra = f", {unchecked} written before checksums (unchecked)" if unchecked else ""
-            progress(f"verified {self.name}: {checked} revisions, {len(found)} damaged{extra}")
+            progress(verify_step(self.name, checked + unchecked, len(found), unchecked, finished=True))
         return found
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:

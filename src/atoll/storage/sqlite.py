@@ -112,6 +112,7 @@ from atoll.storage.options import check_path as check_path_text
 from atoll.storage.options import check_wait
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
+    verify_step,
     Storage,
     DamagedRecord,
     DataRecord,
@@ -491,15 +492,14 @@ class SQLiteStorage(Storage):
                 if len(rows) < VERIFY_PAGE:
                     break
                 if progress is not None:
-                    progress(f"verifying {self.path}: {checked + unchecked + len(found)} revisions read, {len(found)} damaged")
+                    progress(verify_step(self.path, checked + unchecked + len(found), len(found)))
             conn.execute(sql.COMMIT)
         except sqlite3.Error as e:
             raise self._error(e, "verifying") from None
         finally:
             conn.close()
         if progress is not None:
-            extra = f", {unchecked} written before checksums (unchecked)" if unchecked else ""
-            progress(f"verified {self.path}: {checked + len(found)} revisions, {len(found)} damaged{extra}")
+            progress(verify_step(self.path, checked + unchecked + len(found), len(found), unchecked, finished=True))
         return found
 
     def transaction_log(self, before: bytes | None = None, limit: int = 100) -> list[TransactionInfo]:
