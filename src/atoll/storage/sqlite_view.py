@@ -226,6 +226,13 @@ class SQLiteView(CommitBuffer, StorageView):
         storage = self._storage
         storage._check_open()
         role = commit_role(meta)
+        # The snapshot's read transaction ends here (reads name their tid; the next
+        # load opens another): a reader still in the log keeps SQLite from starting
+        # the log over (see sqlite_checkpoint).
+        try:
+            self._end_read()
+        except sqlite3.Error as e:
+            raise storage._error(e, "voting") from None
         storage._acquire_commit_lock("committing")
         self._locked = True
         writer = storage._writer
@@ -325,6 +332,7 @@ class SQLiteView(CommitBuffer, StorageView):
                 raise storage._error(e, "committing") from None
         # Durable from here on: nothing below may raise.
         self._own.add(tid)
+        storage._checkpointer.finish(storage._writer)  # type: ignore[arg-type]
         self._unlock()
         try:
             storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
