@@ -126,13 +126,16 @@ def _writer_child(source: str, destination: str, fd: int) -> None:  # pragma: no
 
     from atoll.collection.copy import _StorageWriter
 
-    original = _StorageWriter.write
+    copy_module = sys.modules["atoll.collection.copy"]  # the package's "copy" is the function
 
-    def slow_write(self, record):  # slow enough that a kill lands mid-copy
-        time.sleep(0.002)
-        return original(self, record)
+    original = _StorageWriter.write_batch
 
-    _StorageWriter.write = slow_write
+    def slow_write(self, records):  # slow enough that a kill lands mid-copy
+        time.sleep(0.002 * len(records))
+        return original(self, records)
+
+    _StorageWriter.write_batch = slow_write
+    copy_module.BATCH_TRANSACTIONS = 7  # many batches: the kill lands in or between them
     atoll.copy(source, destination, progress=lambda step: os.write(fd, b"%d\n" % step.done))
 
 

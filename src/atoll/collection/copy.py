@@ -8,8 +8,11 @@ storage to any storage: memory, SQLite, PostgreSQL, and ZODB FileStorage files
 
 Restartable: a destination that holds the first transactions of the source (a copy
 that was interrupted) is continued from its last transaction instead of refused, so
-running the same copy again finishes it. Each source transaction is one commit of
-the destination, so an interruption never leaves one in part.
+running the same copy again finishes it. Source transactions are written in batches
+of a few MiB through :meth:`Storage.restore_transactions` (SQLite writes a batch in
+one write transaction, keeping each transaction's own row and tid), which leaves
+whole transactions only when it is interrupted, so a restart never finds one in
+part; memory holds one batch, however long the history.
 
 A collection is copied database by database (``copy({"a": ..., "b": ...}, {"a":
 ..., "b": ...})``, or two ``.conf`` files); records name other databases by name, so
@@ -26,7 +29,7 @@ from typing import Any, Iterator, Mapping
 from atoll.collection.targets import TargetError, is_config, open_storages
 from atoll.ids import p64, u64, z64
 from atoll.progress import Progress, Reporter
-from atoll.storage.base import DELETED, Storage, TransactionMeta, TransactionRecord
+from atoll.storage.base import Storage, TransactionRecord
 
 __all__ = ["copy", "CopyStats"]
 
@@ -64,6 +67,16 @@ def copy(source: Any, destination: Any, progress: Progress | None = None) -> Cop
         reader.close()
 
 
+#: A batch of source transactions is written to the destination as one unit
+#: (:meth:`Storage.restore_transactions`) once it holds this many bytes of records,
+#: counting RECORD_COST more per record for the Python objects that hold it (so
+#: memory stays flat however long the history), or BATCH_TRANSACTIONS transactions
+#: (so an interrupted copy loses little and progress moves).
+BATCH_BYTES = 4 << 20
+RECORD_COST = 200
+BATCH_TRANSACTIONS = 500
+
+
 def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> CopyStats:
     started = time.monotonic()
     stats = CopyStats()
@@ -76,13 +89,27 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
                 "(its last transaction is not in the source): copy into an empty database"
             )
         stats.resumed_after, start = last, p64(u64(last) + 1)
-    report = Reporter(progress, f"copying {reader.name}", total=reader.count_after(start), unit="transactions", every=10)
+    # Counting the source's transactions reads its whole log: only for a report.
+    total = reader.count_after(start) if progress is not None else None
+    report = Reporter(progress, f"copying {reader.name}", total=total, unit="transactions", every=10)
+    batch: list[TransactionRecord] = []
+    size = 0
+
+    def flush() -> None:
+        stats.size += writer.write_batch(batch)
+        stats.transactions += len(batch)
+        stats.records += sum(len(record.records) for record in batch)
+        report.advance(len(batch))
+        batch.clear()
+
     for record in reader.transactions(start):
-        written = writer.write(record)
-        stats.transactions += 1
-        stats.records += len(record.records)
-        stats.size += written
-        report.advance()
+        batch.append(record)
+        size += sum(len(r.data or b"") for r in record.records) + RECORD_COST * len(record.records)
+        if size >= BATCH_BYTES or len(batch) >= BATCH_TRANSACTIONS:
+            flush()
+            size = 0
+    if batch:
+        flush()
     writer.finish()
     stats.seconds = time.monotonic() - started
     report.done(
@@ -206,8 +233,9 @@ class _Writer:
     def last_transaction(self) -> bytes:
         raise NotImplementedError
 
-    def write(self, record: TransactionRecord) -> int:
-        """Commit ``record`` with its tid; returns the bytes of record data written."""
+    def write_batch(self, records: list[TransactionRecord]) -> int:
+        """Commit ``records`` with their tids, as one unit where the destination can
+        (else each whole, in order); returns the bytes of record data written."""
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -218,51 +246,18 @@ class _Writer:
 
 
 class _StorageWriter(_Writer):
-    """Writes through the storage's own two-phase commit, asking for each tid."""
+    """Writes through the storage protocol's :meth:`Storage.restore_transactions`."""
 
     def __init__(self, storage: Storage, opened_here: bool) -> None:
         self.storage, self._opened_here, self.name = storage, opened_here, storage.name
-        self._view = storage.open_view()
-        self._serials: dict[bytes, bytes] = {}  # oid -> tid of its revision written here
-        self._resumed = storage.last_transaction() != z64
 
     def last_transaction(self) -> bytes:
         return self.storage.last_transaction()
 
-    def _serial(self, oid: bytes) -> bytes:
-        serial = self._serials.get(oid)
-        if serial is None:
-            serial = z64
-            if self._resumed:  # a continued copy: the revision the last run wrote
-                from atoll.errors import POSKeyError
-
-                try:
-                    serial = self._view.load(oid)[1]
-                except POSKeyError:
-                    pass
-        return serial
-
-    def write(self, record: TransactionRecord) -> int:
-        view = self._view
-        view.poll()  # the snapshot is this copy's last commit: nothing to check against
-        meta = TransactionMeta(
-            user=record.user, description=record.description, extension=record.extension, tid=record.tid
-        )
-        stores = {r.oid: (self._serial(r.oid), DELETED if r.data is None else r.data) for r in record.records}
-        view.tpc_begin(meta)
-        try:
-            view.store_many(stores)
-            view.tpc_vote()
-            view.tpc_finish()
-        except BaseException:
-            view.tpc_abort()
-            raise
-        for oid in stores:
-            self._serials[oid] = record.tid
-        return sum(len(data) for _, data in stores.values())
+    def write_batch(self, records: list[TransactionRecord]) -> int:
+        return self.storage.restore_transactions(records)
 
     def close(self) -> None:
-        self._view.release()
         if self._opened_here:
             self.storage.close()
 

@@ -113,6 +113,10 @@ class FileStorageWriter:
             raise
         return written
 
+    def write_batch(self, records: list[TransactionRecord]) -> int:
+        """:meth:`write` each of ``records`` in turn (each commit whole)."""
+        return sum(self.write(record) for record in records)
+
     def finish(self) -> None:
         """Nothing to do: FileStorage makes each commit durable itself."""
 

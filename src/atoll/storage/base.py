@@ -522,6 +522,34 @@ class Storage(Protocol):
     ) -> Iterator[TransactionRecord]:
         """Committed transactions with tids in ``[start, stop]``, oldest first."""
 
+    def restore_transactions(self, transactions: Iterable[TransactionRecord]) -> int:
+        """Commit ``transactions`` as they are: each with its own tid, user,
+        description, extension and records (``data`` None: :data:`DELETED`), each a
+        transaction of its own, in the order given. Returns the bytes of record
+        data written.
+
+        What a copy or a restore from a backup writes, many transactions at a time:
+        tids must strictly increase and be later than :meth:`last_transaction`
+        (else StorageError, before the offending transaction is written); records
+        replace whatever revision is current, without a conflict check (the caller
+        is the one writer of what it restores; a commit by someone else in between
+        can still make a transaction fail with ConflictError); the oid counter is
+        moved past every oid written (invariant 5).
+
+        A failure part way (an error from the storage, or raised by
+        ``transactions`` itself), or a crash, leaves whole transactions only: a
+        leading part of the ones given, none of them in a storage that writes the
+        batch as one unit (SQLite, PostgreSQL). So a copy that restarts from
+        :meth:`last_transaction` continues where it stopped. The caller bounds
+        the batch (its records are held in memory until it is written).
+
+        This default commits each transaction through a view's two-phase commit
+        (:func:`atoll.storage.restore.restore_over_views`); a backend overrides it
+        to write many transactions in one write transaction of its own."""
+        from atoll.storage.restore import restore_over_views
+
+        return restore_over_views(self, transactions)
+
     def pack_session(self, pack_tid: bytes) -> PackSession:
         """Start a pack as of ``pack_tid`` (see :class:`PackSession`);
         ReadOnlyError on a read-only storage. Packs are driven by

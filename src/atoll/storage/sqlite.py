@@ -106,10 +106,10 @@ from atoll.ids import p64, tid_time, u64, z64
 from atoll.storage import decisions
 from atoll.storage import sqlite_pending as pending
 from atoll.storage import sqlite_sql as sql
-from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import damaged
 from atoll.storage.options import check_path as check_path_text
 from atoll.storage.options import check_wait
+from atoll.storage import sqlite_restore
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     verify_step,
@@ -127,7 +127,7 @@ from atoll.storage.base import (
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
 from atoll.storage.sqlite_open import BUSY_TIMEOUT, check_path, connect, migrate, open_schema, read_only_media
-from atoll.storage.sqlite_rows import _OFFSET, BATCH, MAX_ID, _crc32, _pack64, json_ids, split_oids
+from atoll.storage.sqlite_rows import _OFFSET, MAX_ID, _crc32, _iter_unpack64, _pack64, json_ids
 from atoll.storage.sqlite_view import SQLiteView
 from atoll.storage.sqlite_write import write_transaction
 
@@ -389,8 +389,15 @@ class SQLiteStorage(Storage):
             after = u64(page[-1].tid)
 
     def _transactions_page(self, after: int, upto: int) -> list[TransactionRecord]:
-        """Up to ITERATOR_PAGE transactions with tids in (after, upto], from one snapshot."""
+        """Up to ITERATOR_PAGE transactions with tids in (after, upto], from one snapshot.
+
+        One statement per transaction finds its revisions by ``(zoid, tid)`` (an
+        index seek each): measured on 100,000 revisions, as fast as scanning the
+        table in row order, which would also have to tell apart the rows of
+        prepared parts and of undo written out of tid order. The per-record work
+        here is kept to C calls (the oids unpacked at once, checksums inline)."""
         self._check_open()
+        path, records_of = self.path, self._q.RECORDS_OF_TRANSACTION
         with self._lock:
             conn = self._conn
             assert conn is not None
@@ -401,14 +408,19 @@ class SQLiteStorage(Storage):
                     for tid, user, description, extension, oids in conn.execute(
                         sql.TRANSACTIONS_PAGE, (after, upto, ITERATOR_PAGE)
                     ).fetchall():
-                        btid = p64(tid)
-                        ids = json_ids(u64(oid) for oid in split_oids(oids))
+                        btid = _pack64(tid)
+                        zoids = [zoid for (zoid,) in _iter_unpack64(oids)]
                         states = {}
-                        for zoid, state, stored in conn.execute(self._q.RECORDS_OF_TRANSACTION, (ids, tid)):
-                            check_checksum(self.path, zoid, tid, state, stored)
+                        for zoid, state, stored in conn.execute(records_of, (json_ids(zoids), tid)):
+                            if stored is not None and (
+                                state.__class__ is not bytes or _crc32(state, zoid ^ tid) - _OFFSET != stored
+                            ):
+                                raise damaged(path, zoid, tid)
                             states[zoid] = state
                         records = [  # in the order the commit stored them; gone ones left out
-                            DataRecord(oid, btid, states[u64(oid)] or None) for oid in split_oids(oids) if u64(oid) in states
+                            DataRecord(oids[8 * i : 8 * i + 8], btid, states[zoid] or None)
+                            for i, zoid in enumerate(zoids)
+                            if zoid in states
                         ]
                         meta = TransactionMeta.extension_from_bytes(extension)
                         page.append(TransactionRecord(btid, user, description, meta, records))
@@ -417,6 +429,11 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as e:
                 raise self._error(e, "iterating transactions") from None
         return page
+
+    def restore_transactions(self, transactions: Iterable[TransactionRecord]) -> int:
+        """See :meth:`Storage.restore_transactions`: the whole batch in one write
+        transaction (:mod:`atoll.storage.sqlite_restore`)."""
+        return sqlite_restore.restore_transactions(self, transactions)
 
     def pack_session(self, pack_tid: bytes) -> PackSession:
         """See :meth:`Storage.pack_session` and :mod:`atoll.storage.sqlite_pack`."""

@@ -18,6 +18,7 @@ MAX_ID = 2**63 - 1
 # The hot paths convert oids and tids with these directly (ids.p64/u64 add a call).
 _pack64 = struct.Struct(">Q").pack
 _unpack64 = struct.Struct(">Q").unpack
+_iter_unpack64 = struct.Struct(">Q").iter_unpack  # every oid of a transactions.oids value
 # ... and check checksums inline (see checksum.py; a call per record costs more).
 _crc32 = zlib.crc32
 _OFFSET = 1 << 31

@@ -1,0 +1,136 @@
+"""Storage.restore_transactions, on every backend (the ``storage`` fixture): what a
+copy writes, many transactions at a time, each with its own tid and metadata."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Iterator
+
+import pytest
+
+from atoll.errors import POSKeyError, StorageError
+from atoll.ids import ROOT_OID, new_tid, p64, u64, z64
+from atoll.storage.base import DataRecord, Storage, TransactionMeta, TransactionRecord
+from storage_helpers import commit
+
+
+def record(payload: object) -> bytes:
+    return pickle.dumps((payload, []))
+
+
+def txn(tid: bytes, writes: dict[bytes, bytes | None], user: str = "", note: str = "", **extension) -> TransactionRecord:
+    return TransactionRecord(tid, user, note, extension, [DataRecord(oid, tid, data) for oid, data in writes.items()])
+
+
+def tids_after(last: bytes, count: int) -> list[bytes]:
+    tids = []
+    for _ in range(count):
+        last = new_tid(last)
+        tids.append(last)
+    return tids
+
+
+def everything(storage: Storage) -> list[tuple]:
+    return [
+        (t.tid, t.user, t.description, dict(t.extension), sorted((r.oid, r.data) for r in t.records))
+        for t in storage.iterator()
+    ]
+
+
+def expected(transactions: list[TransactionRecord]) -> list[tuple]:
+    return [
+        (t.tid, t.user, t.description, dict(t.extension), sorted((r.oid, r.data) for r in t.records))
+        for t in transactions
+    ]
+
+
+def batch(storage: Storage) -> list[TransactionRecord]:
+    """Four transactions: the root, two objects, a new revision of one, the end of the other."""
+    t1, t2, t3, t4 = tids_after(storage.last_transaction(), 4)
+    return [
+        txn(t1, {ROOT_OID: record("root")}, "ada", "created", request="/"),
+        txn(t2, {p64(7): record("seven"), p64(900): record("far")}, note="two objects"),
+        txn(t3, {p64(7): record("seven, again"), ROOT_OID: record("root 2")}),
+        txn(t4, {p64(900): None}, note="undo of a creation"),
+    ]
+
+
+def test_restore_keeps_tids_metadata_and_every_revision(storage):
+    given = batch(storage)
+    written = storage.restore_transactions(given)
+    assert written == sum(len(r.data or b"") for t in given for r in t.records)
+    assert storage.last_transaction() == given[-1].tid
+    if storage.keep_history:
+        assert everything(storage) == expected(given)
+        assert [h.tid for h in storage.history(p64(7), 5)] == [given[2].tid, given[1].tid]
+    view = storage.open_view()
+    assert view.load(p64(7)) == (record("seven, again"), given[2].tid)
+    assert view.load(ROOT_OID) == (record("root 2"), given[2].tid)
+    with pytest.raises(POSKeyError):
+        view.load(p64(900))  # ended
+    assert len(storage) == 2
+    if not storage.keep_history:
+        assert [h.tid for h in storage.history(p64(7), 5)] == [given[2].tid]
+    view.close()
+
+
+def test_restore_moves_the_oid_counter_past_every_oid(storage):
+    storage.restore_transactions(batch(storage))
+    handed = [storage.new_oid() for _ in range(50)]
+    assert all(u64(oid) > 900 for oid in handed)
+
+
+def test_restore_after_commits_and_then_commits_again(storage):
+    """Restored transactions follow ordinary commits, and views see them on poll."""
+    view = storage.open_view()
+    first = commit(view, {ROOT_OID: (z64, record("root"))})
+    view.poll()
+    assert view.load(ROOT_OID) == (record("root"), first)  # held by the record cache, if any
+    t1, t2 = tids_after(first, 2)
+    storage.restore_transactions([txn(t1, {ROOT_OID: record("restored")}), txn(t2, {p64(3): record("three")})])
+    assert view.poll() == {ROOT_OID, p64(3)}
+    assert view.load(ROOT_OID) == (record("restored"), t1)
+    later = commit(view, {ROOT_OID: (t1, record("after"))}, TransactionMeta(description="after"))
+    view.poll()
+    assert later > t2 and view.load(ROOT_OID) == (record("after"), later)
+    view.close()
+
+
+def test_restore_refuses_a_tid_that_is_not_later(storage):
+    view = storage.open_view()
+    last = commit(view, {ROOT_OID: (z64, record("root"))})
+    view.close()
+    with pytest.raises(StorageError, match="tids only increase"):
+        storage.restore_transactions([txn(last, {p64(5): record("five")})])
+    (newer,) = tids_after(last, 1)
+    with pytest.raises(StorageError, match="tids only increase"):
+        storage.restore_transactions([txn(newer, {p64(5): record("five")}), txn(newer, {p64(6): record("six")})])
+    found = [t.tid for t in storage.iterator()]
+    assert found in ([last], [last, newer])  # whole transactions only: a leading part
+    if type(storage).__name__ == "SQLiteStorage":  # the batch is one write transaction
+        assert found == [last]
+    assert storage.last_transaction() == found[-1]
+
+
+def test_an_interrupted_restore_leaves_whole_transactions_only(storage):
+    given = batch(storage)
+
+    def interrupted() -> Iterator[TransactionRecord]:
+        yield from given[:3]
+        raise RuntimeError("the source failed")
+
+    with pytest.raises(RuntimeError, match="the source failed"):
+        storage.restore_transactions(interrupted())
+    last = storage.last_transaction()
+    assert last in [z64] + [t.tid for t in given[:3]]  # a leading part of the batch...
+    done = [t.tid for t in given].index(last) + 1 if last != z64 else 0
+    if storage.keep_history:
+        assert everything(storage) == expected(given[:done])  # ...each transaction whole
+    if type(storage).__name__ == "SQLiteStorage":  # one write transaction per batch: none of it
+        assert done == 0
+    # The storage goes on: the same batch again (from where it stopped) completes it.
+    storage.restore_transactions(given[done:])
+    assert storage.last_transaction() == given[-1].tid
+    view = storage.open_view()
+    assert view.load(p64(7)) == (record("seven, again"), given[2].tid)
+    view.close()
