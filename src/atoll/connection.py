@@ -416,7 +416,7 @@ class Connection(CommitMixin):
         except POSKeyError:
             raise POSKeyError(oid, self._db.database_name) from None
 
-    def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
+    def _ghost_here(self, oid: bytes, klass: type[object] | None) -> Persistent:
         """:meth:`_ghost` for the reader: new ghosts go to ``_new_ghosts``. (Its
         common case inline: a cold read makes one call per reference.)"""
         cache = self._cache
@@ -436,7 +436,7 @@ class Connection(CommitMixin):
             created.append(oid)
         return obj
 
-    def _ghost(self, oid: bytes, klass: type | None, created: list[bytes] | None = None) -> Persistent:
+    def _ghost(self, oid: bytes, klass: type[object] | None, created: list[bytes] | None = None) -> Persistent:
         """This connection's object for ``oid``: cached, new in this transaction, or
         a new ghost (whose oid goes to ``created``)."""
         obj = self._cache.get(oid)
@@ -453,7 +453,7 @@ class Connection(CommitMixin):
             created.append(oid)
         return obj
 
-    def _foreign_ghost(self, database_name: str, oid: bytes, klass: type | None) -> Persistent:
+    def _foreign_ghost(self, database_name: str, oid: bytes, klass: type[object] | None) -> Persistent:
         try:
             connection = self.get_connection(database_name)
         except KeyError:
