@@ -398,10 +398,13 @@ class PostgreSQLStorage(Storage):
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
         deadline = time.monotonic() + self.commit_lock_timeout
+        # One round trip for both: a simple query (no parameters) may hold two statements.
+        begin_and_lock = f"{SQL.BEGIN}; {self._sql.LOCK_COMMIT}"
         while True:
-            conn.execute(SQL.BEGIN)
             try:
-                return conn.execute(self._sql.LOCK_COMMIT).fetchone()[0]
+                locked = conn.execute(begin_and_lock)  # type: ignore[call-overload]
+                locked.nextset()
+                return locked.fetchone()[0]
             except pg_errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
             if self.recover():

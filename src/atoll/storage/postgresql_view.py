@@ -271,7 +271,9 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 with conn.pipeline():
                     if zoids:
                         conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
-                        conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
+                        highest = max(zoids)
+                        if highest >= storage._oid_limit:  # else within this process's block
+                            conn.execute(q.ADVANCE_OIDS, {"oid": highest})
                     conn.execute(
                         q.INSERT_TRANSACTION,
                         (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
