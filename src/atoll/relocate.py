@@ -78,14 +78,16 @@ def _persistent_ids(data: bytes) -> list[object]:
     takes, as _Value/_Sequence shapes."""
     source = io.BytesIO(data)
     stack: list = []
-    memo: dict[int, object] = {}
+    memo: dict[object, object] = {}
     found: list[object] = []
     while source.tell() < len(data):
         for op, arg, pos in pickletools.genops(source):
             name = op.name
             if name in _VALUES:
                 skip = _PAYLOAD_AFTER.get(name)
-                at = pos + skip if skip is not None and isinstance(arg, bytes) and len(arg) == 8 else None
+                at = None
+                if skip is not None and pos is not None and isinstance(arg, bytes) and len(arg) == 8:
+                    at = pos + skip  # where the 8 bytes are
                 stack.append(_Value(arg, at))
             elif name == "MARK":
                 stack.append(_MARK)
