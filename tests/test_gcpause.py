@@ -286,3 +286,104 @@ def test_collector_runs_while_a_serializing_commit_waits_for_new_oids(tmp_path):
     with db.transaction() as conn:
         assert len(conn.root()["b"].value) == 5000 and conn.root()["a"].value == 1
     db.close()
+
+
+def _serializing_commit_waits_for_an_oid(db, hold_oids) -> None:
+    """B serializes new objects while ``hold_oids()`` (a context manager) keeps its
+    storage from handing out oids: the collector must run while B waits."""
+    with db.transaction() as conn:
+        conn.root()["b"] = Item(0)
+    go = threading.Event()
+    committing, serialized = _Step("", "commit", go), _Step("~", "commit")
+    b, b_errors = _commit_in_thread(db, lambda root: setattr(root["b"], "value", [Item(1)]), committing, serialized)
+    try:
+        assert committing.reached.wait(10)  # B is open, loaded, and about to serialize
+        with hold_oids():
+            go.set()
+
+            def b_waits_in_serialization():
+                time.sleep(0.3)
+                assert not serialized.reached.is_set()  # B's connection still serializes
+
+            assert _collections_while(b_waits_in_serialization) > 0
+    finally:
+        go.set()
+    b.join(10)
+    assert not b_errors
+    with db.transaction() as conn:
+        assert conn.root()["b"].value[0].value == 1
+    assert gc.isenabled()
+
+
+def _held_in_thread(lock):
+    """A context manager holding ``lock`` in another thread (as a pack would)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def hold():
+        taken, release = threading.Event(), threading.Event()
+
+        def run():
+            with lock:
+                taken.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert taken.wait(10)
+        try:
+            yield
+        finally:
+            release.set()
+            thread.join(10)
+
+    return hold
+
+
+def test_collector_runs_while_a_memory_commit_waits_for_the_storage_lock_for_an_oid():
+    db = atoll.DB(None)
+    try:
+        _serializing_commit_waits_for_an_oid(db, _held_in_thread(db.storage._lock))
+    finally:
+        db.close()
+
+
+def test_collector_runs_while_a_postgresql_commit_waits_for_the_storage_lock_for_an_oid():
+    from postgres_support import make_storage
+
+    db = atoll.DB(make_storage("gcpause_lock"))
+    try:
+        _serializing_commit_waits_for_an_oid(db, _held_in_thread(db.storage._lock))
+    finally:
+        db.close()
+
+
+def test_collector_runs_while_a_postgresql_commit_waits_on_the_server_for_oids():
+    from contextlib import contextmanager
+
+    from postgres_support import admin_connection, make_storage
+
+    storage = make_storage("gcpause_nextval")
+    db = atoll.DB(storage)
+
+    @contextmanager
+    def sequence_locked():
+        # nextval() waits for a session that altered the sequence (its lock is held
+        # until that transaction ends; LOCK TABLE refuses sequences).
+        storage._next_oid = storage._oid_limit  # the next oid needs a new block
+        with admin_connection() as conn:
+            conn.execute("BEGIN")
+            increment = conn.execute(
+                "SELECT increment_by FROM pg_sequences WHERE schemaname = %s AND sequencename = 'oid_seq'",
+                (storage.schema,),
+            ).fetchone()[0]
+            conn.execute(f'ALTER SEQUENCE "{storage.schema}".oid_seq INCREMENT BY {increment}')
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
+
+    try:
+        _serializing_commit_waits_for_an_oid(db, sequence_locked)
+    finally:
+        db.close()

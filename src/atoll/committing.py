@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-import uuid
+import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 from persistent import Persistent
@@ -209,7 +209,7 @@ class CommitMixin:
         except KeyError:
             # One id and one list of storages for every connection of the commit; the
             # lists are complete before any votes (see TransactionMeta).
-            shared_id, participants, members = uuid.uuid4().hex, [], []
+            shared_id, participants, members = os.urandom(16).hex(), [], []
             txn.set_data(_TRANSACTION_ID, (shared_id, participants, members))
         storage = self._db.storage
         key = storage.sort_key()

@@ -18,7 +18,7 @@ for every thread of a server, for as long as commits overlap. So the connection
 pauses only around serialization and its finish loop, never around a vote (which
 waits for the storage's commit lock), and code that may wait inside a pause (a
 storage reserving oids under its commit lock while a commit serializes) wraps the
-wait in :func:`resumed`.
+wait in :func:`resumed` (a lock, with :func:`acquire`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["paused", "resumed"]
+__all__ = ["paused", "resumed", "acquire"]
 
 _lock = threading.Lock()
 _depth = 0  # pauses in progress, over all threads
@@ -53,16 +53,27 @@ def _unpause(count: int) -> None:
             gc.enable()
 
 
-@contextmanager
-def paused() -> Iterator[None]:
-    """Run the ``with`` block with the cyclic garbage collector off."""
-    _pause(1)
-    _mine.depth = getattr(_mine, "depth", 0) + 1
-    try:
-        yield
-    finally:
+class _Paused:
+    """The context manager :func:`paused` returns: a class, not a generator, since
+    every commit enters it twice and a generator-based one cost more than the pause."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _pause(1)
+        _mine.depth = getattr(_mine, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
         _mine.depth -= 1
         _unpause(1)
+
+
+_PAUSED = _Paused()
+
+
+def paused() -> _Paused:
+    """Run the ``with`` block with the cyclic garbage collector off."""
+    return _PAUSED
 
 
 @contextmanager
@@ -80,3 +91,11 @@ def resumed() -> Iterator[None]:
     finally:
         _pause(depth)
         _mine.depth = depth
+
+
+def acquire(lock: threading.Lock | threading.RLock) -> None:
+    """Take ``lock``; if that means waiting (inside :func:`paused`), wait with the
+    collector resumed. The caller releases it."""
+    if not lock.acquire(blocking=False):
+        with resumed():
+            lock.acquire()

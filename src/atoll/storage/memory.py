@@ -16,6 +16,7 @@ import weakref
 from bisect import bisect_left, bisect_right
 from typing import Container, Iterable, Iterator, Sequence
 
+from atoll import gcpause
 from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageError, StorageTransactionError
 from atoll.ids import ROOT_OID, p64, tid_time, u64, z64
 from atoll.storage.base import (
@@ -102,9 +103,14 @@ class MemoryStorage(Storage):
 
     def new_oid(self) -> bytes:
         self._check_open()
-        with self._lock:
+        # Called while a commit serializes, with the garbage collector paused: a
+        # wait for the lock (a pack holds it throughout) lets it run.
+        gcpause.acquire(self._lock)
+        try:
             oid = p64(self._next_oid)
             self._next_oid += 1
+        finally:
+            self._lock.release()
         return oid
 
     def last_transaction(self) -> bytes:

@@ -96,6 +96,7 @@ from psycopg import sql as pg_sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from atoll import gcpause
 from atoll.errors import (
     CorruptRecordError,
     LockTimeoutError,
@@ -398,10 +399,13 @@ class PostgreSQLStorage(Storage):
     def _lock_commit(self, conn: psycopg.Connection) -> int:
         """Begin a transaction on ``conn`` and take the commit lock; the last tid."""
         deadline = time.monotonic() + self.commit_lock_timeout
+        # One round trip for both: a simple query (no parameters) may hold two statements.
+        begin_and_lock = f"{SQL.BEGIN}; {self._sql.LOCK_COMMIT}"
         while True:
-            conn.execute(SQL.BEGIN)
             try:
-                return one_value(conn.execute(self._sql.LOCK_COMMIT))
+                locked = conn.execute(begin_and_lock)
+                locked.nextset()
+                return one_value(locked)
             except pg_errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
             if self.recover():
@@ -422,13 +426,20 @@ class PostgreSQLStorage(Storage):
 
     def new_oid(self) -> bytes:
         self._check_open()
-        with self._lock:
+        # Called while a commit serializes, with the garbage collector paused: the
+        # waits here (another thread's reservation, the admin session's round trip
+        # and its reconnection) let it run.
+        gcpause.acquire(self._lock)
+        try:
             if self._next_oid >= self._oid_limit:
                 # Taken twice if the session is lost on the way: a gap, never a repeat.
-                start = self._admin_call(lambda conn: one_value(conn.execute(self._sql.NEW_OID_BLOCK)))
+                with gcpause.resumed():
+                    start = self._admin_call(lambda conn: one_value(conn.execute(self._sql.NEW_OID_BLOCK)))
                 self._next_oid, self._oid_limit = start, start + SQL.OID_BLOCK
             oid = self._next_oid
             self._next_oid += 1
+        finally:
+            self._lock.release()
         return p64(oid)
 
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:

@@ -273,18 +273,26 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
                 sums = [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
-                with conn.pipeline():
-                    if zoids:
-                        conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
-                        conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
-                    conn.execute(
-                        q.INSERT_TRANSACTION,
-                        (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
-                    )
-                    conn.execute(q.SET_LAST_TID, (tid,))
-                    if not role.alone and role.decider:  # the COMMIT in tpc_finish decides
-                        conn.execute(q.INSERT_DECISION, (meta.id, tid))
-                    elif prepare:
+                deciding = not role.alone and role.decider  # the COMMIT in tpc_finish decides
+                if zoids and max(zoids) >= storage._oid_limit:  # else within this process's block
+                    conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
+                if not prepare:
+                    write = q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF
+                    conn.execute(write, {
+                        "tid": tid, "zoids": zoids, "datas": datas, "sums": sums, "user": meta.user,
+                        "description": meta.description, "extension": meta.extension_bytes(),
+                        "txn_key": txn_key, "decision": meta.id if deciding else None,
+                        "channel": storage._channel,
+                    })
+                else:
+                    with conn.pipeline():
+                        if zoids:
+                            conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
+                        conn.execute(
+                            q.INSERT_TRANSACTION,
+                            (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
+                        )
+                        conn.execute(q.SET_LAST_TID, (tid,))
                         self._owner_key = self._store_owner()
                         gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
                         conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
@@ -335,12 +343,12 @@ class PostgreSQLView(CommitBuffer, StorageView):
         try:
             try:
                 conn = self._store_conn()
-                with conn.pipeline():
-                    if self._gid is not None:
+                if self._gid is not None:
+                    with conn.pipeline():
                         conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
-                    else:
-                        conn.execute("COMMIT")
-                    storage._notify(conn, tid)
+                        storage._notify(conn, tid)
+                else:
+                    conn.execute("COMMIT")  # its NOTIFY was sent in the transaction
             except (psycopg.Error, StorageError) as e:
                 self._finish_again(e, tid)  # returns only if the commit happened
         finally:

@@ -341,9 +341,7 @@ class SQLiteStorage(Storage):
             raise ReadOnlyError(f"storage {self.path} is read-only")
         # Called while a commit serializes, with the garbage collector paused: a
         # wait here (another thread reserving, or holding the commit lock) lets it run.
-        if not self._oid_lock.acquire(blocking=False):
-            with gcpause.resumed():
-                self._oid_lock.acquire()
+        gcpause.acquire(self._oid_lock)
         try:
             oid = self._next_oid
             if oid >= self._oid_limit:

@@ -312,7 +312,9 @@ class SQLiteView(CommitBuffer, StorageView):
         fields = (meta.user, meta.description, meta.extension_bytes(), meta.id)
         storage = self._storage
         # partners 0: the decisions of collection commits live in commit_decisions.
-        self._written = insert_commit(writer, tid, fields, stores, oids, storage.keep_history, 0, decider)
+        self._written = insert_commit(
+            writer, tid, fields, stores, oids, storage.keep_history, 0, decider, storage._oid_limit
+        )
         if not storage.keep_history:
             storage._commits_since_prune += 1
             if storage._commits_since_prune >= sql.PRUNE_EVERY:

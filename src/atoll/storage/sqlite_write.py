@@ -47,6 +47,7 @@ def insert_commit(
     keep_history: bool,
     partners: int = 0,
     decider: str | None = None,
+    counted: int = 0,
 ) -> int:
     """Write one commit inside an open write transaction: its ``transactions`` row
     (``meta`` is user, description, extension bytes and shared id; ``partners`` is
@@ -57,7 +58,9 @@ def insert_commit(
     no new_oid() handed out), and in a history-free file the deletion of the
     revisions they replace. With ``decider`` (its home), the commit is a collection
     member's prepared part instead: a ``commit_pending`` row, no ``transactions``
-    row, nothing deleted yet (:mod:`atoll.storage.sqlite_pending`). Returns the
+    row, nothing deleted yet (:mod:`atoll.storage.sqlite_pending`). Oids below
+    ``counted`` are known to be below the file's counter already (a block this
+    process reserved), so a commit of only such oids skips moving it. Returns the
     bytes of record data written."""
     user, description, extension, txn_id = meta
     if decider is None:
@@ -79,7 +82,9 @@ def insert_commit(
                 ends = True
         writer.execute(sql.insert_states(len(part)), params)
     if oids:
-        writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids))[0] + 1,))
+        highest = _unpack64(oids[-1])[0]
+        if highest >= counted:
+            writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
     if ends:  # an undone creation: len() must look for ended objects from now on
         writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history and decider is None:
