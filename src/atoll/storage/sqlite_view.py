@@ -229,13 +229,16 @@ class SQLiteView(CommitBuffer, StorageView):
         storage = self._storage
         storage._check_open()
         role = commit_role(meta)
-        # The snapshot's read transaction ends here (reads name their tid; the next
-        # load opens another): a reader still in the log keeps SQLite from starting
-        # the log over (see sqlite_checkpoint).
-        try:
-            self._end_read()
-        except sqlite3.Error as e:
-            raise storage._error(e, "voting") from None
+        if storage.keep_history:
+            # The snapshot's read transaction ends here (reads name their tid; the
+            # next load opens another): a reader still in the log keeps SQLite from
+            # starting the log over (see sqlite_checkpoint). A history-free file
+            # keeps it: conflict resolution may need a revision that a newer commit
+            # deleted, which only this snapshot still sees.
+            try:
+                self._end_read()
+            except sqlite3.Error as e:
+                raise storage._error(e, "voting") from None
         storage._acquire_commit_lock("committing")
         self._locked = True
         writer = storage._writer
