@@ -15,7 +15,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
 import atoll
-from atoll.broken import Broken, PersistentBroken
+from atoll.broken import Broken, PersistentBroken, broken_class, persistent_broken_class
 from atoll.config import databaseFromString
 from atoll.errors import BrokenModified, ForbiddenGlobal
 from atoll.ids import oid_repr
@@ -126,6 +126,21 @@ def test_a_broken_object_is_never_written(app, tmp_path):
     transaction.abort()
     conn.close()
     db.close()
+
+
+def test_a_broken_class_itself_is_never_written():
+    # A state that refers to the stand-in class (not to an instance of it): the
+    # class names nothing that exists, so writing it would lose the real name.
+    gone = broken_class("gone.module", "Thing", "no module named 'gone'")
+    conn_db = atoll.DB()
+    conn = conn_db.open()
+    for klass in (gone, persistent_broken_class(gone)):
+        conn.root()["kind"] = klass
+        with pytest.raises(BrokenModified, match=r"cannot store broken class gone\.module\.Thing: .*no module named 'gone'"):
+            transaction.commit()
+        transaction.abort()
+    conn.close()
+    conn_db.close()
 
 
 def test_aliases_restore_the_real_class_for_module_and_class_moves(app, tmp_path):

@@ -155,7 +155,7 @@ def wait_for_sessions_to_end(app: str) -> None:
     raise AssertionError(f"sessions of the killed process {app} did not end")
 
 
-def run_kills(members: list[Member]) -> None:
+def run_kills(members: list[Member], caplog: pytest.LogCaptureFixture) -> None:
     print(f"ATOLL_CRASH_SEED={SEED} ATOLL_CRASH_KILLS={KILLS} members={members}")  # to replay a failure
     rng = random.Random(SEED)
     databases, conn = open_collection(members)
@@ -178,11 +178,17 @@ def run_kills(members: list[Member]) -> None:
         acknowledged = max([acknowledged, *seqs])
         if uses_postgres:
             wait_for_sessions_to_end(app)
-        settled += any(m.unsettled() for m in members)
+        left = any(m.unsettled() for m in members)
+        settled += left
         first = rng.randrange(2)  # whichever member is opened first settles alone
         seen = {}
-        for index in (first, 1 - first):
-            seen[index] = read_seq(members[index])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="atoll"):
+            for index in (first, 1 - first):
+                seen[index] = read_seq(members[index])
+        if left:  # the recovery says what it did, in one line
+            said = [r.getMessage() for r in caplog.records if "process that stopped" in r.getMessage()]
+            assert len(said) == 1, f"after kill {kill}: recovery logged {said!r}"
         a, b = seen[0], seen[1]
         assert a == b, f"after kill {kill} (opened {'ab'[first]} first): database a holds transaction {a}, b holds {b}"
         assert a >= acknowledged, f"after kill {kill}: acknowledged transaction {acknowledged} lost"
@@ -193,8 +199,8 @@ def run_kills(members: list[Member]) -> None:
         assert settled > 0  # some kills fell between the member's prepare and its finish
 
 
-def test_two_sqlite_files(tmp_path: Path):
-    run_kills([Member("sqlite", str(tmp_path / name)) for name in ("a.db", "b.db")])
+def test_two_sqlite_files(tmp_path: Path, caplog):
+    run_kills([Member("sqlite", str(tmp_path / name)) for name in ("a.db", "b.db")], caplog)
 
 
 @pytest.fixture
@@ -234,16 +240,16 @@ def second_database():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_sqlite_and_postgresql(tmp_path: Path, pg_schema):
+def test_sqlite_and_postgresql(tmp_path: Path, pg_schema, caplog):
     dsn = postgres_support.postgres_dsn()
-    run_kills([Member("sqlite", str(tmp_path / "a.db")), Member("postgresql", dsn, pg_schema())])
+    run_kills([Member("sqlite", str(tmp_path / "a.db")), Member("postgresql", dsn, pg_schema())], caplog)
 
 
-def test_two_postgresql_databases(pg_schema, second_database):
+def test_two_postgresql_databases(pg_schema, second_database, caplog):
     dsn = postgres_support.postgres_dsn()
-    run_kills([Member("postgresql", dsn, pg_schema()), Member("postgresql", second_database, "atoll")])
+    run_kills([Member("postgresql", dsn, pg_schema()), Member("postgresql", second_database, "atoll")], caplog)
 
 
-def test_two_schemas_of_one_postgresql_database(pg_schema):
+def test_two_schemas_of_one_postgresql_database(pg_schema, caplog):
     dsn = postgres_support.postgres_dsn()
-    run_kills([Member("postgresql", dsn, pg_schema()), Member("postgresql", dsn, pg_schema())])
+    run_kills([Member("postgresql", dsn, pg_schema()), Member("postgresql", dsn, pg_schema())], caplog)

@@ -107,10 +107,10 @@ def test_pool_dropped_connections_release_their_views(tmp_path):
             conn.close()
         assert [c for _, c in db._pool.idle] == [connections[2]]
         for dropped in connections[:2]:  # the two the pool did not keep
-            assert dropped._view._conn is None
+            assert dropped._view._closed
             with pytest.raises(StorageError):
                 dropped._view.load(ROOT_OID)
-        assert connections[2]._view._conn is not None
+        assert not connections[2]._view._closed
         assert _open_descriptors() < before  # their files were closed at once
         db.close()
     finally:

@@ -29,7 +29,7 @@ from persistent import Persistent
 from atoll.errors import BrokenModified
 from atoll.ids import oid_repr
 
-__all__ = ["Broken", "PersistentBroken", "broken_class", "persistent_broken_class", "is_broken"]
+__all__ = ["Broken", "PersistentBroken", "broken_class", "persistent_broken_class", "is_broken", "class_store_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,18 @@ class PersistentBroken(Broken, Persistent):
         raise BrokenModified(f"cannot store {_describe(self)}: {_why(type(self))}")
 
 
-def _dotted(klass: type) -> str:
-    return f"{klass.__Broken_module__}.{klass.__Broken_name__}"  # type: ignore[attr-defined]
+def class_store_error(klass: type[Broken]) -> BrokenModified:
+    """The error for writing the stand-in class ``klass`` itself (a state that
+    refers to the class as a global)."""
+    return BrokenModified(f"cannot store broken class {_dotted(klass)}: {_why(klass)}")
 
 
-def _why(klass: type) -> str:
-    reason = klass.__Broken_reason__  # type: ignore[attr-defined]
+def _dotted(klass: type[Broken]) -> str:
+    return f"{klass.__Broken_module__}.{klass.__Broken_name__}"
+
+
+def _why(klass: type[Broken]) -> str:
+    reason = klass.__Broken_reason__
     return (
         f"its class {_dotted(klass)} cannot be found ({reason}); restore it, or map its old name "
         "with class_aliases"

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from persistent import Persistent
 
-from atoll.broken import Broken, broken_class
+from atoll.broken import Broken, broken_class, class_store_error
 from atoll.errors import ForbiddenGlobal
 
 __all__ = ["ClassPolicy", "STANDARD_GLOBALS", "DEFAULT_POLICY", "split_dotted"]
@@ -322,7 +322,7 @@ class ClassPolicy:
             if id(obj) in self._written_ok:
                 return
             if isinstance(obj, type) and issubclass(obj, Broken):
-                obj.__reduce_ex__(obj, 3)  # raises BrokenModified, naming the class
+                raise class_store_error(obj)
             defined = _defined_name(obj)
             if defined is not None and "<" in defined[1]:
                 return  # a lambda or a local class: pickle cannot name it, and says so
@@ -359,7 +359,7 @@ def pickle_whichmodule(obj: Any, name: str) -> str:
     """The module pickle would write for ``obj`` saved by ``name``."""
     import pickle
 
-    return pickle.whichmodule(obj, name)
+    return pickle.whichmodule(obj, name)  # type: ignore[attr-defined]  # not in typeshed (nor in pickle.__all__)
 
 
 #: The policy of code that reads records without a database (defaults only).

@@ -32,10 +32,10 @@ from atoll.storage.base import Member, TransactionMeta
 from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
-    from atoll.db import DB
-
-if TYPE_CHECKING:
     from atoll.connection import Connection
+    from atoll.db import DB
+    from atoll.serialize import ObjectWriter
+    from atoll.storage.base import StorageView
 
 __all__ = ["CommitMixin", "committing_connection"]
 
@@ -60,7 +60,7 @@ class _Savepoint:
     """A connection's state at a savepoint: a position in its savepoint store
     (everything changed is saved there) and the objects that must stay current."""
 
-    def __init__(self, connection: Connection, position: int) -> None:
+    def __init__(self, connection: CommitMixin, position: int) -> None:
         self._connection = connection
         self.position = position
         self.read_current = dict(connection._read_current)
@@ -71,6 +71,30 @@ class _Savepoint:
 
 class CommitMixin:
     """Connection's methods that build and run its part of each commit."""
+
+    if TYPE_CHECKING:
+        # The connection's state these methods use: Connection.__init__ sets (and
+        # documents) each; _clear_transaction empties the per-transaction part.
+        _db: DB
+        _view: StorageView
+        _cache: Any  # persistent.PickleCache
+        _writer: ObjectWriter
+        before: bytes | None
+        transaction_manager: Any
+        connections: dict[str, Connection]
+        _joined: bool
+        _registered: list[Persistent]
+        _creating: dict[bytes, Persistent]
+        _added: dict[bytes, Persistent]
+        _read_current: dict[bytes, bytes]
+        _pending: list[Persistent]
+        _stored: dict[bytes, Persistent]
+        _resolved: set[bytes]
+        _referenced_databases: set[str]
+        _saved: SavepointStore | None
+        _undo: dict[bytes, tuple[bytes, bytes]]
+
+        def _check_open(self) -> None: ...
 
     # -- building commits ------------------------------------------------------
 
@@ -261,7 +285,7 @@ class CommitMixin:
                 obj = self._stored.get(exc.oid) or self._cache.get(exc.oid)
                 if obj is not None:
                     exc.class_name = f"{type(obj).__module__}.{type(obj).__qualname__}"
-            if exc.oid in self._undo:
+            if exc.oid is not None and exc.oid in self._undo:
                 from atoll.undo import undo_error
 
                 raise undo_error(exc.oid, self._db.database_name, exc.class_name) from exc

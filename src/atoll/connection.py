@@ -368,6 +368,33 @@ class Connection(CommitMixin):
         self._check_open()
         self._ahead.prefetch(_flatten_oids(targets, self))
 
+    def exportFile(self, oid: bytes, f: Any = None) -> Any:
+        """Write the object ``oid`` and everything it reaches, across the
+        collection, to ``f`` (a path or a binary file; None: a temporary file) and
+        return ``f`` (the temporary file rewound to its start). ZODB's name; see
+        :mod:`atoll.exporting` (:func:`~atoll.exporting.export_file` also returns
+        what was written)."""
+        from atoll.exporting import export_file
+
+        if f is None:
+            import tempfile
+
+            f = tempfile.TemporaryFile(prefix="atoll-export-")
+            export_file(self, oid, f)
+            f.seek(0)
+            return f
+        export_file(self, oid, f)
+        return f
+
+    def importFile(self, f: Any, *, leaving: str = "refuse") -> Persistent:
+        """Add the objects of an export file ``f`` (a path or a binary file) to
+        this transaction with new oids, and return the imported root object, to
+        attach where it belongs before committing. ZODB's name; see
+        :mod:`atoll.exporting` for where records go and for ``leaving``."""
+        from atoll.exporting import import_file
+
+        return import_file(self, f, leaving=leaving)[0]
+
     # -- persistent's jar protocol ---------------------------------------------
 
     def setstate(self, obj: Persistent) -> None:
@@ -416,7 +443,7 @@ class Connection(CommitMixin):
         except POSKeyError:
             raise POSKeyError(oid, self._db.database_name) from None
 
-    def _ghost_here(self, oid: bytes, klass: type | None) -> Persistent:
+    def _ghost_here(self, oid: bytes, klass: type[object] | None) -> Persistent:
         """:meth:`_ghost` for the reader: new ghosts go to ``_new_ghosts``. (Its
         common case inline: a cold read makes one call per reference.)"""
         cache = self._cache
@@ -436,7 +463,7 @@ class Connection(CommitMixin):
             created.append(oid)
         return obj
 
-    def _ghost(self, oid: bytes, klass: type | None, created: list[bytes] | None = None) -> Persistent:
+    def _ghost(self, oid: bytes, klass: type[object] | None, created: list[bytes] | None = None) -> Persistent:
         """This connection's object for ``oid``: cached, new in this transaction, or
         a new ghost (whose oid goes to ``created``)."""
         obj = self._cache.get(oid)
@@ -453,7 +480,7 @@ class Connection(CommitMixin):
             created.append(oid)
         return obj
 
-    def _foreign_ghost(self, database_name: str, oid: bytes, klass: type | None) -> Persistent:
+    def _foreign_ghost(self, database_name: str, oid: bytes, klass: type[object] | None) -> Persistent:
         try:
             connection = self.get_connection(database_name)
         except KeyError:

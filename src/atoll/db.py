@@ -115,15 +115,17 @@ class DB:
         )
         self.resolve_conflict = functools.partial(resolve, policy=self.class_policy)
         opened_here = not isinstance(storage, Storage)
-        if storage is None:
+        self.storage: Storage
+        if isinstance(storage, Storage):
+            self.storage = storage
+        elif storage is None:
             from atoll.storage.memory import MemoryStorage
 
-            storage = MemoryStorage()
-        elif opened_here:
+            self.storage = MemoryStorage()
+        else:
             from atoll.storage.targets import open_storage
 
-            storage = open_storage(storage)
-        self.storage: Storage = storage
+            self.storage = open_storage(storage)
         self.database_name = database_name
         self.xrefs = xrefs
         self.cache_size = cache_size
@@ -142,7 +144,7 @@ class DB:
             self._create_root()
         except BaseException:
             if opened_here:
-                storage.close()
+                self.storage.close()
             raise
         self.databases = databases
         databases[database_name] = self

@@ -30,6 +30,7 @@ __all__ = [
     "ConnectionLostError",
     "LockTimeoutError",
     "UnpicklableError",
+    "ExportError",
 ]
 
 
@@ -261,3 +262,9 @@ class UnpicklableError(POSError, TypeError):
             f"cannot store {class_name} {oid_repr(oid) if oid else '(no oid)'} of database "
             f"{database_name!r}: {detail}"
         )
+
+
+class ExportError(POSError):
+    """An export file that cannot be imported (not an atoll export, damaged, cut
+    short, from a newer atoll), or an import refused because references would point
+    outside what was exported (see :mod:`atoll.exporting`)."""

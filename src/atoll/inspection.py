@@ -154,7 +154,7 @@ def _stand_in(dotted: str) -> type:
 
 def _reconstruct(klass: Any, base: Any = None, state: Any = None) -> Any:
     """copyreg's ``_reconstructor``/``__newobj__``: an Instance of ``klass``."""
-    name = getattr(klass, "_dotted", None) or getattr(klass, "__qualname__", repr(klass))
+    name = getattr(klass, "_dotted", None) or getattr(klass, "__qualname__", None) or repr(klass)
     instance = Instance(name)
     if state is not None:
         instance.args = (state,)

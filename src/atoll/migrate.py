@@ -24,7 +24,7 @@ import pickletools
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from atoll.classes import ClassPolicy
 from atoll.errors import ConflictError
@@ -80,6 +80,15 @@ def _string_op(text: str) -> bytes:
     return b"X" + len(data).to_bytes(4, "little") + data
 
 
+def _opcodes(data: bytes) -> list[tuple[str, Any, int]]:
+    """The opcodes of the pickle ``data`` starts with: (name, argument, position)."""
+    found = []
+    for op, arg, pos in pickletools.genops(data):
+        assert pos is not None  # genops gives positions in bytes
+        found.append((op.name, arg, pos))
+    return found
+
+
 def rename_in_record(
     data: bytes, rename: Callable[[str, str], tuple[str, str]], found: Counter | None = None
 ) -> bytes | None:
@@ -98,11 +107,10 @@ def rename_in_record(
         read_back: set[int] = set()  # positions of string ops whose memo entry is read again
         stack_globals: list[list[tuple[str, int, int, int | None]]] = []
         memo_count = 0
-        ops = list(pickletools.genops(data[start:]))
-        for index, (op, arg, pos) in enumerate(ops):
+        ops = _opcodes(data[start:])
+        for index, (name, arg, pos) in enumerate(ops):
             at = start + pos
             until = start + (ops[index + 1][2] if index + 1 < len(ops) else pos + 1)
-            name = op.name
             if name == "GLOBAL":
                 module, _, attribute = arg.partition(" ")
                 new = rename(module, attribute)

@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from atoll.connection import Connection
 
 __all__ = [
-    "FORMAT_VERSION",
     "ObjectWriter",
     "ObjectReader",
     "record_class",
@@ -86,8 +85,6 @@ __all__ = [
     "dump_state",
 ]
 
-#: The record format version this module writes (see the module docstring).
-FORMAT_VERSION = 1
 PROTOCOL = 3
 
 
@@ -264,7 +261,9 @@ _PLAIN_KEYS_LONGEST = 64  # names per tuple at most: longer ones are checked eac
 def _dict_state_meta(klass: type) -> bytes:
     """The class pickle of ``klass`` if ``__getstate__`` of its instances is their
     ``__dict__`` minus volatile names (persistent's own, no slots), else b""."""
-    if klass.__getstate__ is not Persistent.__getstate__ or needs_args(klass) or copyreg._slotnames(klass):
+    # copyreg._slotnames: how persistent's own __getstate__ finds slots (typeshed
+    # leaves out private names).
+    if klass.__getstate__ is not Persistent.__getstate__ or needs_args(klass) or copyreg._slotnames(klass):  # type: ignore[attr-defined]
         return b""
     return class_pickle(klass)
 
@@ -364,7 +363,7 @@ _REUSE_LIMIT = 1024
 _persistent_classes: set[type] = set()
 
 
-def _persistent_class(klass: Any, policy: ClassPolicy, connection: Any = None) -> type:
+def _persistent_class(klass: Any, policy: ClassPolicy, connection: Any = None) -> type[object]:
     """``klass``, as a record's class part or a reference gives it, checked to be a
     persistent class: a ``(module, name)`` pair is resolved, a broken stand-in made
     persistent."""
@@ -384,7 +383,7 @@ def _persistent_class(klass: Any, policy: ClassPolicy, connection: Any = None) -
     raise pickle.UnpicklingError(f"a record or reference names {klass!r}, which is not a persistent class")
 
 
-def _class_and_args(meta: Any, policy: ClassPolicy, connection: Any = None) -> tuple[type, tuple | None]:
+def _class_and_args(meta: Any, policy: ClassPolicy, connection: Any = None) -> tuple[type[object], tuple | None]:
     if type(meta) is tuple and len(meta) == 2 and not all(type(part) is str for part in meta):
         klass, args = meta
         if args is not None and type(args) is not tuple:
@@ -408,8 +407,8 @@ class ObjectReader:
 
     def __init__(
         self,
-        ghost: Callable[[bytes, type | None], Persistent],
-        foreign: Callable[[str, bytes, type | None], Persistent],
+        ghost: Callable[[bytes, type[object] | None], Persistent],
+        foreign: Callable[[str, bytes, type[object] | None], Persistent],
         weak: Callable[[bytes, str | None], WeakRef] | None = None,
         policy: ClassPolicy = DEFAULT_POLICY,
         connection: Any = None,
@@ -484,10 +483,10 @@ class ObjectReader:
 
     def _load(self, data: bytes, offset: int, whole: bool) -> Any:
         if self._busy or len(data) > _REUSE_LIMIT:
-            unpickler = self._new_unpickler(_Source(data, offset))
+            fresh = self._new_unpickler(_Source(data, offset))
             if whole:
-                unpickler.load()
-            return unpickler.load()
+                fresh.load()
+            return fresh.load()
         self._busy = True
         source = self._source
         source.data, source.pos = data, offset
@@ -525,7 +524,7 @@ def _located(exc: ForbiddenGlobal, oid: bytes | None) -> ForbiddenGlobal:
     return exc
 
 
-def record_class(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> type:
+def record_class(data: bytes, policy: ClassPolicy = DEFAULT_POLICY) -> type[object]:
     """The class a record names, resolved by ``policy`` (a broken stand-in when it
     cannot be found; ForbiddenGlobal when the policy refuses it)."""
     return _class_and_args(_class_part(data, policy), policy)[0]

@@ -92,9 +92,9 @@ def undo_records(storage: Storage, database_name: str, tid: bytes) -> Plan:
             f"({tid_repr(packed)}): the revisions it replaced are gone"
         )
     records = None
-    for record in storage.iterator(tid, tid):
-        if record.tid == tid:
-            records = record.records
+    for txn_record in storage.iterator(tid, tid):
+        if txn_record.tid == tid:
+            records = txn_record.records
     if records is None:
         raise UndoError(
             f"database {database_name!r} has no transaction {tid_repr(tid)}: it was packed away, "

@@ -173,3 +173,60 @@ def test_vacuum_reports_sizes(run, sqlite_target):
     out = run.json("vacuum", sqlite_target)
     assert 0 < out["main"]["after"] <= out["main"]["before"]
     assert "main:" in run("vacuum", sqlite_target).stdout
+
+
+def test_export_and_import_a_subtree_twice(run, sqlite_target, tmp_path):
+    path = str(tmp_path / "people.atollx")
+    out = run.json("export", sqlite_target, "people", path)
+    assert out["records"] >= 2 and out["leaving"] == [] and out["root"].startswith("main:0x")
+    other = str(tmp_path / "other.db")
+    atoll.open(other).close()
+    first = run.json("import", other, path, "--key", "people")
+    assert first["records"] == out["records"] and first["key"] == "people"
+    run("import", other, path, "--key", "again")
+    assert run.json("show", other, "people/ada")["state"]["data"]["born"] == 1816
+    assert run.json("show", other, "again/ada")["oid"] != run.json("show", other, "people/ada")["oid"]
+    taken = run("import", other, path, "--key", "people", expect=1)
+    assert "already has a key 'people'" in taken.stderr and taken.stderr.count("\n") == 1
+
+
+def test_import_of_a_file_that_is_not_an_export_is_one_line_and_writes_nothing(run, sqlite_target, tmp_path):
+    before = run.json("log", sqlite_target)
+    result = run("import", sqlite_target, sqlite_target, "--key", "x", expect=1)
+    assert "is not an atoll export file" in result.stderr and result.stderr.count("\n") == 1
+    assert run.json("log", sqlite_target) == before
+
+
+def test_export_of_a_collection_follows_into_the_other_database(run, collection_target, tmp_path):
+    path = str(tmp_path / "first.atollx")
+    out = run.json("export", collection_target, "first", path, "--database", "orders")
+    assert out["databases"] == {"orders": 1, "users": 1} and out["leaving"] == []
+    run("import", collection_target, path, "--key", "copy", "--database", "orders")
+    db = atoll.open(collection_target)
+    try:
+        with db.transaction() as conn:
+            orders = conn.get_connection("orders").root()
+            customer = orders["copy"]["customer"]
+            assert customer["name"] == "Ada" and customer._p_jar is conn  # a new Ada, in users
+            assert customer is not conn.root()["ada"] and "copy" not in conn.root()
+    finally:
+        for each in list(db.databases.values()):
+            each.close()
+
+
+def test_a_reference_leaving_the_export_is_listed_and_refused_unless_kept(run, collection_target, tmp_path):
+    orders_alone = str(tmp_path / "orders.db")  # opened alone: users is not there to follow
+    path = str(tmp_path / "first.atollx")
+    out = run("export", orders_alone, "first", path)
+    assert "1 references leave the set" in out.stdout and "-> users:0x" in out.stdout
+    refused = run("import", collection_target, path, "--key", "copy", "--database", "orders", expect=1)
+    assert "outside the exported set" in refused.stderr and refused.stderr.count("\n") == 1
+    run("import", collection_target, path, "--key", "copy", "--database", "orders", "--keep-leaving")
+    db = atoll.open(collection_target)
+    try:
+        with db.transaction() as conn:
+            orders = conn.get_connection("orders").root()
+            assert orders["copy"]["customer"] is conn.root()["ada"] and orders["copy"] is not orders["first"]
+    finally:
+        for each in list(db.databases.values()):
+            each.close()

@@ -73,7 +73,7 @@ def info(target: str, as_json: bool) -> None:
     Example:
       atoll info app.db
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     with reading(target) as opened:
         for db in opened:
             storage = db.storage

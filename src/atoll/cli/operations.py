@@ -15,7 +15,7 @@ from atoll.cli.main import cli
 from atoll.cli.opening import open_target
 from atoll.cli.output import ProgressBar, print_json
 
-__all__ = ["backup", "check", "copy", "pack", "rename_classes", "undo", "vacuum"]
+__all__ = ["backup", "check", "copy", "export", "import_", "pack", "rename_classes", "undo", "vacuum"]
 
 
 @contextlib.contextmanager
@@ -267,3 +267,77 @@ def vacuum(target: str, as_json: bool) -> None:
         return
     for name, s in sizes.items():
         click.echo(f"{name}: {s.before:,} -> {s.after:,} bytes")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("where", metavar="OID")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False, writable=True))
+@click.option("--database", default=None, help="The database of OID in a collection (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export(source: str, where: str, file: str, database: str | None, as_json: bool) -> None:
+    """Export an object and everything it reaches (across the databases of a
+    collection) to FILE, for `atoll import`. OID is an oid (0x12, NAME:0x12) or a
+    path of keys from the root (people/ada). References that leave the exported
+    set are listed. Reads only.
+
+    \b
+    Examples:
+      atoll export app.db people/ada ada.atollx
+      atoll export app.conf orders:0x2a order.atollx
+    """
+    from atoll.cli.commands import _locate
+    from atoll.collection.exporting import export_objects
+
+    with _operating(source, read_only=True) as (opened, bar):
+        db, oid = _locate(opened, database, where)
+        stats = export_objects(db, oid, file, database=db.database_name, progress=bar)
+    if as_json:
+        print_json({
+            "root": f"{stats.root[0]}:0x{stats.root[1].hex()}", "records": stats.records, "bytes": stats.size,
+            "databases": stats.per_database, "seconds": stats.seconds,
+            "leaving": [f"{a}:0x{b.hex()} -> {c}:0x{d.hex()}" for a, b, c, d in stats.leaving],
+        })
+        return
+    click.echo(str(stats))
+    for a, b, c, d in stats.leaving[:10]:
+        click.echo(f"  leaves the set: {a}:0x{b.hex()} -> {c}:0x{d.hex()}")
+    if len(stats.leaving) > 10:
+        click.echo(f"  ... and {len(stats.leaving) - 10:,} more")
+
+
+@cli.command("import")
+@click.argument("destination", metavar="DEST")
+@click.argument("file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, help="Store the imported object as root[KEY] (refused if KEY exists).")
+@click.option("--database", default=None, help="The database to import into (default: the one of the same name).")
+@click.option("--keep-leaving", is_flag=True,
+              help="Import references that leave the exported set, pointing at the same oids (default: refuse).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was added as JSON.")
+def import_(destination: str, file: str, key: str, database: str | None, keep_leaving: bool, as_json: bool) -> None:
+    """Import an `atoll export` FILE into DEST in one transaction: every object gets
+    a new oid, references inside the set follow, and the exported object is
+    stored as root[KEY]. Importing twice gives two independent copies. Refused,
+    writing nothing, when FILE is not an atoll export or has references leaving
+    the set (unless --keep-leaving).
+
+    \b
+    Examples:
+      atoll import other.db ada.atollx --key ada
+      atoll import other.conf order.atollx --key first_order --keep-leaving
+    """
+    from atoll.collection.exporting import import_objects
+
+    with _operating(destination, read_only=False) as (opened, bar):
+        if database is not None:
+            opened.pick(database)  # a one-line error for an unknown name
+        stats = import_objects(opened.databases, file, key, database=database,
+                               leaving="keep" if keep_leaving else "refuse", progress=bar)
+    if as_json:
+        print_json({
+            "root": f"{stats.root[0]}:0x{stats.root[1].hex()}", "key": key, "records": stats.records,
+            "bytes": stats.size, "databases": stats.per_database, "leaving_kept": len(stats.leaving),
+            "seconds": stats.seconds,
+        })
+        return
+    click.echo(f"{stats} as root[{key!r}] of {stats.root[0]} (0x{stats.root[1].hex()})")

@@ -14,6 +14,7 @@ import click
 
 from atoll.ids import z64
 from atoll.inspection import Instance, Reference
+from atoll.progress import ProgressStep
 
 __all__ = ["oid_text", "tid_text", "tid_time", "jsonable", "format_value", "print_json", "table", "ProgressBar"]
 
@@ -54,7 +55,7 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Reference):
-        ref = {"$ref": f"{value.database + ':' if value.database else ''}{oid_text(value.oid)}"}
+        ref: dict[str, Any] = {"$ref": f"{value.database + ':' if value.database else ''}{oid_text(value.oid)}"}
         if value.class_name:
             ref["class"] = value.class_name
         if value.weak:
@@ -173,16 +174,16 @@ class ProgressBar:
         self._drawn = False
 
     def __call__(self, step: str) -> None:
-        phase = getattr(step, "phase", None)
-        if phase is None:
+        if not isinstance(step, ProgressStep):
             self._line(str(step))
             return
+        phase = step.phase
         now = time.monotonic()
         if phase != self._phase:
             self._end_bar()
             self._phase = phase
             self._started = now
-        finished = getattr(step, "finished", False)
+        finished = step.finished
         if not self.tty:
             if finished or now - self._last_line >= max(self.interval, 1.0):
                 self._last_line = now
@@ -193,12 +194,10 @@ class ProgressBar:
         if finished:
             self._end_bar()
             self._phase = None
-            from atoll.progress import ProgressStep
-
             if str(step) != ProgressStep(phase, step.done, step.total, step.unit, True):
                 click.echo(str(step), file=self.stream)  # the operation's own summary line
 
-    def _describe(self, step: Any, now: float, bar: bool = False) -> str:
+    def _describe(self, step: ProgressStep, now: float, bar: bool = False) -> str:
         done, total, unit = step.done, step.total, step.unit
         elapsed = max(now - self._started, 1e-9)
         rate = done / elapsed

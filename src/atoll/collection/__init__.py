@@ -11,6 +11,9 @@ Each operation works over the storage protocol:
 - :func:`backup` (:mod:`atoll.collection.backup`): a live backup of SQLite files.
 - :func:`copy` (:mod:`atoll.collection.copy`): every transaction into another
   storage, ZODB FileStorage included; restartable.
+- :func:`export_objects`, :func:`import_objects` (:mod:`atoll.collection.exporting`):
+  an object and everything it reaches, across databases, to a file and into
+  another database or collection.
 - :func:`undo_log` (:mod:`atoll.collection.undo`): undo across databases.
 - :func:`open_databases`, :func:`open_storages` (:mod:`atoll.collection.targets`):
   what a target (path, URI, ``.conf`` file) names.
@@ -19,6 +22,7 @@ Each operation works over the storage protocol:
 from atoll.collection.backup import BackupStats, backup
 from atoll.collection.check import CheckReport, Problem, check
 from atoll.collection.copy import CopyStats, copy
+from atoll.collection.exporting import ExportStats, ImportStats, export_objects, import_objects
 from atoll.collection.pack import Space, pack, vacuum
 from atoll.collection.targets import TargetError, open_databases, open_storages
 from atoll.collection.undo import undo_log
@@ -26,5 +30,6 @@ from atoll.storage.base import PackStats
 
 __all__ = [
     "pack", "check", "vacuum", "CheckReport", "Problem", "PackStats", "Space",
-    "backup", "BackupStats", "copy", "CopyStats", "undo_log", "open_databases", "open_storages", "TargetError",
+    "backup", "BackupStats", "copy", "CopyStats", "undo_log",
+    "export_objects", "import_objects", "ExportStats", "ImportStats", "open_databases", "open_storages", "TargetError",
 ]

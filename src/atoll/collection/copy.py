@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 from atoll.collection.targets import TargetError, is_config, open_storages
 from atoll.ids import p64, u64, z64
@@ -167,8 +167,9 @@ def _ends(end: Any, read_only: bool) -> tuple[dict[str, Any], bool]:
 # -- reading ---------------------------------------------------------------------------
 
 
-class _Reader:
-    """A source of transactions, oldest first."""
+class _Reader(Protocol):
+    """A source of transactions, oldest first (a storage's, or a ZODB FileStorage's:
+    :class:`atoll.collection.zodb.FileStorageReader`)."""
 
     name: str
 
@@ -225,8 +226,9 @@ def _reader(source: Any) -> _Reader:
 # -- writing ---------------------------------------------------------------------------
 
 
-class _Writer:
-    """A destination of transactions."""
+class _Writer(Protocol):
+    """A destination of transactions (a storage, or a ZODB FileStorage:
+    :class:`atoll.collection.zodb.FileStorageWriter`)."""
 
     name: str
 
@@ -239,7 +241,8 @@ class _Writer:
         raise NotImplementedError
 
     def finish(self) -> None:
-        pass
+        """Make the transactions written durable (a storage's commits are already)."""
+        return None
 
     def close(self) -> None:
         pass

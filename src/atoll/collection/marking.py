@@ -81,7 +81,7 @@ def scan_references(record: bytes) -> list[tuple[str | None, bytes]]:
         return record_references(record)
     # Every byte 8 is looked at (bytes.find runs in C), so none is hidden by
     # payload bytes that happen to look like an opcode before it.
-    found = []
+    found: list[tuple[str | None, bytes]] = []
     find = record.find
     at = find(b"\x08", 1)
     while at > 0:

@@ -26,7 +26,7 @@ class TargetError(ValueError):
 
 def is_config(target: object) -> bool:
     """Whether ``target`` is a path to a ZConfig file."""
-    return isinstance(target, (str, os.PathLike)) and os.fspath(target).endswith(CONFIG_SUFFIXES)  # type: ignore[arg-type]
+    return isinstance(target, (str, os.PathLike)) and os.fspath(target).endswith(CONFIG_SUFFIXES)
 
 
 def open_storages(target: Any, *, read_only: bool = False, must_exist: bool = True) -> tuple[dict[str, Storage], bool]:

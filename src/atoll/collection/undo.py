@@ -192,8 +192,8 @@ def undo_multiple(db: DB, ids: Iterable[bytes | str], txn: Any = None) -> None:
         source = db if name is None else db.databases.get(name)
         if source is None:
             raise UndoError(f"undo id {id!r} is from database {name!r}, which is not in the collection of {db.database_name!r}")
-        for member, member_tid in partners(source, tid).items():
-            targets.setdefault(member, set()).add(member_tid)
+        for member_name, member_tid in partners(source, tid).items():
+            targets.setdefault(member_name, set()).add(member_tid)
     plans = {}
     for name, tids in sorted(targets.items()):
         member = db.databases[name]
@@ -209,7 +209,7 @@ def undo_multiple(db: DB, ids: Iterable[bytes | str], txn: Any = None) -> None:
         for tid, plan in member_plans:
             trial.add(tid, plan)
         staged.append((member, trial, [tid for tid, _ in member_plans]))
-    for member, trial, tids in staged:
+    for member, trial, undone in staged:
         part = UndoPart.for_transaction(member, txn)
         part._records = trial._records
-        part.undone.extend(tids)
+        part.undone.extend(undone)

@@ -15,7 +15,7 @@ opened.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # DB is imported when a database is opened, not when parsing.
     from ZConfig.matcher import SectionValue
@@ -222,7 +222,7 @@ class DatabaseFactory:
             kwargs["allowed_globals"] = list(self.section.allowed_globals)
         return kwargs
 
-    def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
+    def open(self, databases: dict[str, DB] | None = None) -> DB:
         """Open the storage and a DB on it, registered in ``databases`` if given.
 
         A name already in ``databases`` raises ValueError before the storage is
@@ -251,7 +251,7 @@ class DatabaseFactories(list):
     open every section at once, into one collection.
     """
 
-    def open(self, databases: MutableMapping[str, DB] | None = None) -> DB:
+    def open(self, databases: dict[str, DB] | None = None) -> DB:
         """Open every database into ``databases`` (a new dict if None) and return the
         first.
 

@@ -68,8 +68,9 @@ class RecordCache:
         self._bytes = 0  # the segments' total length
         self._segment_oids: dict[int, list[bytes]] = {}  # oids written into each segment
         self._newest = -1
-        # tid -> records (oid -> data) of this process's commits that C has not passed
-        self._own: dict[bytes, dict[bytes, bytes]] = {}
+        # tid -> records (oid -> data, None for forget only) of this process's
+        # commits that C has not passed
+        self._own: dict[bytes, dict[bytes, bytes | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -179,9 +180,9 @@ class RecordCache:
         is not after C); None for ``changed`` means unknown, and empties the cache.
         """
         with self._lock:
-            gap = changed is None or (self.tid is not None and end > self.tid and start > self.tid)
-            if gap:
-                self._clear()  # unknown changes, or a gap after C we know nothing about
+            if changed is None or (self.tid is not None and end > self.tid and start > self.tid):
+                changed = None  # unknown changes, or a gap after C we know nothing about
+                self._clear()
             else:
                 self._drop(changed)
             if self.tid is None or end > self.tid:
@@ -190,7 +191,7 @@ class RecordCache:
                 for tid in passed:
                     records = self._own.pop(tid)
                     self._drop(records)
-                    if not gap:
+                    if changed is not None:
                         # Current as of C unless another process wrote them after us.
                         self._install(
                             {oid: (data, tid) for oid, data in records.items() if data is not None and oid not in changed}

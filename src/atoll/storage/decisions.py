@@ -69,7 +69,7 @@ def postgresql_home(schema: str, dsn: str) -> str:
 
     params = conninfo_to_dict(dsn)
     params.pop("password", None)
-    return f"postgresql:{schema}:{make_conninfo(**params)}"
+    return f"postgresql:{schema}:{make_conninfo('', **params)}"
 
 
 def describe(home: str) -> str:
@@ -98,7 +98,7 @@ def released(home: str) -> None:
 
 def _held_here(home: str) -> bool:
     homes = getattr(_held, "homes", None)
-    return bool(homes) and home in homes
+    return homes is not None and home in homes
 
 
 def outcome(home: str, txn_id: str, prepared_at: float, asking: str) -> bool:

@@ -387,6 +387,8 @@ class MemoryPackSession(PackSession):
 class MemoryView(CommitBuffer, StorageView):
     """A connection's view of a :class:`MemoryStorage`."""
 
+    _storage: MemoryStorage
+
     def __init__(self, storage: MemoryStorage, before: bytes | None) -> None:
         self._storage = storage
         self.before = before
@@ -456,7 +458,7 @@ class MemoryView(CommitBuffer, StorageView):
         return self._storage.new_oid()
 
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        self._check_voting()
+        meta = self._check_voting()
         storage = self._storage
         storage._commit_lock.acquire()
         self._locked = True
@@ -473,7 +475,7 @@ class MemoryView(CommitBuffer, StorageView):
                 return moved_serials(self._stores, self._checks, committed)
 
             resolved = self._resolve_conflicts(storage._last_tid, moved, lambda oid: objects[oid].datas[-1], resolve)
-            self._tid = commit_tid(self._meta, storage._last_tid)
+            self._tid = commit_tid(meta, storage._last_tid)
             storage._advance_oids(self._stores)
         return resolved
 

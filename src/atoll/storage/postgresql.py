@@ -113,7 +113,7 @@ from atoll.storage.cache import RecordCache
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.options import check_wait
 from atoll.storage.postgresql_recovery import rollback_prepared
-from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost
+from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost, one_value
 from atoll.storage.postgresql_view import PostgreSQLView
 from atoll.storage.base import (
     verify_step,
@@ -321,13 +321,13 @@ class PostgreSQLStorage(Storage):
         assert self._admin is not None
         conn = self._admin.conn
         try:
-            return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+            return str(one_value(conn.execute("SELECT system_identifier FROM pg_control_system()")))
         except psycopg.Error:
             return f"{conn.info.host}:{conn.info.port}"
 
     def _check_prepared_allowed(self) -> None:
         assert self._admin is not None
-        allowed = int(self._admin.conn.execute(SQL.MAX_PREPARED).fetchone()[0])
+        allowed = int(one_value(self._admin.conn.execute(SQL.MAX_PREPARED)))
         if allowed == 0:
             raise StorageError(
                 f"{self.name}: the server has max_prepared_transactions = 0, which disables the "
@@ -341,14 +341,14 @@ class PostgreSQLStorage(Storage):
         q = self._sql
         with self._admin_conn() as conn:
             if self.read_only:
-                if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
+                if not one_value(conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",))):
                     raise StorageError(f"{self.name}: no atoll database in schema {self.schema!r}")
             else:
                 with conn.transaction():
                     # Only when missing: CREATE ... IF NOT EXISTS would still lock the
                     # table against the rows prepared transactions hold.
                     conn.execute(SQL.SCHEMA_CREATE_LOCK, (self.schema,))
-                    if not conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",)).fetchone()[0]:
+                    if not one_value(conn.execute(SQL.SCHEMA_EXISTS, (f"{self.schema}.info",))):
                         conn.execute(q.CREATE_HISTORY_PRESERVING if self.keep_history else q.CREATE_HISTORY_FREE)
                         for key, value in (
                             ("schema_version", str(SQL.SCHEMA_VERSION)),
@@ -403,9 +403,9 @@ class PostgreSQLStorage(Storage):
         begin_and_lock = f"{SQL.BEGIN}; {self._sql.LOCK_COMMIT}"
         while True:
             try:
-                locked = conn.execute(begin_and_lock)  # type: ignore[call-overload]
+                locked = conn.execute(begin_and_lock)
                 locked.nextset()
-                return locked.fetchone()[0]
+                return one_value(locked)
             except pg_errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
             if self.recover():
@@ -434,7 +434,7 @@ class PostgreSQLStorage(Storage):
             if self._next_oid >= self._oid_limit:
                 # Taken twice if the session is lost on the way: a gap, never a repeat.
                 with gcpause.resumed():
-                    start = self._admin_call(lambda conn: conn.execute(self._sql.NEW_OID_BLOCK).fetchone()[0])
+                    start = self._admin_call(lambda conn: one_value(conn.execute(self._sql.NEW_OID_BLOCK)))
                 self._next_oid, self._oid_limit = start, start + SQL.OID_BLOCK
             oid = self._next_oid
             self._next_oid += 1
@@ -458,7 +458,7 @@ class PostgreSQLStorage(Storage):
                 self._next_oid = self._oid_limit
 
     def last_transaction(self) -> bytes:
-        return self._admin_call(lambda conn: p64(conn.execute(self._sql.LAST_TID).fetchone()[0]))
+        return self._admin_call(lambda conn: p64(one_value(conn.execute(self._sql.LAST_TID))))
 
     def history(self, oid: bytes, size: int = 1) -> list[HistoryEntry]:
         limit = size if self.keep_history else 1
@@ -551,10 +551,10 @@ class PostgreSQLStorage(Storage):
 
     def __len__(self) -> int:
         query = self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF
-        return self._admin_call(lambda conn: conn.execute(query).fetchone()[0])
+        return self._admin_call(lambda conn: one_value(conn.execute(query)))
 
     def get_size(self) -> int:
-        return self._admin_call(lambda conn: conn.execute(SQL.SIZE, (self.schema,)).fetchone()[0])
+        return self._admin_call(lambda conn: one_value(conn.execute(SQL.SIZE, (self.schema,))))
 
     def sort_key(self) -> str:
         return self._sort_key
@@ -566,7 +566,7 @@ class PostgreSQLStorage(Storage):
         """The row of ``decision_homes`` naming ``home``, added (committed) if new."""
         found = self._home_ids.get(home)
         if found is None:
-            found = self._admin_call(lambda conn: conn.execute(self._sql.HOME_ID, {"address": home}).fetchone()[0])
+            found = self._admin_call(lambda conn: one_value(conn.execute(self._sql.HOME_ID, {"address": home})))
             self._home_ids[home] = found
         return found
 

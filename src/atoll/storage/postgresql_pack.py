@@ -18,6 +18,7 @@ from atoll.errors import StorageError
 from atoll.ids import u64
 from atoll.storage.base import PackSession, PackStats
 from atoll.storage.checksum import check as check_checksum
+from atoll.storage.postgresql_session import one_value
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage, _Session
@@ -46,7 +47,7 @@ class PostgreSQLPackSession(PackSession):
         self._session: _Session | None = storage._checkout()
         self._locked = False
         try:
-            last = self._session.conn.execute(storage._sql.LAST_TID).fetchone()[0]
+            last = one_value(self._session.conn.execute(storage._sql.LAST_TID))
         except psycopg.Error as e:
             self.close()
             raise self._error(e) from None

@@ -37,6 +37,7 @@ from psycopg import sql as pg_sql
 from atoll.errors import StorageError
 from atoll.storage import decisions
 from atoll.storage import postgresql_sql as SQL
+from atoll.storage.postgresql_session import one_value
 
 __all__ = ["gid_prefix", "txn_key", "gid", "prepared_gids", "recover", "rollback_prepared"]
 
@@ -87,7 +88,7 @@ def recover(conn: psycopg.Connection, schema: str, q: SimpleNamespace, name: str
             owner = int(parts[0])
         except ValueError:
             continue  # not one of ours
-        if len(parts) not in (2, 3) or not conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]:
+        if len(parts) not in (2, 3) or not one_value(conn.execute(SQL.TRY_OWNER_LOCK, (owner,))):
             continue  # its session is alive: it will finish or abort itself
         try:
             decided = _decided(conn, parts, prepared.timestamp(), q, name)
@@ -105,9 +106,9 @@ def _decided(conn: psycopg.Connection, parts: list[str], prepared_at: float, q: 
     """Whether the collection committed the prepared transaction whose gid ends in
     ``parts`` (owner, txn id, home id; version 1: owner, txn key)."""
     if len(parts) == 2:  # prepared by schema version 1: the shared table decides
-        if not conn.execute(SQL.SCHEMA_EXISTS, (SQL.LEGACY_DECISIONS_TABLE,)).fetchone()[0]:
+        if not one_value(conn.execute(SQL.SCHEMA_EXISTS, (SQL.LEGACY_DECISIONS_TABLE,))):
             return False
-        return bool(conn.execute(SQL.LEGACY_DECISION_EXISTS, (parts[1],)).fetchone()[0])
+        return bool(one_value(conn.execute(SQL.LEGACY_DECISION_EXISTS, (parts[1],))))
     row = conn.execute(q.HOME_ADDRESS, (int(parts[2]),)).fetchone()
     if row is None:
         raise StorageError(f"{name}: a prepared transaction names decision home {parts[2]}, which is missing")

@@ -4,7 +4,7 @@ one is recognised: shared by :mod:`atoll.storage.postgresql` (the storage) and
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -23,6 +23,19 @@ class _SessionLost(StorageError):
 def _lost(conn: psycopg.Connection | None) -> bool:
     """Whether ``conn`` can no longer be used (the server or network ended it)."""
     return conn is None or conn.closed or conn.broken
+
+
+def one_row(cursor: psycopg.Cursor[Any]) -> Any:
+    """The row of a statement that always returns one (an aggregate, a function's
+    result, a row that must exist)."""
+    row = cursor.fetchone()
+    assert row is not None, "the statement returned no row"
+    return row
+
+
+def one_value(cursor: psycopg.Cursor[Any]) -> Any:
+    """The one column of :func:`one_row`."""
+    return one_row(cursor)[0]
 
 
 def _first_line(error: BaseException) -> str:

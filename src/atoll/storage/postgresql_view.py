@@ -38,7 +38,7 @@ from atoll.storage.base import (
     moved_serials,
     commit_role,
 )
-from atoll.storage.postgresql_session import T, _first_line, _lost, _Session
+from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, one_row, one_value
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage
@@ -51,6 +51,8 @@ log = logging.getLogger("atoll.storage.postgresql")
 
 class PostgreSQLView(CommitBuffer, StorageView):
     """A connection's view of a :class:`PostgreSQLStorage` (see the module docstring)."""
+
+    _storage: PostgreSQLStorage
 
     def __init__(self, storage: PostgreSQLStorage, before: bytes | None) -> None:
         self._storage = storage
@@ -140,7 +142,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
 
     def _begin_snapshot(self) -> int:
         """Fix the view's snapshot; the tid it stands for."""
-        return self._conn.execute(self._sql.LAST_TID).fetchone()[0]
+        return one_value(self._conn.execute(self._sql.LAST_TID))
 
     # -- reading ---------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             if self._snapshot_open:
                 self._conn.execute("COMMIT")  # the next statement starts a new snapshot
                 self._snapshot_open = False
-            return self._conn.execute(self._sql.POLL, {"since": u64(self.snapshot), "own": self._own}).fetchone()
+            return one_row(self._conn.execute(self._sql.POLL, {"since": u64(self.snapshot), "own": self._own}))
 
         tid, changed = self._reading(poll_once)
         start = self.snapshot
@@ -259,7 +261,10 @@ class PostgreSQLView(CommitBuffer, StorageView):
         prepare = not role.decider and storage.two_phase
         try:
             with self._errors():
-                home_id = storage._home_id(role.decider_home) if prepare else 0  # type: ignore[arg-type]
+                home_id = 0
+                if prepare:
+                    assert role.decider_home is not None  # a member's decider is durable
+                    home_id = storage._home_id(role.decider_home)
                 conn = self._store_conn()
                 last = storage._lock_commit(conn)
                 resolved = self._check_conflicts(conn, p64(last), resolve)
@@ -315,7 +320,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             return moved_serials(self._stores, self._checks, lambda oid: current.get(oid, z64))
 
         def load_current(oid: bytes) -> bytes:
-            state, tid, stored = conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True).fetchone()
+            state, tid, stored = one_row(conn.execute(q.LOAD_CURRENT, (u64(oid),), binary=True))
             check_checksum(self._storage.name, u64(oid), tid, state, stored)
             return state
 
@@ -345,7 +350,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 else:
                     conn.execute("COMMIT")  # its NOTIFY was sent in the transaction
             except (psycopg.Error, StorageError) as e:
-                self._finish_again(e)  # returns only if the commit happened
+                self._finish_again(e, tid)  # returns only if the commit happened
         finally:
             self._undecide()
         self._own.append(tid)
@@ -356,18 +361,18 @@ class PostgreSQLView(CommitBuffer, StorageView):
         storage._finished()
         return p64(tid)
 
-    def _finish_again(self, error: BaseException) -> None:
+    def _finish_again(self, error: BaseException, tid: int) -> None:
         """tpc_finish's COMMIT failed or went unanswered (a lost session, most likely):
         find out on another session whether the transaction committed, committing it
         there if it is still prepared. Returns if it committed; raises if not."""
-        storage, tid, gid, owner = self._storage, self._tid, self._gid, self._owner_key
+        storage, gid, owner = self._storage, self._gid, self._owner_key
         if isinstance(error, psycopg.Error):
             self._session_was_lost()
 
         def settle(conn: psycopg.Connection) -> bool:
             if gid is not None and conn.execute(SQL.IS_PREPARED, (gid,)).fetchone() is not None:
                 # Hold the owner lock meanwhile, so recovery elsewhere leaves it alone.
-                locked = conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]
+                locked = one_value(conn.execute(SQL.TRY_OWNER_LOCK, (owner,)))
                 try:
                     conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(gid)))
                 except pg_errors.UndefinedObject:
@@ -426,7 +431,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             # The prepared transaction outlives the session: roll it back from another.
             def rollback(conn: psycopg.Connection) -> None:
                 if conn.execute(SQL.IS_PREPARED, (gid,)).fetchone() is not None:
-                    locked = conn.execute(SQL.TRY_OWNER_LOCK, (owner,)).fetchone()[0]
+                    locked = one_value(conn.execute(SQL.TRY_OWNER_LOCK, (owner,)))
                     try:
                         conn.execute(statement)
                     except pg_errors.UndefinedObject:

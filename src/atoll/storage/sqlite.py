@@ -173,6 +173,8 @@ class SQLiteStorage(Storage):
         self.read_only = read_only
         self.keep_history = keep_history
         self.synchronous = synchronous
+        # Set by close(). The connections below stay assigned, closed: use them through
+        # _reader and _committer, which raise "storage ... is closed" once it is set.
         self._closed = False
         self._lock = threading.Lock()  # guards self._conn (whole-database reads)
         # Held from tpc_vote to tpc_finish/tpc_abort, and by oid reservations and pack:
@@ -187,14 +189,13 @@ class SQLiteStorage(Storage):
         self._immutable = False  # read-only media: SQLite's immutable read path
         self._commits_since_prune = 0  # history-free: see "History-free growth"
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
-        self._conn: sqlite3.Connection | None = None
-        self._writer: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None  # commits; None when read-only
         self._checkpointer = Checkpointer(self._connect_writer)
         creating = check_path(self.path, read_only)
         self._sort_key = f"sqlite:{os.path.realpath(self.path)}"
         self._home = decisions.sqlite_home(self.path)
+        self._conn: sqlite3.Connection = self._connect(create=creating)  # whole-database reads
         try:
-            self._conn = self._connect(create=creating)
             try:
                 self._conn.execute(sql.COUNT_TABLES).fetchone()
             except sqlite3.OperationalError as e:  # read-only media, most likely
@@ -249,12 +250,29 @@ class SQLiteStorage(Storage):
         if self._closed:
             raise StorageError(f"storage {self.path} is closed")
 
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        """The connection for whole-database reads (hold ``_lock``); StorageError
+        once the storage is closed."""
+        self._check_open()
+        return self._conn
+
+    @property
+    def _committer(self) -> sqlite3.Connection:
+        """The connection that writes (hold ``_commit_lock``); StorageError once the
+        storage is closed, ReadOnlyError if it is read-only."""
+        self._check_open()
+        writer = self._writer
+        if writer is None:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        return writer
+
     def _settle(self) -> None:
         """Finish or drop the parts of collection commits that a stopped process
         prepared here (:mod:`atoll.storage.sqlite_pending`). The caller holds
         ``_commit_lock`` and no write transaction."""
         try:
-            pending.settle(self._writer, write_transaction, self.path, self.keep_history)  # type: ignore[arg-type]
+            pending.settle(self._committer, write_transaction, self.path, self.keep_history)
         except sqlite3.Error as e:
             raise self._error(e, "settling a prepared commit") from None
 
@@ -339,8 +357,7 @@ class SQLiteStorage(Storage):
         """Take the next block of oids from the file's counter (under _oid_lock)."""
         size = self._oid_block
         with self._holding_commit_lock("reserving oids"):
-            writer = self._writer
-            assert writer is not None
+            writer = self._committer
             try:
                 writer.execute(sql.SET_SYNCHRONOUS.format(mode="NORMAL"))  # see "Oids" above
                 try:
@@ -358,7 +375,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         with self._lock:
             try:
-                last = self._conn.execute(sql.SELECT_LAST_TID).fetchone()[0]  # type: ignore[union-attr]
+                last = self._reader.execute(sql.SELECT_LAST_TID).fetchone()[0]
             except sqlite3.Error as e:
                 raise self._error(e, "reading the last transaction") from None
         return p64(last) if last else z64
@@ -367,7 +384,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         with self._lock:
             try:
-                rows = self._conn.execute(sql.HISTORY, (u64(oid), size)).fetchall()  # type: ignore[union-attr]
+                rows = self._reader.execute(sql.HISTORY, (u64(oid), size)).fetchall()
             except sqlite3.Error as e:
                 raise self._error(e, "reading history") from None
         if not rows:
@@ -399,8 +416,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         path, records_of = self.path, self._q.RECORDS_OF_TRANSACTION
         with self._lock:
-            conn = self._conn
-            assert conn is not None
+            conn = self._reader
             try:
                 conn.execute(sql.BEGIN_READ)
                 try:
@@ -457,7 +473,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         with self._lock:
             try:
-                return {key: str(value) for key, value in self._conn.execute(sql.SELECT_APP_META)}  # type: ignore[union-attr]
+                return {key: str(value) for key, value in self._reader.execute(sql.SELECT_APP_META)}
             except sqlite3.Error as e:
                 raise self._error(e, "reading metadata") from None
 
@@ -468,8 +484,9 @@ class SQLiteStorage(Storage):
             raise ReadOnlyError(f"storage {self.path} is read-only")
         with self._holding_commit_lock("writing metadata"):
             try:
-                with write_transaction(self._writer):  # type: ignore[arg-type]
-                    self._writer.execute(sql.UPSERT_META, (key, str(value)))  # type: ignore[union-attr]
+                writer = self._committer
+                with write_transaction(writer):
+                    writer.execute(sql.UPSERT_META, (key, str(value)))
             except sqlite3.Error as e:
                 raise self._error(e, "writing metadata") from None
 
@@ -532,7 +549,7 @@ class SQLiteStorage(Storage):
         self._check_open()
         with self._lock:
             try:
-                return undo.count_objects(self._conn)  # type: ignore[arg-type]
+                return undo.count_objects(self._reader)
             except sqlite3.Error as e:
                 raise self._error(e, "counting objects") from None
 
@@ -549,8 +566,9 @@ class SQLiteStorage(Storage):
     def _prune_decisions(self) -> None:
         """Drop decisions older than :data:`decisions.RETENTION` (under _commit_lock)."""
         try:
-            with write_transaction(self._writer):  # type: ignore[arg-type]
-                self._writer.execute(sql.PRUNE_DECISIONS, (time.time() - decisions.RETENTION,))  # type: ignore[union-attr]
+            writer = self._committer
+            with write_transaction(writer):
+                writer.execute(sql.PRUNE_DECISIONS, (time.time() - decisions.RETENTION,))
         except sqlite3.Error as e:
             raise self._error(e, "pruning commit decisions") from None
 
@@ -565,7 +583,6 @@ class SQLiteStorage(Storage):
             self._close_connections()
 
     def _close_connections(self) -> None:
-        for conn in (self._conn, self._writer):
-            if conn is not None:
-                conn.close()
-        self._conn = self._writer = None
+        self._conn.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -153,8 +153,9 @@ def migrate(conn: sqlite3.Connection, path: str, version: int) -> None:
     log.info("%s: upgraded from atoll schema version %d to %d", path, version, sql.SCHEMA_VERSION)
 
 
-def read_meta(conn: sqlite3.Connection, path: str) -> dict[str, object]:
-    """The file's ``meta`` table, refusing a file of another application."""
+def read_meta(conn: sqlite3.Connection, path: str) -> dict[str, str | int | float | bytes]:
+    """The file's ``meta`` table (its values have no declared type, and are never
+    NULL), refusing a file of another application."""
     if not conn.execute(sql.HAS_META_TABLE).fetchone()[0]:
         raise StorageError(f"{path} is an SQLite database of another application (it has no atoll tables)")
     meta = dict(conn.execute(sql.SELECT_META).fetchall())

@@ -104,8 +104,7 @@ class SQLitePackSession(PackSession):
             return
         storage._acquire_commit_lock("packing")
         try:
-            writer = storage._writer
-            assert writer is not None
+            writer = storage._committer
             for _ in range(PENDING_WAITS):
                 # Parts of collection commits prepared here are settled first (by a
                 # stopped process: finished or dropped); a live committer's part is
@@ -185,9 +184,7 @@ def vacuum(storage: SQLiteStorage) -> int:
     :data:`CHECKPOINT_WAIT_MS` for readers of older snapshots; if they are still
     there the log shrinks at a later checkpoint.
     """
-    storage._check_open()
-    writer = storage._writer
-    assert writer is not None
+    writer = storage._committer
     with storage._holding_commit_lock("vacuuming"):
         try:
             if writer.execute(sql.SELECT_AUTO_VACUUM).fetchone()[0] == sql.AUTO_VACUUM_INCREMENTAL:

@@ -30,8 +30,7 @@ def transaction_log(storage: SQLiteStorage, before: bytes | None, limit: int) ->
     storage._check_open()
     upper = u64(before) if before is not None else _MAX_ID
     with storage._lock:
-        conn = storage._conn
-        assert conn is not None
+        conn = storage._reader
         try:
             conn.execute(sql.BEGIN_READ)
             try:
@@ -74,8 +73,7 @@ def find_transactions(
     bounds = (u64(low) if low is not None else 0, u64(high) if high is not None else _MAX_ID)
     found: dict[str, bytes] = {}
     with storage._lock:
-        conn = storage._conn
-        assert conn is not None
+        conn = storage._reader
         try:
             for tid, txn_id in conn.execute(sql.TRANSACTION_IDS, bounds):
                 key = commit_key(txn_id)
@@ -90,8 +88,7 @@ def last_pack(storage: SQLiteStorage) -> bytes:
     """:meth:`Storage.last_pack`: ``atoll_meta``'s ``last_pack`` row, if any."""
     storage._check_open()
     with storage._lock:
-        conn = storage._conn
-        assert conn is not None
+        conn = storage._reader
         try:
             row = conn.execute(sql.SELECT_LAST_PACK).fetchone()
         except sqlite3.Error as e:

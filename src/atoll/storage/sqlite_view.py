@@ -42,10 +42,13 @@ log = logging.getLogger("atoll.storage.sqlite")
 class SQLiteView(CommitBuffer, StorageView):
     """A connection's view of an :class:`SQLiteStorage`, with its own sqlite3 connection."""
 
+    _storage: SQLiteStorage
+
     def __init__(self, storage: SQLiteStorage, before: bytes | None) -> None:
         self._storage = storage
         self.before = before
-        self._conn: sqlite3.Connection | None = storage._connect()
+        self._conn = storage._connect()  # use through _connection() but where _reading
+        self._closed = False  # set by close(), also when the storage closes
         self._reading = False  # a read transaction is open (from first load to poll)
         self._own: set[int] = set()  # tids this view committed since its last poll
         self._reset_buffer()
@@ -81,7 +84,7 @@ class SQLiteView(CommitBuffer, StorageView):
                 pass
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:  # closed, or closed with the storage
+        if self._closed:  # closed, or closed with the storage
             raise StorageError(f"storage {self._storage.path} is closed")
         return self._conn
 
@@ -95,7 +98,7 @@ class SQLiteView(CommitBuffer, StorageView):
     def _end_read(self) -> None:
         if self._reading:
             self._reading = False
-            self._conn.execute(sql.COMMIT)  # type: ignore[union-attr]
+            self._conn.execute(sql.COMMIT)
 
     def _begin_read(self) -> sqlite3.Connection:
         conn = self._connection()
@@ -136,9 +139,9 @@ class SQLiteView(CommitBuffer, StorageView):
         zoid = _unpack64(oid)[0]
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(self._storage._q.LOAD_AT, (zoid, _unpack64(self.snapshot)[0])).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(self._storage._q.LOAD_AT, (zoid, _unpack64(self.snapshot)[0])).fetchone()
             if row is None:
-                self._missing(conn, oid)  # type: ignore[arg-type]
+                self._missing(conn, oid)
         except sqlite3.DatabaseError as e:
             raise self._storage._read_error(e, zoid) from None
         state, tid, stored = row
@@ -178,7 +181,7 @@ class SQLiteView(CommitBuffer, StorageView):
             conn = self._conn if self._reading else self._begin_read()
             for i in range(0, len(wanted), BATCH):
                 ids = json_ids(wanted[i : i + BATCH])
-                for zoid, state, tid, stored in conn.execute(load_many_at, (ids, snapshot)):  # type: ignore[union-attr]
+                for zoid, state, tid, stored in conn.execute(load_many_at, (ids, snapshot)):
                     if stored is not None and (
                         state.__class__ is not bytes or _crc32(state, zoid ^ tid) - _OFFSET != stored
                     ):
@@ -195,8 +198,8 @@ class SQLiteView(CommitBuffer, StorageView):
         if not self._storage.keep_history and len(found) < len(wanted):
             for zoid in wanted:  # a replaced revision must not pass for a missing object
                 oid = p64(zoid)
-                if oid not in found and zoid not in wanted_deleted and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():  # type: ignore[union-attr]
-                    self._missing(conn, oid)  # type: ignore[arg-type]
+                if oid not in found and zoid not in wanted_deleted and conn.execute(sql.HAS_REVISION, (zoid,)).fetchone():
+                    self._missing(conn, oid)
         records.put_many(found, self.snapshot)
         found.update(cached)
         return found
@@ -205,7 +208,7 @@ class SQLiteView(CommitBuffer, StorageView):
         zoid, tid = u64(oid), u64(serial)
         try:
             conn = self._conn if self._reading else self._begin_read()
-            row = conn.execute(self._storage._q.LOAD_SERIAL, (zoid, tid)).fetchone()  # type: ignore[union-attr]
+            row = conn.execute(self._storage._q.LOAD_SERIAL, (zoid, tid)).fetchone()
         except sqlite3.DatabaseError as e:
             raise self._storage._read_error(e, zoid) from None
         if row is not None:
@@ -226,13 +229,16 @@ class SQLiteView(CommitBuffer, StorageView):
         storage = self._storage
         storage._check_open()
         role = commit_role(meta)
-        # The snapshot's read transaction ends here (reads name their tid; the next
-        # load opens another): a reader still in the log keeps SQLite from starting
-        # the log over (see sqlite_checkpoint).
-        try:
-            self._end_read()
-        except sqlite3.Error as e:
-            raise storage._error(e, "voting") from None
+        if storage.keep_history:
+            # The snapshot's read transaction ends here (reads name their tid; the
+            # next load opens another): a reader still in the log keeps SQLite from
+            # starting the log over (see sqlite_checkpoint). A history-free file
+            # keeps it: conflict resolution may need a revision that a newer commit
+            # deleted, which only this snapshot still sees.
+            try:
+                self._end_read()
+            except sqlite3.Error as e:
+                raise storage._error(e, "voting") from None
         storage._acquire_commit_lock("committing")
         self._locked = True
         writer = storage._writer
@@ -324,17 +330,19 @@ class SQLiteView(CommitBuffer, StorageView):
             raise StorageTransactionError("tpc_finish before tpc_vote")
         storage = self._storage
         tid = self._tid
+        writer = storage._writer
+        assert writer is not None  # voted: the storage is writable
         if self._prepared:
             self._finish_prepared(tid)
         else:
             try:
-                storage._writer.execute(sql.COMMIT)  # type: ignore[union-attr]
+                writer.execute(sql.COMMIT)
             except sqlite3.Error as e:
                 self._abort_write()
                 raise storage._error(e, "committing") from None
         # Durable from here on: nothing below may raise.
         self._own.add(tid)
-        storage._checkpointer.finish(storage._writer)  # type: ignore[arg-type]
+        storage._checkpointer.finish(writer)
         self._unlock()
         try:
             storage._records.committed({oid: data for oid, (_, data) in self._stores.items()}, p64(tid))
@@ -428,7 +436,7 @@ class SQLiteView(CommitBuffer, StorageView):
         """End the read transaction and any commit; the view stays usable (its next
         load or poll opens what it needs)."""
         self._abort_write()
-        if self._conn is not None:
+        if not self._closed:
             try:
                 self._end_read()
             except sqlite3.Error as e:
@@ -441,9 +449,8 @@ class SQLiteView(CommitBuffer, StorageView):
             self._abort_write()
         finally:
             self._reading = False
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            self._closed = True
+            self._conn.close()
             self._storage._views.discard(self)
 
     _close = close  # the name the storage used before views had a public close
