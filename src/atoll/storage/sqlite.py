@@ -127,7 +127,7 @@ from atoll.storage.base import (
 from atoll.storage.cache import RecordCache
 from atoll.storage.sqlite_checkpoint import Checkpointer
 from atoll.storage.sqlite_open import BUSY_TIMEOUT, check_path, connect, migrate, open_schema, read_only_media
-from atoll.storage.sqlite_rows import _OFFSET, MAX_ID, _crc32, _iter_unpack64, _pack64, json_ids
+from atoll.storage.sqlite_rows import _OFFSET, BATCH, MAX_ID, _crc32, _iter_unpack64, _pack64, json_ids, split_oids  # noqa: F401 (sqlite_pack reads BATCH and split_oids here)
 from atoll.storage.sqlite_view import SQLiteView
 from atoll.storage.sqlite_write import write_transaction
 
