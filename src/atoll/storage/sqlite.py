@@ -410,9 +410,10 @@ class SQLiteStorage(Storage):
 
         One statement per transaction finds its revisions by ``(zoid, tid)`` (an
         index seek each): measured on 100,000 revisions, as fast as scanning the
-        table in row order, which would also have to tell apart the rows of
-        prepared parts and of undo written out of tid order. The per-record work
-        here is kept to C calls (the oids unpacked at once, checksums inline)."""
+        table in row order, which would also have to place the rows of a
+        collection commit's prepared part, written before later tids committed.
+        The per-record work here is kept to C calls (oids unpacked at once,
+        checksums checked inline)."""
         self._check_open()
         path, records_of = self.path, self._q.RECORDS_OF_TRANSACTION
         with self._lock:
