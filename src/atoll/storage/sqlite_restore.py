@@ -51,8 +51,7 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
         assert writer is not None
         last = _begin_write(storage, writer)
         try:
-            with gcpause.paused():  # see atoll.gcpause: no wait in here
-                written, committed = _write(storage, writer, last, transactions)
+            written, oids, cached = _write(storage, writer, last, transactions)
             writer.execute(sql.COMMIT)
         except sqlite3.Error as e:
             _rollback(writer)
@@ -64,11 +63,9 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
     finally:
         storage._commit_lock.release()
     # Committed: what a view's tpc_finish does after its COMMIT, for each transaction.
-    records = storage._records
-    for tid, stores in committed:
-        if records.max_bytes:
-            records.committed({oid: data for oid, (_, data) in stores.items()}, p64(tid))
-        storage._skip_oids_of(stores)
+    for tid, stores in cached:
+        storage._records.committed({oid: data for oid, (_, data) in stores.items()}, p64(tid))
+    storage._skip_oids_of(oids)
     storage._checkpointer.wrote(written)
     return written
 
@@ -93,12 +90,15 @@ def _begin_write(storage: SQLiteStorage, writer: sqlite3.Connection) -> int:
 
 def _write(
     storage: SQLiteStorage, writer: sqlite3.Connection, last: int, transactions: Iterable[TransactionRecord]
-) -> tuple[int, list[tuple[int, dict[bytes, tuple[bytes, bytes]]]]]:
-    """Insert every transaction's rows inside the write transaction: the bytes of
-    record data written, and (tid, stores) of each transaction for after the commit."""
+) -> tuple[int, set[bytes], list[tuple[int, dict[bytes, tuple[bytes, bytes]]]]]:
+    """Insert every transaction's rows inside the write transaction. Returns the
+    bytes of record data written, every oid written, and (tid, stores) of each
+    transaction for the record cache (only when the storage keeps one)."""
     keep_history = storage.keep_history
+    keep_for_cache = bool(storage._records.max_bytes)
     written, highest = 0, -1
-    committed = []
+    oids_written: set[bytes] = set()
+    cached = []
     for record in transactions:
         meta = TransactionMeta(extension=record.extension, tid=record.tid)
         tid = _unpack64(commit_tid(meta, p64(last) if last else None))[0]
@@ -107,19 +107,24 @@ def _write(
         oids = sorted(stores)  # the order a view's commit inserts in
         fields = (record.user, record.description, meta.extension_bytes(), "")
         # The oid counter is moved once, after the batch (``counted``: no oid is below it).
-        written += insert_commit(writer, tid, fields, stores, oids, keep_history, 0, None, MAX_ID)
+        # The collector is paused for the rows (see atoll.gcpause), not around the
+        # iteration of ``transactions``, which may wait for a source.
+        with gcpause.paused():
+            written += insert_commit(writer, tid, fields, stores, oids, keep_history, 0, None, MAX_ID)
         if oids:
             highest = max(highest, _unpack64(oids[-1])[0])
-        committed.append((tid, stores))
+        oids_written.update(oids)
+        if keep_for_cache:
+            cached.append((tid, stores))
         last = tid
         if not keep_history:
             storage._commits_since_prune += 1
     if highest >= 0:
         writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
-    if not keep_history and storage._commits_since_prune >= sql.PRUNE_EVERY and committed:
+    if not keep_history and storage._commits_since_prune >= sql.PRUNE_EVERY:
         storage._commits_since_prune = 0
         writer.execute(sql.PRUNE_REPLACED_TRANSACTIONS, (last, last))
-    return written, committed
+    return written, oids_written, cached
 
 
 def _rollback(writer: sqlite3.Connection) -> None:
