@@ -367,3 +367,20 @@ def test_a_commit_of_two_sqlite_files_decides_in_the_first_and_prepares_the_othe
         raw.close()
     # One decision, in whichever file votes first; the other prepared and finished.
     assert sorted(counts) == [(0, 0), (1, 0)]
+
+
+def test_the_members_of_a_commit_are_complete_by_the_first_vote():
+    from atoll.storage.base import CommitMembers, Member, TransactionMeta, commit_role
+
+    # As Connection.tpc_begin does: each storage's metadata is made as it begins,
+    # holding the one CommitMembers of the commit, which grows until every storage
+    # has begun (the transaction package begins all before it votes any).
+    members = CommitMembers()
+    members.add(Member("a", "sqlite:/a.db"))
+    first = TransactionMeta(id="shared", members=members, order_key="a")
+    members.add(Member("b", "sqlite:/b.db"))
+    second = TransactionMeta(id="shared", members=members, order_key="b")
+    assert list(first.members) == list(second.members) == [Member("a", "sqlite:/a.db"), Member("b", "sqlite:/b.db")]
+    assert commit_role(first).decider and not commit_role(first).alone
+    assert not commit_role(second).decider and commit_role(second).decider_home == "sqlite:/a.db"
+    assert len(members) == 2 and members[1] == Member("b", "sqlite:/b.db")

@@ -28,7 +28,7 @@ from atoll.errors import (
 )
 from atoll.ids import oid_repr, z64
 from atoll.savepoint import ADDED, NEW, SavepointStore
-from atoll.storage.base import Member, TransactionMeta
+from atoll.storage.base import CommitMembers, Member, TransactionMeta
 from atoll.unpicklable import describe
 
 if TYPE_CHECKING:
@@ -41,19 +41,41 @@ __all__ = ["CommitMixin", "committing_connection"]
 
 logger = logging.getLogger("atoll.connection")
 
-# Key under which a transaction keeps the id shared by all storages of one commit.
-_TRANSACTION_ID = object()
-# Key under which a transaction keeps its committing connections, by storage sort key.
-_COMMITTING = object()
+# Key under which a transaction keeps its _Commit.
+_COMMIT = object()
 
 
-def committing_connection(txn: Any, storage: Any) -> Connection | None:
+class _Commit:
+    """One transaction's commit as its connections join it, kept in the transaction
+    (``txn.data(_COMMIT)``) from the first connection's ``tpc_begin`` on."""
+
+    __slots__ = ("id", "connections", "members")
+
+    def __init__(self) -> None:
+        self.id = os.urandom(16).hex()  # shared by every storage (TransactionMeta.id)
+        # The connection committing to each storage, by the storage's sort key.
+        self.connections: dict[str, CommitMixin] = {}
+        self.members = CommitMembers()  # every storage's TransactionMeta.members
+
+    @staticmethod
+    def of(txn: Any) -> _Commit:
+        """``txn``'s commit, made on first use."""
+        try:
+            return txn.data(_COMMIT)
+        except KeyError:
+            commit = _Commit()
+            txn.set_data(_COMMIT, commit)
+            return commit
+
+
+def committing_connection(txn: Any, storage: Any) -> CommitMixin | None:
     """The connection that began committing ``txn`` to ``storage``, if one did (an
     undo writes through it: see :mod:`atoll.undo`)."""
     try:
-        return txn.data(_COMMITTING).get(storage.sort_key())
+        commit: _Commit = txn.data(_COMMIT)
     except KeyError:
         return None
+    return commit.connections.get(storage.sort_key())
 
 
 class _Savepoint:
@@ -204,16 +226,10 @@ class CommitMixin:
 
     def tpc_begin(self, txn: Any) -> None:
         self._check_open()
-        try:
-            shared_id, participants, members = txn.data(_TRANSACTION_ID)
-        except KeyError:
-            # One id and one list of storages for every connection of the commit; the
-            # lists are complete before any votes (see TransactionMeta).
-            shared_id, participants, members = os.urandom(16).hex(), [], []
-            txn.set_data(_TRANSACTION_ID, (shared_id, participants, members))
+        commit = _Commit.of(txn)
         storage = self._db.storage
         key = storage.sort_key()
-        if key in participants:
+        if key in commit.connections:
             # Its vote would wait for the storage's commit lock, held by the other one.
             raise StorageTransactionError(
                 f"two connections to the storage of database {self._db.database_name!r} ({key}) "
@@ -221,20 +237,15 @@ class CommitMixin:
                 "connection: give each connection its own transaction manager, "
                 "e.g. db.open(transaction.TransactionManager())"
             )
-        participants.append(key)
         order_key = self.sortKey()
-        members.append(Member(order_key, storage.decision_home()))
-        try:
-            txn.data(_COMMITTING)[key] = self
-        except KeyError:
-            txn.set_data(_COMMITTING, {key: self})
+        commit.members.add(Member(order_key, storage.decision_home()))
+        commit.connections[key] = self
         meta = TransactionMeta(
             user=str(txn.user or ""),
             description=str(txn.description or ""),
             extension=dict(txn.extension),
-            id=shared_id,
-            participants=participants,
-            members=members,
+            id=commit.id,
+            members=commit.members,
             order_key=order_key,
         )
         self._view.tpc_begin(meta)

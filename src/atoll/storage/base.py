@@ -69,7 +69,7 @@ import hashlib
 import io
 import pickle
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator, Mapping, Protocol, Sequence, overload, runtime_checkable
 
 from atoll.classes import DEFAULT_POLICY, STANDARD_GLOBALS
 from atoll.errors import (
@@ -93,6 +93,7 @@ __all__ = [
     "DELETED",
     "commit_key",
     "Member",
+    "CommitMembers",
     "CommitRole",
     "commit_role",
     "DataRecord",
@@ -125,6 +126,45 @@ class Member:
 
     order_key: str
     home: str | None
+
+
+class CommitMembers(Sequence[Member]):
+    """The :class:`Member` of every storage taking part in one commit, gathered while
+    the commit begins: the one part of a commit's description that changes.
+
+    Whoever runs the commit owns it and adds each storage's Member as it begins that
+    storage (:meth:`add`); the ``TransactionMeta`` of every storage of the commit
+    holds the same object, as a read-only sequence. The transaction package begins
+    every participant before it votes any, so the sequence is complete when a storage
+    reads it, in ``tpc_vote`` (:func:`commit_role`), and not before.
+    """
+
+    __slots__ = ("_members",)
+
+    def __init__(self) -> None:
+        self._members: list[Member] = []  # in the order the storages began
+
+    def add(self, member: Member) -> None:
+        """Add the Member of a storage the commit has just begun."""
+        self._members.append(member)
+
+    @overload
+    def __getitem__(self, index: int) -> Member: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Member]: ...
+
+    def __getitem__(self, index: int | slice) -> Member | Sequence[Member]:
+        return self._members[index]
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self._members)
+
+    def __repr__(self) -> str:
+        return f"CommitMembers({self._members!r})"
 
 
 @dataclass(frozen=True)
@@ -171,11 +211,10 @@ class TransactionMeta:
 
     ``id`` is the same for every storage that takes part in one transaction of a
     multi-database collection: the collection's commit decision is keyed by it.
-    ``participants`` holds the ``sort_key()`` of every storage taking part, this one
-    included, and ``members`` each one's :class:`Member`; the caller may still be
-    adding to both during ``tpc_begin`` of the others, but they are complete when
-    ``tpc_vote`` runs (the transaction package begins every participant before it
-    votes any). ``order_key`` is this storage's own ``Member.order_key``.
+    ``members`` holds the :class:`Member` of every storage taking part, this one
+    included: a tuple when the caller knows them all at once, else the commit's
+    :class:`CommitMembers`, which grows while the other storages begin and is complete
+    when ``tpc_vote`` runs. ``order_key`` is this storage's own ``Member.order_key``.
     :func:`commit_role` tells a storage what to do with them.
     """
 
@@ -183,7 +222,6 @@ class TransactionMeta:
     description: str = ""
     extension: Mapping[str, object] = field(default_factory=dict)
     id: str = ""
-    participants: Sequence[str] = ()
     members: Sequence[Member] = ()
     order_key: str = ""
     #: Commit with exactly this tid instead of a new one (a copy keeps the source's
