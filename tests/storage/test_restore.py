@@ -107,7 +107,7 @@ def test_restore_refuses_a_tid_that_is_not_later(storage):
         storage.restore_transactions([txn(newer, {p64(5): record("five")}), txn(newer, {p64(6): record("six")})])
     found = [t.tid for t in storage.iterator()]
     assert found in ([last], [last, newer])  # whole transactions only: a leading part
-    if type(storage).__name__ == "SQLiteStorage":  # the batch is one write transaction
+    if type(storage).__name__ in ("SQLiteStorage", "PostgreSQLStorage"):  # the batch is one transaction
         assert found == [last]
     assert storage.last_transaction() == found[-1]
 
@@ -126,7 +126,7 @@ def test_an_interrupted_restore_leaves_whole_transactions_only(storage):
     done = [t.tid for t in given].index(last) + 1 if last != z64 else 0
     if storage.keep_history:
         assert everything(storage) == expected(given[:done])  # ...each transaction whole
-    if type(storage).__name__ == "SQLiteStorage":  # one write transaction per batch: none of it
+    if type(storage).__name__ in ("SQLiteStorage", "PostgreSQLStorage"):  # one transaction per batch
         assert done == 0
     # The storage goes on: the same batch again (from where it stopped) completes it.
     storage.restore_transactions(given[done:])

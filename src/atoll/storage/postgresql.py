@@ -480,6 +480,13 @@ class PostgreSQLStorage(Storage):
             records = [DataRecord(p64(zoid), p64(tid), state) for zoid, state, _ in rows]
             yield TransactionRecord(p64(tid), user, description, TransactionMeta.extension_from_bytes(extension), records)
 
+    def restore_transactions(self, transactions: Iterable[TransactionRecord]) -> int:
+        """See :meth:`Storage.restore_transactions`: the whole batch in one
+        PostgreSQL transaction (:mod:`atoll.storage.postgresql_restore`)."""
+        from atoll.storage.postgresql_restore import restore_transactions
+
+        return restore_transactions(self, transactions)
+
     def pack_session(self, pack_tid: bytes) -> PackSession:
         """See :meth:`Storage.pack_session` and :mod:`atoll.storage.postgresql_pack`."""
         self._check_open()
