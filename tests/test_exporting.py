@@ -135,10 +135,14 @@ def file_variants(good: bytes) -> dict[str, bytes]:
         "cut short": good[:-5],
         "damaged": bytes(damaged),
         "a newer version": MAGIC + b"\x00\x09" + good[len(MAGIC) + 2 :],
+        # A tiny file claiming a 4 GiB header: refused before anything is read.
+        "a huge header": MAGIC + good[len(MAGIC) : len(MAGIC) + 2] + b"\xff\xff\xff\xf0" + b"{}",
     }
 
 
-@pytest.mark.parametrize("variant", ["not an export", "a zodb export", "empty", "cut short", "damaged", "a newer version"])
+@pytest.mark.parametrize(
+    "variant", ["not an export", "a zodb export", "empty", "cut short", "damaged", "a newer version", "a huge header"]
+)
 def test_a_file_that_is_no_good_export_is_refused_in_one_line_and_nothing_written(make_db, variant):
     db = make_db()
     conn = db.open()
@@ -272,3 +276,18 @@ def test_import_rewrites_references_only_and_reads_no_class(make_db):
     assert [db_name for db_name, _ in references(data)] == [db_name for db_name, _ in references(before)]
     assert {oid for _, oid in references(data)}.isdisjoint(originals)
     conn.close()
+
+
+def test_a_huge_header_length_is_refused_before_it_is_read():
+    class Reads(io.BytesIO):
+        asked: list[int] = []
+
+        def read(self, size=-1):
+            self.asked.append(size)
+            return super().read(size)
+
+    file = Reads(MAGIC + b"\x00\x01\xff\xff\xff\xf0{}")
+    with pytest.raises(ExportError, match="damaged header"):
+        ExportReader(file)
+    assert max(file.asked) < 1 << 20
+

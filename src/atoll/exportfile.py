@@ -44,6 +44,8 @@ VERSION = 1
 _ZEXP = b"ZEXP"  # ZODB's export files start so
 _U16 = struct.Struct(">H")
 _HEADER = struct.Struct(">HI")
+#: The longest header a reader accepts (atoll writes a few hundred bytes of JSON).
+MAX_HEADER = 1 << 20
 _RECORD = struct.Struct(">H8sI")
 _END = struct.Struct(">QQI")
 _CHUNK = 1 << 20
@@ -137,6 +139,8 @@ class ExportReader:
         version, size = _HEADER.unpack(self._read(_HEADER.size))
         if version != VERSION:
             raise ExportError(f"{name} is an atoll export of format version {version}; this atoll reads version {VERSION}")
+        if size > MAX_HEADER:  # read whole below: a hostile length must not allocate gigabytes
+            raise ExportError(f"{name} has a damaged header (it claims {size:,} bytes)")
         try:
             root = json.loads(self._read(size))["root"]
             self.root: tuple[str, bytes] = (str(root["database"]), bytes.fromhex(root["oid"]))

@@ -355,8 +355,13 @@ def _write(
         def relocate(name: str | None, ref: bytes, weak: bool, database: str = database) -> bytes | None:
             where = database if name is None else name
             new = mapping.get((where, ref))
-            if new is None and weak and where in targets:
-                new = targets[where]._db.storage.new_oid()  # holds nothing: reads as gone
+            if new is None and weak:  # a weak reference leaving the set: make it read as gone
+                try:
+                    other = targets[where] if where in targets else connection.get_connection(where)
+                except KeyError:  # a database the destination lacks: it reads as gone as it is
+                    other = None
+                if other is not None:
+                    new = other._db.storage.new_oid()  # holds nothing
             if name is not None and name != own:
                 referenced.add(name)  # noted in the collection at commit (membership)
             return new

@@ -109,3 +109,25 @@ def test_an_object_is_exported_through_its_connection(collection, tmp_path):
         stats = export_objects(conn, conn.root()["ada"], tmp_path / "ada.atollx")
     assert stats.root[0] == "b" and set(stats.per_database) == {"a", "b"}
     collection.close(databases)
+
+
+def test_a_weak_reference_to_another_database_outside_the_set_reads_as_gone(collection, tmp_path):
+    from persistent.wref import WeakRef
+
+    databases = collection.open()
+    with databases["a"].transaction() as conn:
+        b = conn.get_connection("b")
+        target = PersistentMapping(name="in b, not exported")
+        b.add(target)
+        b.root()["target"] = target
+        holder = PersistentMapping(weak=WeakRef(target))
+        conn.root()["holder"] = holder
+    with databases["a"].transaction() as conn:
+        holder_oid = conn.root()["holder"]._p_oid
+    path = tmp_path / "holder.atollx"
+    stats = export_objects(databases, holder_oid, path, database="a")
+    assert set(stats.per_database) == {"a"}  # weak references are not followed
+    import_objects(databases, path, "copy")
+    with databases["a"].transaction() as conn:
+        assert conn.root()["copy"]["weak"]() is None  # not the target, nor anything else
+        assert conn.root()["holder"]["weak"]()["name"] == "in b, not exported"

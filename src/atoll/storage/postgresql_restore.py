@@ -72,7 +72,14 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
                 last = tid
             if highest >= storage._oid_limit:  # else within this process's block
                 conn.execute(q.ADVANCE_OIDS, {"oid": highest})
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error:
+                # Committed or not (a lost answer): the batch may hold oids of this
+                # process's reserved block, so give the rest of the block up.
+                with storage._lock:
+                    storage._next_oid = storage._oid_limit
+                raise
         except psycopg.Error as e:
             raise StorageError(f"PostgreSQL error in {storage.name} restoring transactions: {_first_line(e)}") from None
     finally:
