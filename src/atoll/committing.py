@@ -334,13 +334,7 @@ class CommitMixin:
 
     def _abort_changes(self) -> None:
         cache = self._cache
-        for oid, obj in self._creating.items():
-            if cache.get(oid) is obj:
-                del cache[oid]
-            obj._p_changed = False
-            obj._p_jar = None
-            obj._p_oid = None
-        stale = [obj._p_oid for obj in self._registered if obj._p_jar is self]
+        stale = self._forget_unsaved()
         stale.extend(self._stored)
         saved = self._saved
         if saved is not None:
@@ -351,6 +345,19 @@ class CommitMixin:
                     stale.append(oid)
         cache.invalidate(stale)
         self._clear_transaction()
+
+    def _forget_unsaved(self) -> list[bytes]:
+        """Take back what changed since the last savepoint (or the transaction's
+        start): the new objects leave the cache, jar-less and oid-less; returns the
+        oids of the changed ones, to invalidate."""
+        cache = self._cache
+        for oid, obj in self._creating.items():
+            if cache.get(oid) is obj:
+                del cache[oid]
+            obj._p_changed = False
+            obj._p_jar = None
+            obj._p_oid = None
+        return [obj._p_oid for obj in self._registered if obj._p_jar is self]
 
     def _disown(self, oid: bytes) -> None:
         """A new object saved by a savepoint leaves the transaction: no oid, no jar."""
@@ -413,13 +420,7 @@ class CommitMixin:
 
     def _rollback(self, savepoint: _Savepoint) -> None:
         cache = self._cache
-        for oid, obj in self._creating.items():
-            if cache.get(oid) is obj:
-                del cache[oid]
-            obj._p_changed = False
-            obj._p_jar = None
-            obj._p_oid = None
-        stale = [obj._p_oid for obj in self._registered if obj._p_jar is self]
+        stale = self._forget_unsaved()
         saved = self._saved
         if saved is not None:
             for oid, kept, new in saved.rollback(savepoint.position):

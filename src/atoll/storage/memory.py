@@ -21,7 +21,6 @@ from atoll.errors import POSKeyError, ReadConflictError, ReadOnlyError, StorageE
 from atoll.ids import ROOT_OID, p64, tid_time, u64, z64
 from atoll.storage.base import (
     verify_step,
-    CommitBuffer,
     commit_tid,
     Storage,
     StorageView,
@@ -36,9 +35,9 @@ from atoll.storage.base import (
     TransactionMeta,
     TransactionRecord,
     check_metadata_key,
-    moved_serials,
     commit_key,
 )
+from atoll.storage.commit_buffer import CommitBuffer, moved_serials
 
 __all__ = ["MemoryStorage", "MinimalMemoryStorage", "MemoryPackSession"]
 

@@ -29,7 +29,7 @@ wakes idle processes promptly without polling in a loop.
 Commits. ``tpc_vote`` opens a transaction and locks the single row of
 ``commit_lock`` (``SELECT ... FOR UPDATE``): that row lock is the commit lock of
 every process on every machine. Under it the view reads the current serials of the
-oids it writes, runs :func:`~atoll.storage.base.check_conflicts`, allocates a tid later
+oids it writes, runs :func:`~atoll.storage.commit_buffer.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
 transaction and updates the last tid. What comes next depends on the storage's
 role in the commit (:func:`~atoll.storage.base.commit_role`):

@@ -31,13 +31,12 @@ from atoll.storage import postgresql_sql as SQL
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import checksum as record_checksum
 from atoll.storage.base import (
-    CommitBuffer,
     commit_tid,
     StorageView,
     Resolver,
-    moved_serials,
     commit_role,
 )
+from atoll.storage.commit_buffer import CommitBuffer, moved_serials
 from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, one_row, one_value
 
 if TYPE_CHECKING:

@@ -22,12 +22,12 @@ import sqlite3
 from typing import TYPE_CHECKING, Iterable
 
 from atoll import gcpause
-from atoll.errors import LockTimeoutError, ReadOnlyError
+from atoll.errors import ReadOnlyError
 from atoll.ids import p64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import DELETED, TransactionMeta, TransactionRecord, commit_tid
 from atoll.storage.sqlite_rows import MAX_ID, _unpack64
-from atoll.storage.sqlite_write import insert_commit
+from atoll.storage.sqlite_write import begin_commit, insert_commit
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
@@ -49,7 +49,7 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
     try:
         writer = storage._writer
         assert writer is not None
-        last = _begin_write(storage, writer)
+        last = begin_commit(storage, writer, "restoring transactions")
         try:
             written, oids, cached = _write(storage, writer, last, transactions)
             writer.execute(sql.COMMIT)
@@ -68,24 +68,6 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
     storage._skip_oids_of(oids)
     storage._checkpointer.wrote(written)
     return written
-
-
-def _begin_write(storage: SQLiteStorage, writer: sqlite3.Connection) -> int:
-    """``BEGIN IMMEDIATE`` once nothing prepared waits to be settled (as a view's
-    commit does); the last committed tid (0 for an empty file)."""
-    while True:
-        try:
-            writer.execute(sql.BEGIN_WRITE)
-        except sqlite3.OperationalError as e:
-            raise LockTimeoutError(
-                f"could not lock {storage.path} for restoring transactions within "
-                f"{storage.commit_lock_timeout:g} s (commit_lock_timeout): {e}"
-            ) from None
-        last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
-        if not waiting:
-            return last or 0
-        writer.execute(sql.ROLLBACK)
-        storage._settle()
 
 
 def _write(

@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Iterable
 
 from atoll.errors import (
-    LockTimeoutError,
     POSKeyError,
     ReadConflictError,
     StorageError,
@@ -26,8 +25,9 @@ from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.checksum import damaged
 from atoll.storage import sqlite_undo as undo
-from atoll.storage.base import CommitBuffer, commit_tid, StorageView, Resolver, commit_role
-from atoll.storage.sqlite_write import insert_commit, write_transaction
+from atoll.storage.base import commit_tid, StorageView, Resolver, commit_role
+from atoll.storage.commit_buffer import CommitBuffer
+from atoll.storage.sqlite_write import begin_commit, insert_commit, write_transaction
 from atoll.storage.sqlite_rows import _OFFSET, BATCH, _crc32, _pack64, _unpack64, json_ids, split_oids
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class SQLiteView(CommitBuffer, StorageView):
         writer = storage._writer
         assert writer is not None
         try:
-            last = self._begin_write(writer)
+            last = begin_commit(storage, writer, "commit")
             resolved = self._write(writer, last, resolve, None if role.decider else role.decider_home)
             if role.alone:
                 pass
@@ -262,25 +262,6 @@ class SQLiteView(CommitBuffer, StorageView):
             self._abort_write()
             raise
         return resolved
-
-    def _begin_write(self, writer: sqlite3.Connection) -> int:
-        """Begin the commit's write transaction, once whatever a stopped process
-        prepared here is settled; the last committed tid."""
-        storage = self._storage
-        while True:
-            try:
-                writer.execute(sql.BEGIN_WRITE)
-            except sqlite3.OperationalError as e:
-                raise LockTimeoutError(
-                    f"could not lock {storage.path} for commit within {storage.commit_lock_timeout:g} s "
-                    f"(commit_lock_timeout): {e}"
-                ) from None
-            last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
-            if not waiting:
-                return last or 0
-            # Settled without the write lock: see sqlite_pending, "Settling".
-            writer.execute(sql.ROLLBACK)
-            storage._settle()
 
     def _write(
         self, writer: sqlite3.Connection, last: int, resolve: Resolver | None, decider: str | None

@@ -12,12 +12,16 @@ import struct
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+from atoll.errors import LockTimeoutError
 from atoll.ids import u64, z64
 from atoll.storage import sqlite_sql as sql
 
-__all__ = ["write_transaction", "insert_commit"]
+if TYPE_CHECKING:
+    from atoll.storage.sqlite import SQLiteStorage
+
+__all__ = ["write_transaction", "begin_commit", "insert_commit"]
 
 _unpack64 = struct.Struct(">Q").unpack
 # The checksum of each revision, inline (see atoll.storage.checksum: the same value).
@@ -36,6 +40,26 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         conn.execute(sql.ROLLBACK)
         raise
+
+
+def begin_commit(storage: SQLiteStorage, writer: sqlite3.Connection, doing: str) -> int:
+    """``BEGIN IMMEDIATE`` on ``writer`` for a commit (``doing`` names it in the
+    timeout error), once whatever a stopped process prepared here is settled; the
+    last committed tid (0 for an empty file). The caller holds the commit lock."""
+    while True:
+        try:
+            writer.execute(sql.BEGIN_WRITE)
+        except sqlite3.OperationalError as e:
+            raise LockTimeoutError(
+                f"could not lock {storage.path} for {doing} within {storage.commit_lock_timeout:g} s "
+                f"(commit_lock_timeout): {e}"
+            ) from None
+        last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
+        if not waiting:
+            return last or 0
+        # Settled without the write lock: see sqlite_pending, "Settling".
+        writer.execute(sql.ROLLBACK)
+        storage._settle()
 
 
 def insert_commit(
