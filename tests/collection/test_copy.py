@@ -121,25 +121,37 @@ def test_any_storage_to_any_storage_keeps_everything_and_new_oids_are_fresh(tmp_
     copied.close()
 
 
-def _writer_child(source: str, destination: str, fd: int) -> None:  # pragma: no cover - runs in a child
+def _writer_child(source: str, destination: str, fd: int, direct: bool) -> None:  # pragma: no cover - a child
     import time
 
     from atoll.collection.copy import _StorageWriter
+    from atoll.storage import sqlite_copy
 
     copy_module = sys.modules["atoll.collection.copy"]  # the package's "copy" is the function
+    if direct:  # SQLite to SQLite inside SQLite (SQLiteStorage.restore_from)
+        original_batch = sqlite_copy._write_batch
 
-    original = _StorageWriter.write_batch
+        def slow_batch(storage, writer, source_path, last, high, *rest):  # a kill lands mid-copy
+            time.sleep(0.02)
+            return original_batch(storage, writer, source_path, last, high, *rest)
 
-    def slow_write(self, records):  # slow enough that a kill lands mid-copy
-        time.sleep(0.002 * len(records))
-        return original(self, records)
+        sqlite_copy._write_batch = slow_batch
+        sqlite_copy.BATCH_TRANSACTIONS = 7
+    else:  # through the iterator and restore_transactions
+        original = _StorageWriter.write_batch
 
-    _StorageWriter.write_batch = slow_write
-    copy_module.BATCH_TRANSACTIONS = 7  # many batches: the kill lands in or between them
+        def slow_write(self, records):  # slow enough that a kill lands mid-copy
+            time.sleep(0.002 * len(records))
+            return original(self, records)
+
+        _StorageWriter.write_batch = slow_write
+        copy_module._direct = lambda reader, writer, start: None
+        copy_module.BATCH_TRANSACTIONS = 7  # many batches: the kill lands in or between them
     atoll.copy(source, destination, progress=lambda step: os.write(fd, b"%d\n" % step.done))
 
 
-def test_a_copy_killed_and_restarted_equals_an_uninterrupted_one(tmp_path: Path):
+@pytest.mark.parametrize("direct", [True, False], ids=["inside-sqlite", "through-the-iterator"])
+def test_a_copy_killed_and_restarted_equals_an_uninterrupted_one(tmp_path: Path, direct: bool):
     from kill_support import run_until_killed
 
     source = str(tmp_path / "source.db")
@@ -151,7 +163,7 @@ def test_a_copy_killed_and_restarted_equals_an_uninterrupted_one(tmp_path: Path)
     destination = str(tmp_path / "dest.db")
 
     def child(fd: int) -> None:
-        _writer_child(source, destination, fd)  # reports every few transactions copied
+        _writer_child(source, destination, fd, direct)  # reports every few transactions copied
         while True:  # the helper kills us; never stop by ourselves
             pass
 

@@ -92,6 +92,14 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
     # Counting the source's transactions reads its whole log: only for a report.
     total = reader.count_after(start) if progress is not None else None
     report = Reporter(progress, f"copying {reader.name}", total=total, unit="transactions", every=10)
+    direct = _direct(reader, writer, start)
+    if direct is not None:  # the destination copies the source's rows itself
+        for transactions, records, size in direct:
+            stats.transactions += transactions
+            stats.records += records
+            stats.size += size
+            report.advance(transactions)
+        return _finished(reader, writer, stats, report, started)
     batch: list[TransactionRecord] = []
     size = 0
 
@@ -110,6 +118,18 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
             size = 0
     if batch:
         flush()
+    return _finished(reader, writer, stats, report, started)
+
+
+def _direct(reader: _Reader, writer: _Writer, start: bytes | None) -> Iterator[tuple[int, int, int]] | None:
+    """The batches a destination storage copies from the source storage itself
+    (:meth:`Storage.restore_from`), or None: then the copy reads and writes."""
+    if isinstance(reader, _StorageReader) and isinstance(writer, _StorageWriter):
+        return writer.storage.restore_from(reader.storage, start)
+    return None
+
+
+def _finished(reader: _Reader, writer: _Writer, stats: CopyStats, report: Reporter, started: float) -> CopyStats:
     writer.finish()
     stats.seconds = time.monotonic() - started
     report.done(

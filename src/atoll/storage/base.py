@@ -69,7 +69,7 @@ import hashlib
 import io
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Protocol, Sequence, overload, runtime_checkable
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, overload, runtime_checkable
 
 from atoll.classes import DEFAULT_POLICY, STANDARD_GLOBALS
 from atoll.errors import (
@@ -288,9 +288,11 @@ class TransactionInfo:
     size: int
 
 
-@dataclass(frozen=True)
-class DataRecord:
-    """One revision of one object, as iteration returns it; ``data`` None means deleted."""
+class DataRecord(NamedTuple):
+    """One revision of one object, as iteration returns it; ``data`` None means deleted.
+
+    A named tuple rather than a dataclass: a copy makes one per revision, and a
+    tuple is made in a fifth of the time."""
 
     oid: bytes
     tid: bytes
@@ -579,6 +581,20 @@ class Storage(Protocol):
         from atoll.storage.restore import restore_over_views
 
         return restore_over_views(self, transactions)
+
+    def restore_from(self, source: Storage, start: bytes | None = None) -> Iterator[tuple[int, int, int]] | None:
+        """A faster way than ``restore_transactions(source.iterator(start))`` to
+        copy ``source``'s transactions from ``start`` (all when None) into this
+        storage, or None when this storage has none for such a source (the caller
+        then goes through the iterator). The iterator copies one batch per step and
+        yields its (transactions, revisions, bytes of record data) once committed;
+        what it writes, and what an interruption leaves, are as for
+        :meth:`restore_transactions`. Transactions the source commits while it runs
+        may be left to a later copy.
+
+        SQLite, from another SQLite file of the same history mode, copies inside
+        SQLite (:mod:`atoll.storage.sqlite_copy`); this default has no such way."""
+        return None
 
     def pack_session(self, pack_tid: bytes) -> PackSession:
         """Start a pack as of ``pack_tid`` (see :class:`PackSession`);

@@ -109,7 +109,7 @@ from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import damaged
 from atoll.storage.options import check_path as check_path_text
 from atoll.storage.options import check_wait
-from atoll.storage import sqlite_restore
+from atoll.storage import sqlite_copy, sqlite_restore
 from atoll.storage import sqlite_undo as undo
 from atoll.storage.base import (
     verify_step,
@@ -311,6 +311,13 @@ class SQLiteStorage(Storage):
         finally:
             self._commit_lock.release()
 
+    def _skip_oid_range(self, lowest: int, highest: int) -> None:
+        """Give up the rest of the reserved oid block if oids from ``lowest`` to
+        ``highest`` were written (by a copy): see _skip_oids_of."""
+        with self._oid_lock:
+            if lowest < self._oid_limit and highest >= self._next_oid:
+                self._next_oid = self._oid_limit
+
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
         """Give up the rest of the reserved oid block if ``oids`` (written by a commit,
         this process's or another's) fall in it: such an oid was not handed out from
@@ -446,6 +453,26 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as e:
                 raise self._error(e, "iterating transactions") from None
         return page
+
+    def restore_from(self, source: Storage, start: bytes | None = None) -> Iterator[tuple[int, int, int]] | None:
+        """See :meth:`Storage.restore_from`: another SQLite file of the same history
+        mode is copied inside SQLite (:mod:`atoll.storage.sqlite_copy`). Not when
+        this file is history-free and holds transactions already (a restarted copy:
+        the revisions a new one replaces must go, which restore_transactions does),
+        nor from a version 1 file opened read-only (no checksums to copy)."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.path} is read-only")
+        if (
+            not isinstance(source, SQLiteStorage)
+            or source.keep_history != self.keep_history
+            or source._q is not sql.reads(checksums=True)
+            or (not self.keep_history and self.last_transaction() != z64)
+        ):
+            return None
+        source._check_open()
+        after = u64(start) - 1 if start is not None else -1
+        return sqlite_copy.copy_file(self, source.path, source._immutable, after)
 
     def restore_transactions(self, transactions: Iterable[TransactionRecord]) -> int:
         """See :meth:`Storage.restore_transactions`: the whole batch in one write

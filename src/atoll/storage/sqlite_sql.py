@@ -247,6 +247,14 @@ def insert_states(rows: int) -> str:
     return f"INSERT INTO object_state (zoid, tid, state, checksum) VALUES {values}"
 
 
+@functools.lru_cache(maxsize=None)
+def insert_revisions(rows: int) -> str:
+    """INSERT of ``rows`` revisions of any transactions (what a restore writes).
+
+    Parameters: ``zoid, tid, state, checksum`` for each row (200 rows bind 800)."""
+    return "INSERT INTO object_state (zoid, tid, state, checksum) VALUES " + ", ".join(["(?, ?, ?, ?)"] * rows)
+
+
 #: Commits between two prunings of a history-free file's replaced transaction rows.
 PRUNE_EVERY = 1000
 
@@ -403,3 +411,59 @@ def reads(checksums: bool = True) -> SimpleNamespace:
     checksum (a version 1 file opened read-only, which has no such column)."""
     column = "checksum" if checksums else "NULL"
     return SimpleNamespace(**{name: text.replace("{checksum}", column) for name, text in _READS.items()})
+
+# -- copying another atoll SQLite file (sqlite_copy.py) ----------------------
+
+#: The source file, read-only, beside the destination's own tables.
+ATTACH_COPY_SOURCE = "ATTACH DATABASE ? AS atoll_copy_source"
+DETACH_COPY_SOURCE = "DETACH DATABASE atoll_copy_source"
+COPY_SOURCE_LAST_TID = "SELECT max(tid) FROM atoll_copy_source.transactions"
+COPY_SOURCE_HAS_ENDED = "SELECT 1 FROM atoll_copy_source.atoll_meta WHERE key = 'ended_objects'"
+
+#: The committed revisions to copy, by (tid, row id), with their oid and size: the
+#: source has no index by tid, so one scan lists them and each batch reads its
+#: range here. A prepared part's rows (no ``transactions`` row names their tid yet)
+#: are left out.
+CREATE_COPY_ROWS = """
+CREATE TEMP TABLE atoll_copy_rows (
+    tid  INTEGER NOT NULL,
+    id   INTEGER NOT NULL,
+    zoid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (tid, id)
+) WITHOUT ROWID
+"""
+FILL_COPY_ROWS = """
+INSERT INTO temp.atoll_copy_rows (tid, id, zoid, size)
+SELECT s.tid, s.id, s.zoid, length(s.state)
+FROM atoll_copy_source.object_state AS s
+JOIN atoll_copy_source.transactions AS t ON t.tid = s.tid
+WHERE s.tid > ?1 AND s.tid <= ?2
+"""
+DROP_COPY_ROWS = "DROP TABLE IF EXISTS temp.atoll_copy_rows"
+
+#: The next transactions' sizes (bytes, revisions), for choosing a batch.
+COPY_SIZES = """
+SELECT tid, sum(size), count(*) FROM temp.atoll_copy_rows
+WHERE tid > ? GROUP BY tid ORDER BY tid LIMIT ?
+"""
+COPY_HAS_ENDED_ROWS = "SELECT 1 FROM temp.atoll_copy_rows WHERE size = 0 LIMIT 1"
+
+#: One batch: the transactions with tids in (?1, ?2], then their revisions in the
+#: order a commit inserts them, each one's checksum checked (or, for a revision
+#: written before checksums, computed) by the ``atoll_copy_checksum`` function.
+COPY_TRANSACTIONS = """
+INSERT INTO transactions (tid, username, description, extension, txn_id, oids, partners)
+SELECT tid, username, description, extension, '', oids, 0
+FROM atoll_copy_source.transactions WHERE tid > ?1 AND tid <= ?2 ORDER BY tid
+"""
+COPY_REVISIONS = """
+INSERT INTO object_state (zoid, tid, state, checksum)
+SELECT s.zoid, s.tid, s.state,
+       atoll_copy_checksum(s.zoid, s.tid, CAST(s.state AS BLOB), typeof(s.state) = 'blob', s.checksum)
+FROM temp.atoll_copy_rows AS r
+JOIN atoll_copy_source.object_state AS s ON s.id = r.id
+WHERE r.tid > ?1 AND r.tid <= ?2
+ORDER BY r.tid, r.id
+"""
+COPY_OID_RANGE = "SELECT min(zoid), max(zoid) FROM temp.atoll_copy_rows WHERE tid > ?1 AND tid <= ?2"
