@@ -191,6 +191,43 @@ def test_conflict_in_vote_leaves_no_trace(storage):
     stale.release()
 
 
+def test_a_small_commit_locks_and_writes_in_one_round_trip_unless_another_committed(storage, monkeypatch):
+    from atoll.storage import postgresql_view
+
+    wrote: list[bool] = []
+    original = type(storage)._lock_commit_and_write
+
+    def spy(self, conn, params):
+        last, written = original(self, conn, params)
+        wrote.append(written)
+        return last, written
+
+    def locked_first(self, conn):
+        wrote.append("locked first")
+        return original_lock(self, conn)
+
+    original_lock = type(storage)._lock_commit
+    monkeypatch.setattr(type(storage), "_lock_commit_and_write", spy)
+    monkeypatch.setattr(type(storage), "_lock_commit", locked_first)
+    a, b, c, d = (storage.new_oid() for _ in range(4))  # oids of this process's block
+    first = commit(storage, {a: b"zero"})
+    assert wrote == [True]  # nothing committed since the snapshot: written with the lock
+    behind = storage.open_view()  # its snapshot: first
+    other = commit(storage, {b: b"other"})
+    behind.tpc_begin(TransactionMeta())
+    behind.store(c, z64, b"behind")
+    behind.tpc_vote()  # the bet is lost: nothing written, then checked and written under the lock
+    tid = behind.tpc_finish()
+    assert wrote == [True, True, False] and tid > other > first
+    assert storage.open_view().load(c) == (b"behind", tid)
+    assert storage.open_view().load(b) == (b"other", other)
+    assert [t.tid for t in storage.iterator()] == [first, other, tid]  # the lost bet wrote nothing
+    big = b"x" * (postgresql_view.ONE_TRIP_BYTES + 1)
+    assert commit(storage, {d: big}) == storage.last_transaction()
+    assert wrote[-1] == "locked first"
+    behind.release()
+
+
 def test_commit_lock_is_held_from_vote_until_finish(storage):
     first = storage.open_view()
     first.tpc_begin(TransactionMeta())

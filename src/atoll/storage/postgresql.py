@@ -419,6 +419,23 @@ class PostgreSQLStorage(Storage):
                     "(commit_lock_timeout)"
                 )
 
+    def _lock_commit_and_write(self, conn: psycopg.Connection, params: dict) -> tuple[int, bool]:
+        """Begin, take the commit lock and write a small commit in one round trip
+        when nothing was committed since ``params["snapshot"]``
+        (``WRITE_COMMIT_IF_UNCHANGED_*`` in postgresql_sql); returns the last tid
+        and whether it wrote. When it did not, the transaction stays open under the
+        lock; a lock that is not free is waited for as :meth:`_lock_commit` does."""
+        write = self._sql.WRITE_COMMIT_IF_UNCHANGED_HP if self.keep_history else self._sql.WRITE_COMMIT_IF_UNCHANGED_HF
+        try:
+            with conn.pipeline():
+                conn.execute(SQL.BEGIN)
+                locked = conn.execute(self._sql.LOCK_COMMIT)
+                wrote = conn.execute(write, params)
+        except pg_errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            return self._lock_commit(conn), False
+        return one_value(locked), wrote.fetchone() is not None
+
     # -- the Storage protocol --------------------------------------------------------
 
     def open_view(self, before: bytes | None = None) -> PostgreSQLView:

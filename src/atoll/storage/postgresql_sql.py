@@ -248,11 +248,39 @@ WITH stored AS (
 UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0
 RETURNING pg_notify(%(channel)s, %(tid)s::text)
 """
-WRITE_COMMIT_HP = _write_commit.format(on_conflict="")
-WRITE_COMMIT_HF = _write_commit.format(
-    on_conflict="ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, "
-    "checksum = EXCLUDED.checksum"
+_HF_REPLACES = (
+    "ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum"
 )
+WRITE_COMMIT_HP = _write_commit.format(on_conflict="")
+WRITE_COMMIT_HF = _write_commit.format(on_conflict=_HF_REPLACES)
+
+# The same, sent with BEGIN and LOCK_COMMIT in one pipeline, so that a small commit
+# takes the lock and writes in one round trip:
+# it writes only if nothing was committed since the view's snapshot (%(snapshot)s),
+# the case in which nothing can conflict and the tid chosen before the lock is
+# later than the last one. Otherwise it writes nothing (no row returned) and the
+# commit goes on under the lock it holds, as one that locked first.
+_write_commit_if_unchanged = """
+WITH unchanged AS (
+    SELECT 1 FROM {{s}}.commit_lock WHERE id = 0 AND tid <= %(snapshot)s
+), stored AS (
+    INSERT INTO {{s}}.object_state (zoid, tid, state, checksum)
+    SELECT z, %(tid)s, d, c FROM unnest(%(zoids)s::bigint[], %(datas)s::bytea[], %(sums)s::integer[]) AS u(z, d, c)
+    WHERE EXISTS (SELECT FROM unchanged)
+    {on_conflict}
+), logged AS (
+    INSERT INTO {{s}}.transactions
+    SELECT %(tid)s, %(user)s::text, %(description)s::text, %(extension)s::bytea, %(txn_key)s::text
+    WHERE EXISTS (SELECT FROM unchanged)
+), decided AS (
+    INSERT INTO {{s}}.commit_decisions (txn_id, tid) SELECT %(decision)s::text, %(tid)s
+    WHERE %(decision)s::text IS NOT NULL AND EXISTS (SELECT FROM unchanged)
+)
+UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0 AND tid <= %(snapshot)s
+RETURNING pg_notify(%(channel)s, %(tid)s::text)
+"""
+WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit_if_unchanged.format(on_conflict="")
+WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit_if_unchanged.format(on_conflict=_HF_REPLACES)
 
 # The session lock that tells recovery this view's session is alive (key: random).
 OWNER_LOCK = "SELECT pg_advisory_lock(%s)"

@@ -48,6 +48,17 @@ __all__ = ["PostgreSQLView"]
 log = logging.getLogger("atoll.storage.postgresql")
 
 
+#: A commit with at most this many bytes of records takes the commit lock and
+#: writes in one round trip (see ``_lock_commit_and_write``), betting that nothing
+#: was committed since its snapshot; a larger one locks first, so that a lost bet
+#: never sends its records twice.
+ONE_TRIP_BYTES = 64 << 10
+
+
+def _checksums(zoids: list[int], datas: list[bytes | None], tid: int) -> list[int]:
+    return [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
+
+
 class PostgreSQLView(CommitBuffer, StorageView):
     """A connection's view of a :class:`PostgreSQLStorage` (see the module docstring)."""
 
@@ -265,24 +276,40 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     assert role.decider_home is not None  # a member's decider is durable
                     home_id = storage._home_id(role.decider_home)
                 conn = self._store_conn()
-                last = storage._lock_commit(conn)
-                resolved = self._check_conflicts(conn, p64(last), resolve)
-                tid = u64(commit_tid(meta, max(p64(last), self.snapshot)))
                 txn_key = recovery.txn_key(meta.id)
                 zoids = [u64(oid) for oid in self._stores]
                 datas = [data or None for _, data in self._stores.values()]  # DELETED: NULL
-                sums = [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)]
                 deciding = not role.alone and role.decider  # the COMMIT in tpc_finish decides
-                if zoids and max(zoids) >= storage._oid_limit:  # else within this process's block
-                    conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
-                if not prepare:
-                    write = q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF
-                    conn.execute(write, {
-                        "tid": tid, "zoids": zoids, "datas": datas, "sums": sums, "user": meta.user,
-                        "description": meta.description, "extension": meta.extension_bytes(),
-                        "txn_key": txn_key, "decision": meta.id if deciding else None,
-                        "channel": storage._channel,
-                    })
+                params = {
+                    "zoids": zoids, "datas": datas, "user": meta.user, "description": meta.description,
+                    "extension": meta.extension_bytes(), "txn_key": txn_key,
+                    "decision": meta.id if deciding else None, "channel": storage._channel,
+                }
+                written = False
+                if (
+                    not prepare
+                    and self.before is None
+                    and (not zoids or max(zoids) < storage._oid_limit)
+                    and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
+                ):
+                    tid = u64(commit_tid(meta, self.snapshot))
+                    params.update(snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid))
+                    last, written = storage._lock_commit_and_write(conn, params)
+                else:
+                    last = storage._lock_commit(conn)
+                resolved: set[bytes] = set()
+                if not written:  # under the lock: check, choose the tid, write
+                    resolved = self._check_conflicts(conn, p64(last), resolve)
+                    tid = u64(commit_tid(meta, max(p64(last), self.snapshot)))
+                    datas = [data or None for _, data in self._stores.values()]  # resolved ones merged
+                    sums = _checksums(zoids, datas, tid)
+                    params.update(tid=tid, datas=datas, sums=sums)
+                    if zoids and max(zoids) >= storage._oid_limit:  # else within this process's block
+                        conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
+                if written:
+                    pass
+                elif not prepare:
+                    conn.execute(q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF, params)
                 else:
                     with conn.pipeline():
                         if zoids:
