@@ -134,3 +134,21 @@ def test_an_interrupted_restore_leaves_whole_transactions_only(storage):
     view = storage.open_view()
     assert view.load(p64(7)) == (record("seven, again"), given[2].tid)
     view.close()
+
+
+def test_sqlite_restores_batches_of_any_size_with_the_same_two_statements(tmp_path):
+    """A statement text per batch length would fill sqlite3's statement cache with
+    large compiled statements: memory that grew with the history copied."""
+    from atoll.storage import sqlite_restore, sqlite_sql
+    from atoll.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "r.db")
+    sqlite_sql.insert_revisions.cache_clear()
+    oid = 1
+    for size in (3, 7, sqlite_restore.RESTORE_ROWS_PER_INSERT + 11, 2 * sqlite_restore.RESTORE_ROWS_PER_INSERT + 5):
+        (tid,) = tids_after(storage.last_transaction(), 1)
+        storage.restore_transactions([txn(tid, {p64(oid + i): record(i) for i in range(size)})])
+        oid += size
+    assert sqlite_sql.insert_revisions.cache_info().currsize == 2
+    assert len(list(storage.iterator())) == 4 and len(storage) == oid - 1
+    storage.close()
