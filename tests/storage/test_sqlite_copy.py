@@ -165,3 +165,141 @@ def test_other_sources_go_through_the_iterator(tmp_path: Path):
     assert free_destination.restore_from(free) is None  # history-free and not empty: replaced revisions go
     for storage in (history, free, destination, free_destination):
         storage.close()
+
+
+def test_a_source_packed_during_the_copy_never_gives_another_revision(tmp_path: Path, monkeypatch):
+    """A pack may free the largest row id for a new row: the listed id alone would
+    then copy another object's newer revision."""
+    from atoll.collection.marking import pack_storages
+    from storage_helpers import commit as commit_through
+
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 2)
+    source = SQLiteStorage(tmp_path / "a.db")
+    view = source.open_view()
+    serial = b"\0" * 8
+    for i in range(5):
+        serial = commit_through(view, {ROOT_OID: (serial, record(f"root {i}"))})
+    unreachable = commit_through(view, {p64(5): (b"\0" * 8, record("unreachable"))})  # the largest row id
+    view.release()
+    reading = SQLiteStorage(tmp_path / "a.db", read_only=True)
+    destination = SQLiteStorage(tmp_path / "b.db")
+    batches = destination.restore_from(reading)
+    assert batches is not None
+    next(batches)
+    pack_storages({"main": source}, unreachable, collect=True)
+    view = source.open_view()
+    commit_through(view, {p64(6): (b"\0" * 8, record("new object"))})  # may reuse the freed row id
+    view.release()
+    list(batches)
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        late = conn.execute("SELECT count(*) FROM object_state WHERE tid > (SELECT max(tid) FROM transactions)")
+        assert late.fetchone()[0] == 0
+    conn.close()
+    assert destination.verify() == []
+    assert destination.restore_from(reading, p64(u64(destination.last_transaction()) + 1)) is not None
+    for storage in (source, reading, destination):
+        storage.close()
+
+
+def test_a_history_free_source_written_during_the_copy_is_copied_to_its_end(tmp_path: Path, monkeypatch):
+    """A revision replaced (deleted) before its batch runs comes with the transaction
+    that replaced it, in a later round."""
+    from storage_helpers import commit as commit_through
+
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 2)
+    source = SQLiteStorage(tmp_path / "a.db", keep_history=False)
+    view = source.open_view()
+    for i in range(6):
+        commit_through(view, {p64(i + 1): (b"\0" * 8, record(i))})
+    view.release()
+    reading = SQLiteStorage(tmp_path / "a.db", keep_history=False, read_only=True)
+    destination = SQLiteStorage(tmp_path / "b.db", keep_history=False)
+    batches = destination.restore_from(reading)
+    assert batches is not None
+    next(batches)
+    view = source.open_view()
+    replaced = commit_through(view, {p64(5): (view.load(p64(5))[1], record("five, again"))})
+    view.release()
+    list(batches)
+    assert destination.last_transaction() == replaced
+    assert destination.open_view().load(p64(5)) == (record("five, again"), replaced)
+    assert everything(destination) == everything(reading)
+    for storage in (source, reading, destination):
+        storage.close()
+
+
+def test_an_interrupt_during_the_copy_is_raised_as_it_is(tmp_path: Path, monkeypatch):
+    """SQLite reports whatever its SQL function raises as an error of its own."""
+    source = source_file(tmp_path / "a.db")
+    destination = SQLiteStorage(tmp_path / "b.db")
+    calls, original = [], sqlite_copy._crc32
+
+    def interrupted(data: bytes, seed: int) -> int:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(data, seed)
+
+    monkeypatch.setattr(sqlite_copy, "_crc32", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copied(source, destination)
+    assert list(destination.iterator()) == []  # the batch rolled back
+    monkeypatch.undo()
+    copied(source, destination)  # and the copy can run again
+    assert everything(destination) == everything(source)
+    source.close()
+    destination.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["inside-sqlite", "restore_transactions"])
+def test_the_log_stays_bounded_during_a_long_copy(tmp_path: Path, monkeypatch, direct: bool):
+    """A copy's batches finish the background checkpoint now and then, so the -wal
+    file does not grow as large as everything copied."""
+    from atoll.storage import sqlite_checkpoint
+
+    monkeypatch.setattr(sqlite_checkpoint, "BULK_FINISH_BYTES", 256 << 10)
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 10)
+    source = SQLiteStorage(tmp_path / "a.db")
+    payload = b"x" * 20_000
+    given = []
+    for i, tid in enumerate(tids_after(source.last_transaction(), 300)):
+        given.append(txn(tid, {p64(1 + i % 50): payload + bytes([i % 256])}))
+    for at in range(0, 300, 10):
+        source.restore_transactions(given[at : at + 10])
+    source.close()
+    reading = SQLiteStorage(tmp_path / "a.db", read_only=True)
+    destination = SQLiteStorage(tmp_path / "b.db")
+    destination._checkpointer._every = 128 << 10
+    wal, peak = str(tmp_path / "b.db-wal"), 0
+    if direct:
+        for _ in copied_batches(reading, destination):
+            peak = max(peak, Path(wal).stat().st_size)
+    else:
+        records = list(reading.iterator())
+        for at in range(0, len(records), 10):
+            destination.restore_transactions(records[at : at + 10])
+            peak = max(peak, Path(wal).stat().st_size)
+    assert everything(destination) == everything(reading)
+    assert peak < 6_000_000 / 2, peak  # 6 MB copied
+    reading.close()
+    destination.close()
+
+
+def copied_batches(source: SQLiteStorage, destination: SQLiteStorage):
+    batches = destination.restore_from(source)
+    assert batches is not None
+    return batches
+
+
+def test_a_destination_that_already_holds_later_transactions_is_refused_before_anything(tmp_path: Path):
+    source = source_file(tmp_path / "a.db")
+    destination = SQLiteStorage(tmp_path / "b.db")
+    later = tids_after(source.last_transaction(), 1)[0]
+    destination.restore_transactions([txn(later, {p64(3): record("already here")})])
+    batches = destination.restore_from(source)
+    assert batches is not None
+    with pytest.raises(StorageError, match="holds transactions up to .* copy into an empty database"):
+        next(batches)
+    assert [t.tid for t in destination.iterator()] == [later]
+    source.close()
+    destination.close()

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Generator, Iterator, Mapping, Protocol
 
 from atoll.collection.targets import TargetError, is_config, open_storages
 from atoll.ids import p64, u64, z64
@@ -94,11 +95,12 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
     report = Reporter(progress, f"copying {reader.name}", total=total, unit="transactions", every=10)
     direct = _direct(reader, writer, start)
     if direct is not None:  # the destination copies the source's rows itself
-        for transactions, records, size in direct:
-            stats.transactions += transactions
-            stats.records += records
-            stats.size += size
-            report.advance(transactions)
+        with closing(direct):  # its lock and attached source are let go at once if progress raises
+            for transactions, records, size in direct:
+                stats.transactions += transactions
+                stats.records += records
+                stats.size += size
+                report.advance(transactions)
         return _finished(reader, writer, stats, report, started)
     batch: list[TransactionRecord] = []
     size = 0
@@ -121,7 +123,7 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
     return _finished(reader, writer, stats, report, started)
 
 
-def _direct(reader: _Reader, writer: _Writer, start: bytes | None) -> Iterator[tuple[int, int, int]] | None:
+def _direct(reader: _Reader, writer: _Writer, start: bytes | None) -> Generator[tuple[int, int, int], None, None] | None:
     """The batches a destination storage copies from the source storage itself
     (:meth:`Storage.restore_from`), or None: then the copy reads and writes."""
     if isinstance(reader, _StorageReader) and isinstance(writer, _StorageWriter):

@@ -69,7 +69,7 @@ import hashlib
 import io
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, overload, runtime_checkable
+from typing import Any, Callable, Container, Generator, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence, overload, runtime_checkable
 
 from atoll.classes import DEFAULT_POLICY, STANDARD_GLOBALS
 from atoll.errors import (
@@ -582,7 +582,7 @@ class Storage(Protocol):
 
         return restore_over_views(self, transactions)
 
-    def restore_from(self, source: Storage, start: bytes | None = None) -> Iterator[tuple[int, int, int]] | None:
+    def restore_from(self, source: Storage, start: bytes | None = None) -> Generator[tuple[int, int, int], None, None] | None:
         """A faster way than ``restore_transactions(source.iterator(start))`` to
         copy ``source``'s transactions from ``start`` (all when None) into this
         storage, or None when this storage has none for such a source (the caller

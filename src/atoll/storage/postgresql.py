@@ -433,6 +433,7 @@ class PostgreSQLStorage(Storage):
                 wrote = conn.execute(write, params)
         except pg_errors.LockNotAvailable:
             conn.execute("ROLLBACK")
+            self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
             return self._lock_commit(conn), False
         return one_value(locked), wrote.fetchone() is not None
 

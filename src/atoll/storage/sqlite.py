@@ -98,7 +98,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Literal
+from typing import Generator, Iterable, Iterator, Literal
 
 from atoll import gcpause
 from atoll.errors import LockTimeoutError, POSKeyError, ReadOnlyError, StorageError
@@ -454,7 +454,7 @@ class SQLiteStorage(Storage):
                 raise self._error(e, "iterating transactions") from None
         return page
 
-    def restore_from(self, source: Storage, start: bytes | None = None) -> Iterator[tuple[int, int, int]] | None:
+    def restore_from(self, source: Storage, start: bytes | None = None) -> Generator[tuple[int, int, int], None, None] | None:
         """See :meth:`Storage.restore_from`: another SQLite file of the same history
         mode is copied inside SQLite (:mod:`atoll.storage.sqlite_copy`). Not when
         this file is history-free and holds transactions already (a restarted copy:

@@ -418,7 +418,6 @@ def reads(checksums: bool = True) -> SimpleNamespace:
 ATTACH_COPY_SOURCE = "ATTACH DATABASE ? AS atoll_copy_source"
 DETACH_COPY_SOURCE = "DETACH DATABASE atoll_copy_source"
 COPY_SOURCE_LAST_TID = "SELECT max(tid) FROM atoll_copy_source.transactions"
-COPY_SOURCE_HAS_ENDED = "SELECT 1 FROM atoll_copy_source.atoll_meta WHERE key = 'ended_objects'"
 
 #: The committed revisions to copy, by (tid, row id), with their oid and size: the
 #: source has no index by tid, so one scan lists them and each batch reads its
@@ -441,6 +440,7 @@ JOIN atoll_copy_source.transactions AS t ON t.tid = s.tid
 WHERE s.tid > ?1 AND s.tid <= ?2
 """
 DROP_COPY_ROWS = "DROP TABLE IF EXISTS temp.atoll_copy_rows"
+CLEAR_COPY_ROWS = "DELETE FROM temp.atoll_copy_rows"
 
 #: The next transactions' sizes (bytes, revisions), for choosing a batch.
 COPY_SIZES = """
@@ -462,8 +462,10 @@ INSERT INTO object_state (zoid, tid, state, checksum)
 SELECT s.zoid, s.tid, s.state,
        atoll_copy_checksum(s.zoid, s.tid, CAST(s.state AS BLOB), typeof(s.state) = 'blob', s.checksum)
 FROM temp.atoll_copy_rows AS r
-JOIN atoll_copy_source.object_state AS s ON s.id = r.id
+JOIN atoll_copy_source.object_state AS s ON s.id = r.id AND s.zoid = r.zoid AND s.tid = r.tid
 WHERE r.tid > ?1 AND r.tid <= ?2
 ORDER BY r.tid, r.id
 """
-COPY_OID_RANGE = "SELECT min(zoid), max(zoid) FROM temp.atoll_copy_rows WHERE tid > ?1 AND tid <= ?2"
+#: What a batch wrote: the revisions after the destination's highest row id before it.
+COPY_HIGHEST_ROW = "SELECT coalesce(max(id), 0) FROM object_state"
+COPY_WRITTEN = "SELECT total(length(state)), min(zoid), max(zoid) FROM object_state WHERE id > ?"
