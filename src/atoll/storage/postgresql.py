@@ -31,8 +31,13 @@ Commits. ``tpc_vote`` opens a transaction and locks the single row of
 every process on every machine. Under it the view reads the current serials of the
 oids it writes, runs :func:`~atoll.storage.commit_buffer.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
-transaction and updates the last tid. What comes next depends on the storage's
-role in the commit (:func:`~atoll.storage.base.commit_role`):
+transaction and updates the last tid. A small commit that does not prepare bets
+that nothing was committed since its snapshot, the case in which nothing can
+conflict: it sends ``BEGIN``, the lock and a write that happens only if the lock
+row still holds the snapshot's tid in one pipeline, one round trip
+(:meth:`PostgreSQLStorage._lock_commit_and_write`); a lost bet writes nothing and
+the commit goes on under the lock as above. What comes next depends on the
+storage's role in the commit (:func:`~atoll.storage.base.commit_role`):
 
 * alone (no other durable storage takes part): ``tpc_finish`` runs a plain
   ``COMMIT``. No ``PREPARE TRANSACTION``: a crash before the COMMIT rolls the
