@@ -160,10 +160,34 @@ def test_other_sources_go_through_the_iterator(tmp_path: Path):
     destination = SQLiteStorage(tmp_path / "b.db")
     assert destination.restore_from(MemoryStorage()) is None
     assert destination.restore_from(free) is None  # history modes differ
-    free_destination = SQLiteStorage(tmp_path / "c.db", keep_history=False)
-    free_destination.restore_transactions([txn(tids_after(history.last_transaction(), 1)[0], {ROOT_OID: b""})])
-    assert free_destination.restore_from(free) is None  # history-free and not empty: replaced revisions go
-    for storage in (history, free, destination, free_destination):
+    for storage in (history, free, destination):
+        storage.close()
+
+
+def test_a_history_free_copy_continues_and_drops_what_the_source_replaced(tmp_path: Path, monkeypatch):
+    from storage_helpers import commit as commit_through
+
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 2)
+    source = SQLiteStorage(tmp_path / "a.db", keep_history=False)
+    view = source.open_view()
+    for i in range(6):
+        commit_through(view, {p64(i + 1): (b"\0" * 8, record(i))})
+    reading = SQLiteStorage(tmp_path / "a.db", keep_history=False, read_only=True)
+    destination = SQLiteStorage(tmp_path / "b.db", keep_history=False)
+    first = destination.restore_from(reading)
+    assert first is not None
+    next(first)  # an interrupted copy: two transactions
+    first.close()
+    view.release()
+    view = source.open_view()
+    replaced = commit_through(view, {p64(1): (view.load(p64(1))[1], record("one, again"))})
+    view.release()
+    rest = destination.restore_from(reading, p64(u64(destination.last_transaction()) + 1))
+    assert rest is not None
+    list(rest)
+    assert [h.tid for h in destination.history(p64(1), 5)] == [replaced]
+    assert len(destination) == 6 and destination.verify() == []
+    for storage in (source, reading, destination):
         storage.close()
 
 
@@ -217,12 +241,17 @@ def test_a_history_free_source_written_during_the_copy_is_copied_to_its_end(tmp_
     batches = destination.restore_from(reading)
     assert batches is not None
     next(batches)
-    view = source.open_view()
-    replaced = commit_through(view, {p64(5): (view.load(p64(5))[1], record("five, again"))})
+    view = source.open_view()  # oid 1 was copied already, oid 5 not yet
+    replaced = commit_through(
+        view, {oid: (view.load(oid)[1], record(f"{u64(oid)}, again")) for oid in (p64(1), p64(5))}
+    )
     view.release()
     list(batches)
     assert destination.last_transaction() == replaced
-    assert destination.open_view().load(p64(5)) == (record("five, again"), replaced)
+    for oid in (p64(1), p64(5)):
+        assert destination.open_view().load(oid) == (record(f"{u64(oid)}, again"), replaced)
+        assert [h.tid for h in destination.history(oid, 5)] == [replaced]  # history-free: one revision
+    assert len(destination) == len(reading) == 6
     assert everything(destination) == everything(reading)
     for storage in (source, reading, destination):
         storage.close()

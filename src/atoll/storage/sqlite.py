@@ -456,10 +456,8 @@ class SQLiteStorage(Storage):
 
     def restore_from(self, source: Storage, start: bytes | None = None) -> Generator[tuple[int, int, int], None, None] | None:
         """See :meth:`Storage.restore_from`: another SQLite file of the same history
-        mode is copied inside SQLite (:mod:`atoll.storage.sqlite_copy`). Not when
-        this file is history-free and holds transactions already (a restarted copy:
-        the revisions a new one replaces must go, which restore_transactions does),
-        nor from a version 1 file opened read-only (no checksums to copy)."""
+        mode is copied inside SQLite (:mod:`atoll.storage.sqlite_copy`); not from a
+        version 1 file opened read-only (no checksums to copy)."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"storage {self.path} is read-only")
@@ -467,7 +465,6 @@ class SQLiteStorage(Storage):
             not isinstance(source, SQLiteStorage)
             or source.keep_history != self.keep_history
             or source._q is not sql.reads(checksums=True)
-            or (not self.keep_history and self.last_transaction() != z64)
         ):
             return None
         source._check_open()

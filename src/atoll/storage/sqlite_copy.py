@@ -22,9 +22,11 @@ starts, until a round finds none newer: a source written meanwhile is copied to
 its end (in a history-free source, a revision replaced before its batch ran is
 copied with the transaction that replaced it). The parts of collection commits the
 source prepared and did not finish are not copied (no snapshot sees them yet). A
-row is copied only if its id, oid and tid are still what the round listed, so a
-pack of the source meanwhile (which may free row ids for new rows) leaves
-revisions out rather than copying others. Each copied ``transactions`` row keeps
+history-free destination drops the revisions a batch replaces (an earlier round's,
+or an interrupted copy's, of an object the source wrote again since), as a
+history-free commit does. A row is copied only if its id, oid and tid are still
+what the round listed, so a pack of the source meanwhile (which may free row ids
+for new rows) leaves revisions out rather than copying others. Each copied ``transactions`` row keeps
 the source's list of the oids it wrote, including any whose revision a pack or a
 history-free commit removed (what ``poll()`` reports; iteration leaves them out).
 """
@@ -163,6 +165,8 @@ def _write_batch(
         transactions = writer.execute(sql.COPY_TRANSACTIONS, (last, high)).rowcount
         revisions = writer.execute(sql.COPY_REVISIONS, (last, high)).rowcount
         size, lowest, highest = writer.execute(sql.COPY_WRITTEN, (before,)).fetchone()
+        if not storage.keep_history:
+            writer.execute(sql.COPY_DROP_REPLACED, (before,))
         if highest is not None:
             writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
         if ended:

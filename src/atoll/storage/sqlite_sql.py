@@ -469,3 +469,9 @@ ORDER BY r.tid, r.id
 #: What a batch wrote: the revisions after the destination's highest row id before it.
 COPY_HIGHEST_ROW = "SELECT coalesce(max(id), 0) FROM object_state"
 COPY_WRITTEN = "SELECT total(length(state)), min(zoid), max(zoid) FROM object_state WHERE id > ?"
+#: History-free: the revisions a batch replaced (copied by an earlier round, before
+#: the source replaced them), as a history-free commit deletes them.
+COPY_DROP_REPLACED = """
+DELETE FROM object_state
+WHERE id <= ?1 AND zoid IN (SELECT zoid FROM object_state WHERE id > ?1)
+"""
