@@ -332,3 +332,46 @@ def test_a_destination_that_already_holds_later_transactions_is_refused_before_a
     assert [t.tid for t in destination.iterator()] == [later]
     source.close()
     destination.close()
+
+
+def test_the_copys_checkpoints_leave_a_live_source_alone(tmp_path: Path, monkeypatch, caplog):
+    """A checkpoint without a schema name would also try the attached read-only
+    source, whose log holds frames while another storage writes it."""
+    from atoll.storage import sqlite_checkpoint
+    from storage_helpers import commit as commit_through
+
+    monkeypatch.setattr(sqlite_checkpoint, "BULK_FINISH_BYTES", 100_000)
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 5)
+    source = SQLiteStorage(tmp_path / "a.db")  # stays open, its log not checkpointed: a live source
+    view = source.open_view()
+    serials: dict[bytes, bytes] = {}
+    for i in range(60):
+        oid = p64(1 + i % 7)
+        serials[oid] = commit_through(view, {oid: (serials.get(oid, b"\0" * 8), record(i) * 500)})
+    view.release()
+    assert (tmp_path / "a.db-wal").stat().st_size > 0
+    reading = SQLiteStorage(tmp_path / "a.db", read_only=True)
+    destination = SQLiteStorage(tmp_path / "b.db")
+    with caplog.at_level("WARNING", logger="atoll.storage.sqlite_checkpoint"):
+        copied(reading, destination)
+    assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
+    assert everything(destination) == everything(reading)
+    for storage in (source, reading, destination):
+        storage.close()
+
+
+def test_an_interrupt_while_the_copy_sets_up_leaves_nothing_attached(tmp_path: Path, monkeypatch):
+    source = source_file(tmp_path / "a.db")
+    destination = SQLiteStorage(tmp_path / "b.db")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sqlite_copy, "_checker", interrupted)  # runs after the ATTACH
+    with pytest.raises(KeyboardInterrupt):
+        copied(source, destination)
+    monkeypatch.undo()
+    copied(source, destination)  # not "database atoll_copy_source is already in use"
+    assert everything(destination) == everything(source)
+    source.close()
+    destination.close()

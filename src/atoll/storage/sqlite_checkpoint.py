@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 #: 1,000 pages of log.
 CHECKPOINT_BYTES = 4 << 20
 
-CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+# "main.": a copy attaches its source to the writer, and a checkpoint without a
+# schema would try that read-only file's log too (an I/O error while it has frames).
+CHECKPOINT = "PRAGMA main.wal_checkpoint(PASSIVE)"
 #: Bytes a bulk writer (a copy) writes between two of its :meth:`Checkpointer.finish`.
 BULK_FINISH_BYTES = 64 << 20
 #: Checkpoint runs, at most, to catch up with the commits made during the first.
@@ -67,6 +69,7 @@ class Checkpointer:
         self.checkpoints = 0  # completed checkpoint runs, for tests and curiosity
         self._behind = False  # a run ended since the last finish(): frames may be left
         self._running = False
+        self._ran = threading.Condition()  # notified when a background run ends
         self._bulk_written = 0  # bytes written by bulk writers since their last finish
 
     def request(self) -> None:
@@ -106,7 +109,9 @@ class Checkpointer:
                             break
                     self._behind = True
                 finally:
-                    self._running = False
+                    with self._ran:
+                        self._running = False
+                        self._ran.notify_all()
                 self.checkpoints += 1
         except sqlite3.Error as e:
             # A failed checkpoint loses nothing: the log keeps every page and SQLite
@@ -136,15 +141,17 @@ class Checkpointer:
     def finish_in_bulk(self, writer: sqlite3.Connection, nbytes: int) -> None:
         """For a writer of large batches (a copy's), after a batch of ``nbytes``
         (on ``writer``, outside any transaction, holding the commit lock): once every
-        :data:`BULK_FINISH_BYTES` written, copy what the background runs left, so
-        that the log starts over at the next batch instead of growing as large as
-        the whole copy (which it did: batches come faster than a background run
-        catches up). Not after every batch, as a commit does: that cost a 33 MB
-        copy 0.1 s in 0.9. A checkpoint that finds another running is retried
-        after the next batch."""
+        :data:`BULK_FINISH_BYTES` written, wait for a background run in progress to
+        end and copy what it left, so that the log starts over at the next batch
+        instead of growing as large as the whole copy (which it did: batches come
+        faster than background runs catch up). Not after every batch, as a commit
+        does: that cost a 33 MB copy 0.1 s in 0.9."""
         self._bulk_written += nbytes
         if self._bulk_written < BULK_FINISH_BYTES or self._stopping:
             return
+        with self._ran:  # two checkpoints of one file cannot run at once: the second is "busy"
+            while self._running and not self._stopping:
+                self._ran.wait(1.0)
         try:
             busy = writer.execute(CHECKPOINT).fetchone()[0]
         except sqlite3.Error as e:

@@ -86,6 +86,9 @@ def copy_file(
         except sqlite3.Error as e:
             _detach(writer)
             raise storage._error(e, f"reading {source_path} to copy it") from None
+        except BaseException:  # an interrupt: never leave the source attached
+            _detach(writer)
+            raise
     try:
         last = after
         # Rounds: the transactions the source holds when a round starts. A source
@@ -101,10 +104,8 @@ def copy_file(
                     writer = storage._committer
                     high = _next_batch(writer, last, upto)
                     done = _write_batch(storage, writer, source_path, last, high, ended, damage, interrupted)
-                    transactions, revisions, size, lowest, highest = done
+                    transactions, revisions, size = done
                     storage._checkpointer.finish_in_bulk(writer, size)
-                if lowest is not None and highest is not None:
-                    storage._skip_oid_range(lowest, highest)
                 storage._records.clear()
                 storage._checkpointer.wrote(size)
                 yield transactions, revisions, size
@@ -151,9 +152,9 @@ def _write_batch(
     ended: bool,
     damage: list[tuple[int, int]],
     interrupted: list[BaseException],
-) -> tuple[int, int, int, int | None, int | None]:
+) -> tuple[int, int, int]:
     """The transactions with tids in (last, high] and their revisions, in one write
-    transaction; (transactions, revisions, bytes, lowest oid, highest oid written)."""
+    transaction; (transactions, revisions, bytes of record data)."""
     current = begin_commit(storage, writer, "copying transactions")
     try:
         if current > max(last, 0):
@@ -167,6 +168,10 @@ def _write_batch(
         size, lowest, highest = writer.execute(sql.COPY_WRITTEN, (before,)).fetchone()
         if not storage.keep_history:
             writer.execute(sql.COPY_DROP_REPLACED, (before,))
+        if lowest is not None and highest is not None:
+            # Before the COMMIT: once it is in, a new_oid() of another thread must not
+            # hand out one of these from this process's block.
+            storage._skip_oid_range(lowest, highest)
         if highest is not None:
             writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
         if ended:
@@ -185,7 +190,7 @@ def _write_batch(
         if writer.in_transaction:
             writer.execute(sql.ROLLBACK)
         raise
-    return transactions, revisions, int(size), lowest, highest
+    return transactions, revisions, int(size)
 
 
 def _checker(

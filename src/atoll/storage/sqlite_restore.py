@@ -55,6 +55,10 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
         last = begin_commit(storage, writer, "restoring transactions")
         try:
             written, oids, cached = _write(storage, writer, last, transactions)
+            # Before the COMMIT: once it is in, a new_oid() of another thread must not
+            # hand out one of these from this process's block (giving it up early costs
+            # nothing if the COMMIT then fails).
+            storage._skip_oids_of(oids)
             writer.execute(sql.COMMIT)
         except sqlite3.Error as e:
             _rollback(writer)
@@ -68,7 +72,6 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
     # Committed: what a view's tpc_finish does after its COMMIT, for each transaction.
     for tid, records in cached:
         storage._records.committed(records, p64(tid))
-    storage._skip_oids_of(oids)
     storage._checkpointer.wrote(written)
     return written
 
