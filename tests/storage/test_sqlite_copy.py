@@ -375,3 +375,35 @@ def test_an_interrupt_while_the_copy_sets_up_leaves_nothing_attached(tmp_path: P
     assert everything(destination) == everything(source)
     source.close()
     destination.close()
+
+
+def test_new_oid_beside_a_copy_neither_waits_on_it_nor_returns_a_copied_oid_after_it(tmp_path: Path, monkeypatch):
+    """The copy gives this process's oid block up while it holds the commit lock;
+    new_oid() takes its oid lock and then the commit lock to reserve a block, so
+    the give-up must not wait for the oid lock (it would, for commit_lock_timeout)."""
+    import threading
+
+    monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 3)
+    source = source_file(tmp_path / "a.db", transactions=120)
+    destination = SQLiteStorage(tmp_path / "b.db", commit_lock_timeout=5)
+    destination.new_oid()  # this process holds a block: oids 1 to 32, which the copy writes
+    stop, handed = threading.Event(), []
+
+    def take_oids() -> None:
+        while not stop.is_set():
+            handed.append(destination.new_oid())
+
+    taker = threading.Thread(target=take_oids)
+    taker.start()
+    started = time.monotonic()
+    try:
+        copied(source, destination)
+    finally:
+        stop.set()
+        taker.join()
+    assert time.monotonic() - started < 4  # no lock wait ran out
+    stored = {r.oid for t in destination.iterator() for r in t.records}
+    after = [destination.new_oid() for _ in range(100)]
+    assert not stored & set(after) and min(after) > max(stored)
+    source.close()
+    destination.close()

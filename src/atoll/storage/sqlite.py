@@ -184,6 +184,7 @@ class SQLiteStorage(Storage):
         self._next_oid = 0  # next oid to hand out from the reserved block
         self._oid_limit = 0  # end of the reserved block (exclusive)
         self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
+        self._oid_block_void = False  # the rest of the block may hold stored oids: see _skip_oids_of
         self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
         self._q = sql.reads(checksums=True)  # the statements that read records
         self._immutable = False  # read-only media: SQLite's immutable read path
@@ -314,9 +315,8 @@ class SQLiteStorage(Storage):
     def _skip_oid_range(self, lowest: int, highest: int) -> None:
         """Give up the rest of the reserved oid block if oids from ``lowest`` to
         ``highest`` were written (by a copy): see _skip_oids_of."""
-        with self._oid_lock:
-            if lowest < self._oid_limit and highest >= self._next_oid:
-                self._next_oid = self._oid_limit
+        if lowest < self._oid_limit and highest >= self._next_oid:
+            self._oid_block_void = True
 
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
         """Give up the rest of the reserved oid block if ``oids`` (written by a commit,
@@ -331,8 +331,9 @@ class SQLiteStorage(Storage):
         if max(oids) < lo or min(oids) >= hi:  # in C: the usual answer
             return
         if any(lo <= oid < hi for oid in oids):
-            with self._oid_lock:
-                self._next_oid = self._oid_limit
+            # A flag, not the counters under _oid_lock: a copy sets it holding the
+            # commit lock, which new_oid() takes while holding _oid_lock to reserve.
+            self._oid_block_void = True
 
     # -- the Storage protocol ---------------------------------------------------
 
@@ -351,7 +352,8 @@ class SQLiteStorage(Storage):
         gcpause.acquire(self._oid_lock)
         try:
             oid = self._next_oid
-            if oid >= self._oid_limit:
+            if oid >= self._oid_limit or self._oid_block_void:
+                self._oid_block_void = False  # before: a give-up during the reservation counts
                 with gcpause.resumed():
                     self._reserve_oids()
                 oid = self._next_oid
