@@ -248,3 +248,73 @@ def test_a_zodb_multi_database_comes_in_as_one_collection(tmp_path: Path):
     conn.close()
     for each in list(db.databases.values()):
         each.close()
+
+
+def _packed_source(path: str) -> bytes:
+    """A SQLite database whose first revisions a pack removed; the pack tid."""
+    import time
+
+    from atoll.ids import tid_time
+
+    db = atoll.open(path)
+    for i in range(6):
+        with db.transaction() as conn:
+            conn.root()["n"] = i
+    pack_time = tid_time(db.storage.last_transaction()) + 0.001
+    time.sleep(0.01)
+    with db.transaction() as conn:
+        conn.root()["n"] = "after the pack"
+    db.pack(pack_time)
+    pack_tid = db.storage.last_pack()
+    db.close()
+    assert pack_tid != b"\0" * 8
+    return pack_tid
+
+
+@pytest.mark.parametrize("into", ["sqlite", "memory"])
+def test_a_copy_of_a_packed_database_refuses_the_undo_its_source_refuses(tmp_path: Path, into: str):
+    source = str(tmp_path / "a.db")
+    pack_tid = _packed_source(source)
+    destination = SQLiteStorage(str(tmp_path / "b.db")) if into == "sqlite" else MemoryStorage()
+    atoll.copy(source, destination)
+    assert destination.last_pack() == pack_tid  # undo refuses transactions at or before it
+    destination.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["inside-sqlite", "through-the-iterator"])
+def test_a_source_packed_while_it_is_copied_is_refused(tmp_path: Path, monkeypatch, direct: bool):
+    from atoll.collection.copy import _StorageWriter
+    from atoll.storage import sqlite_copy
+
+    source = str(tmp_path / "a.db")
+    db = atoll.open(source)
+    for i in range(20):
+        with db.transaction() as conn:
+            conn.root()["n"] = i
+    from atoll.ids import tid_time
+
+    middle = tid_time(db.storage.last_transaction()) + 0.001
+    import time
+
+    time.sleep(0.01)
+    with db.transaction() as conn:
+        conn.root()["n"] = "last"
+    packed: list[bool] = []
+
+    def pack_once() -> None:
+        if not packed:
+            packed.append(True)
+            db.pack(middle)
+
+    if direct:
+        original_batch = sqlite_copy._write_batch
+        monkeypatch.setattr(sqlite_copy, "BATCH_TRANSACTIONS", 4)
+        monkeypatch.setattr(sqlite_copy, "_write_batch", lambda *args: (original_batch(*args), pack_once())[0])
+    else:
+        original = _StorageWriter.write_batch
+        monkeypatch.setattr(sys.modules["atoll.collection.copy"], "BATCH_TRANSACTIONS", 4)
+        monkeypatch.setattr(sys.modules["atoll.collection.copy"], "_direct", lambda *args: None)
+        monkeypatch.setattr(_StorageWriter, "write_batch", lambda self, batch: (original(self, batch), pack_once())[0])
+    with pytest.raises(TargetError, match="was packed while it was copied"):
+        atoll.copy(db.storage, str(tmp_path / "b.db"))
+    db.close()

@@ -152,3 +152,12 @@ def test_sqlite_restores_batches_of_any_size_with_the_same_two_statements(tmp_pa
     assert sqlite_sql.insert_revisions.cache_info().currsize == 2
     assert len(list(storage.iterator())) == 4 and len(storage) == oid - 1
     storage.close()
+
+
+def test_note_pack_moves_last_pack_forward_only(storage):
+    first, later = tids_after(storage.last_transaction(), 2)  # any tids: nothing needs to exist
+    assert storage.last_pack() == z64
+    storage.note_pack(later)
+    assert storage.last_pack() == later
+    storage.note_pack(first)
+    assert storage.last_pack() == later

@@ -90,6 +90,7 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
                 "(its last transaction is not in the source): copy into an empty database"
             )
         stats.resumed_after, start = last, p64(u64(last) + 1)
+    packed = reader.last_pack()
     # Counting the source's transactions reads its whole log: only for a report.
     total = reader.count_after(start) if progress is not None else None
     report = Reporter(progress, f"copying {reader.name}", total=total, unit="transactions", every=10)
@@ -101,7 +102,7 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
                 stats.records += records
                 stats.size += size
                 report.advance(transactions)
-        return _finished(reader, writer, stats, report, started)
+        return _finished(reader, writer, stats, report, started, packed)
     batch: list[TransactionRecord] = []
     size = 0
 
@@ -120,7 +121,7 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
             size = 0
     if batch:
         flush()
-    return _finished(reader, writer, stats, report, started)
+    return _finished(reader, writer, stats, report, started, packed)
 
 
 def _direct(reader: _Reader, writer: _Writer, start: bytes | None) -> Generator[tuple[int, int, int], None, None] | None:
@@ -131,7 +132,18 @@ def _direct(reader: _Reader, writer: _Writer, start: bytes | None) -> Generator[
     return None
 
 
-def _finished(reader: _Reader, writer: _Writer, stats: CopyStats, report: Reporter, started: float) -> CopyStats:
+def _finished(
+    reader: _Reader, writer: _Writer, stats: CopyStats, report: Reporter, started: float, packed: bytes | None
+) -> CopyStats:
+    if reader.last_pack() != packed:
+        # Batches before the pack kept revisions it removed, later ones miss some the
+        # earlier kept: a history the source never had.
+        raise TargetError(
+            f"{reader.name} was packed while it was copied, so the copy in {writer.name} mixes its history "
+            "from before and after the pack: copy it again into an empty database"
+        )
+    if packed is not None and packed != z64:  # undo must refuse there what it refuses here
+        writer.note_pack(packed)
     writer.finish()
     stats.seconds = time.monotonic() - started
     report.done(
@@ -204,6 +216,10 @@ class _Reader(Protocol):
     def count_after(self, start: bytes | None) -> int | None:
         return None
 
+    def last_pack(self) -> bytes | None:
+        """The source's newest pack tid (``z64``: never packed; None: cannot tell)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -229,6 +245,9 @@ class _StorageReader(_Reader):
             if len(page) < 1000 or (start is not None and page[-1].tid < start):
                 return count
             before = page[-1].tid
+
+    def last_pack(self) -> bytes | None:
+        return self.storage.last_pack()
 
     def close(self) -> None:
         if self._opened_here:
@@ -266,6 +285,9 @@ class _Writer(Protocol):
         """Make the transactions written durable (a storage's commits are already)."""
         return None
 
+    def note_pack(self, pack_tid: bytes) -> None:
+        """Carry the source's last pack over (:meth:`Storage.note_pack`)."""
+
     def close(self) -> None:
         pass
 
@@ -281,6 +303,9 @@ class _StorageWriter(_Writer):
 
     def write_batch(self, records: list[TransactionRecord]) -> int:
         return self.storage.restore_transactions(records)
+
+    def note_pack(self, pack_tid: bytes) -> None:
+        self.storage.note_pack(pack_tid)
 
     def close(self) -> None:
         if self._opened_here:

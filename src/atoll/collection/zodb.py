@@ -70,6 +70,10 @@ class FileStorageReader:
         """How many transactions from ``start``: not known without reading them all."""
         return None
 
+    def last_pack(self) -> bytes | None:
+        """Not known: a FileStorage keeps no mark of its packs."""
+        return None
+
     def close(self) -> None:
         """Close the FileStorage."""
         self._storage.close()
@@ -119,6 +123,10 @@ class FileStorageWriter:
 
     def finish(self) -> None:
         """Nothing to do: FileStorage makes each commit durable itself."""
+
+    def note_pack(self, pack_tid: bytes) -> None:
+        """Nothing to record: a FileStorage keeps no mark of its packs (ZODB's undo
+        finds a missing revision itself)."""
 
     def close(self) -> None:
         """Close the FileStorage."""

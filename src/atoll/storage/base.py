@@ -632,6 +632,12 @@ class Storage(Protocol):
         """The pack tid of the newest pack (``z64`` if never packed). The revisions a
         transaction at or before it replaced may be gone, so undo refuses it."""
 
+    def note_pack(self, pack_tid: bytes) -> None:
+        """Record that revisions replaced at or before ``pack_tid`` may be missing,
+        as after a pack (:meth:`last_pack` becomes the later of the two): what a
+        copy of a packed storage carries over, so that undo refuses here what it
+        refuses there. ReadOnlyError on a read-only storage."""
+
     def find_transactions(
         self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
     ) -> dict[str, bytes]:

@@ -207,6 +207,10 @@ class MemoryStorage(Storage):
     def last_pack(self) -> bytes:
         return self._last_pack
 
+    def note_pack(self, pack_tid: bytes) -> None:
+        self._check_open()
+        self._last_pack = max(self._last_pack, pack_tid)
+
     def find_transactions(
         self, keys: Iterable[str], low: bytes | None = None, high: bytes | None = None
     ) -> dict[str, bytes]:

@@ -579,6 +579,11 @@ class PostgreSQLStorage(Storage):
     def last_pack(self) -> bytes:
         return undo.last_pack(self)
 
+    def note_pack(self, pack_tid: bytes) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"storage {self.name} is read-only")
+        self._admin_call(lambda conn: conn.execute(self._sql.SET_LAST_PACK, (str(u64(pack_tid)),)))
+
     def __len__(self) -> int:
         query = self._sql.COUNT_HP if self.keep_history else self._sql.COUNT_HF
         return self._admin_call(lambda conn: one_value(conn.execute(query)))

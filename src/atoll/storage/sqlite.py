@@ -572,6 +572,14 @@ class SQLiteStorage(Storage):
     def last_pack(self) -> bytes:
         return undo.last_pack(self)
 
+    def note_pack(self, pack_tid: bytes) -> None:
+        with self._holding_commit_lock("recording a pack"):
+            try:
+                with write_transaction(self._committer) as writer:
+                    writer.execute(sql.SET_LAST_PACK, (u64(pack_tid),))
+            except sqlite3.Error as e:
+                raise self._error(e, "recording a pack") from None
+
     def __len__(self) -> int:
         self._check_open()
         with self._lock:
