@@ -407,3 +407,38 @@ def test_new_oid_beside_a_copy_neither_waits_on_it_nor_returns_a_copied_oid_afte
     assert not stored & set(after) and min(after) > max(stored)
     source.close()
     destination.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["inside-sqlite", "restore_transactions"])
+def test_another_process_whose_oid_block_a_copy_wrote_into_never_replaces_a_copied_object(
+    tmp_path: Path, direct: bool
+):
+    """It took its block before the copy and was not told; its first commit of a new
+    object with such an oid is refused, and the oids it takes after come from a new
+    block."""
+    from atoll.errors import ConflictError
+    from storage_helpers import commit as commit_through
+
+    source = source_file(tmp_path / "a.db")
+    other = SQLiteStorage(tmp_path / "b.db")  # "another process": its own instance of the file
+    other.new_oid()  # its block: oids 1 to 32, which the copy is about to write
+    copying = SQLiteStorage(tmp_path / "b.db")
+    if direct:
+        copied(source, copying)
+    else:
+        copying.restore_transactions(list(source.iterator()))
+    stored = {r.oid for t in copying.iterator() for r in t.records}
+    clash = next(oid for oid in iter(other.new_oid, None) if oid in stored)  # from the stale block
+    view = other.open_view()  # its snapshot already holds the copy: its poll reports nothing
+    before = view.load(clash)
+    with pytest.raises(ConflictError):
+        commit_through(view, {clash: (b"\0" * 8, record("a new object"))})
+    view.release()
+    fresh = other.new_oid()
+    assert fresh not in stored and u64(fresh) > max(u64(oid) for oid in stored)
+    view = other.open_view()
+    commit_through(view, {fresh: (b"\0" * 8, record("a new object"))})
+    assert view.load(clash) == before  # the copied object is intact
+    view.release()
+    for storage in (source, other, copying):
+        storage.close()

@@ -142,8 +142,15 @@ class CommitBuffer:
         serial the commit read is still current (its connection ghosted whatever
         changed before), so nothing can conflict and the check is skipped: a serial
         from another snapshot is the caller's error (see :meth:`StorageView.store`).
+        Except when the storage says its oid block may hold oids a copy stored
+        (``oids_may_be_taken``) and the commit creates objects: a new object's oid
+        may then be taken, which the check turns into a ConflictError.
         """
-        if last == self.snapshot or not (self._stores or self._checks):
+        if not (self._stores or self._checks):
+            return set()
+        if last == self.snapshot and not (
+            getattr(self._storage, "oids_may_be_taken", False) and any(s == z64 for s, _ in self._stores.values())
+        ):
             return set()
         return check_conflicts(self._stores, self._checks, moved(), self.load_serial, load_current, resolve)
 

@@ -118,7 +118,7 @@ from atoll.storage.cache import RecordCache
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.options import check_wait
 from atoll.storage.postgresql_recovery import rollback_prepared
-from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost, one_value
+from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost, one_row, one_value
 from atoll.storage.postgresql_view import PostgreSQLView
 from atoll.storage.base import (
     verify_step,
@@ -186,6 +186,8 @@ class PostgreSQLStorage(Storage):
         self._sessions: weakref.WeakSet[_Session] = weakref.WeakSet()  # every open one
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
+        self._oid_epoch: str | None = None  # the oid epoch when the block was taken
+        self.oids_may_be_taken = False  # set by _check_oid_epoch for the commit under way
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
@@ -410,7 +412,9 @@ class PostgreSQLStorage(Storage):
             try:
                 locked = conn.execute(begin_and_lock)
                 locked.nextset()
-                return one_value(locked)
+                last, epoch = one_row(locked)
+                self._check_oid_epoch(epoch)
+                return last
             except pg_errors.LockNotAvailable:
                 conn.execute("ROLLBACK")
             if self.recover():
@@ -440,7 +444,9 @@ class PostgreSQLStorage(Storage):
             conn.execute("ROLLBACK")
             self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
             return self._lock_commit(conn), False
-        return one_value(locked), wrote.fetchone() is not None
+        last, epoch = one_row(locked)
+        self._check_oid_epoch(epoch)
+        return last, wrote.fetchone() is not None
 
     # -- the Storage protocol --------------------------------------------------------
 
@@ -457,13 +463,26 @@ class PostgreSQLStorage(Storage):
             if self._next_oid >= self._oid_limit:
                 # Taken twice if the session is lost on the way: a gap, never a repeat.
                 with gcpause.resumed():
-                    start = self._admin_call(lambda conn: one_value(conn.execute(self._sql.NEW_OID_BLOCK)))
-                self._next_oid, self._oid_limit = start, start + SQL.OID_BLOCK
+                    start, epoch = self._admin_call(lambda conn: one_row(conn.execute(self._sql.NEW_OID_BLOCK)))
+                self._next_oid, self._oid_limit, self._oid_epoch = start, start + SQL.OID_BLOCK, epoch
             oid = self._next_oid
             self._next_oid += 1
         finally:
             self._lock.release()
         return p64(oid)
+
+    def _check_oid_epoch(self, epoch: str | None) -> None:
+        """At a commit, under the commit lock: if a restore (of any process) wrote
+        oids since this process took its oid block (the oid epoch moved), the block
+        may hold some of them, and nothing told this process: give the block up,
+        and set ``oids_may_be_taken`` so that the commit checks its new objects (a
+        ConflictError rather than replacing a stored object; the retry gets an oid
+        from a new block)."""
+        with self._lock:
+            self.oids_may_be_taken = epoch != self._oid_epoch and self._oid_limit > 0
+            if self.oids_may_be_taken:
+                self._next_oid = self._oid_limit
+            self._oid_epoch = epoch
 
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
         """Give up the rest of the oid block if ``oids`` (written by a commit, this

@@ -26,7 +26,7 @@ from atoll.ids import p64, u64
 from atoll.storage import postgresql_recovery as recovery
 from atoll.storage.base import TransactionMeta, TransactionRecord, commit_tid
 from atoll.storage.checksum import checksum as record_checksum
-from atoll.storage.postgresql_session import _first_line
+from atoll.storage.postgresql_session import _first_line, one_value
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage
@@ -45,7 +45,7 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
     keep_for_cache = bool(storage._records.max_bytes)
     cached: list[tuple[int, dict[bytes, bytes | None]]] = []
     oids_written: set[bytes] = set()
-    written, highest = 0, -1
+    written, highest, epoch = 0, -1, None
     session = storage._checkout()
     conn = session.conn
     try:
@@ -72,6 +72,7 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
                 last = tid
             if highest >= storage._oid_limit:  # else within this process's block
                 conn.execute(q.ADVANCE_OIDS, {"oid": highest})
+            epoch = one_value(conn.execute(q.BUMP_OID_EPOCH)) if oids_written else None
             try:
                 conn.execute("COMMIT")
             except psycopg.Error:
@@ -88,4 +89,7 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
     for tid, records in cached:
         storage._records.committed(records, p64(tid))
     storage._skip_oids_of(oids_written)
+    if epoch is not None:  # this process's own block was seen to just above
+        with storage._lock:
+            storage._oid_epoch = epoch
     return written

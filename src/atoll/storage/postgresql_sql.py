@@ -156,14 +156,27 @@ LOAD_SERIAL = "SELECT state, {checksum} FROM {s}.object_state WHERE zoid = %s AN
 # statement, and the tid it reads is the newest commit that snapshot contains.
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
-NEW_OID_BLOCK = "SELECT nextval('{s}.oid_seq')"
+# The next block of oids, and the oid epoch it is taken at (see OID_EPOCH).
+NEW_OID_BLOCK = "SELECT nextval('{s}.oid_seq'), (SELECT value FROM {s}.info WHERE key = 'oid_epoch')"
 
 # -- committing ----------------------------------------------------------------------
 
 BEGIN = "BEGIN"
 
 # The commit lock (see the module docstring); returns the last committed tid.
-LOCK_COMMIT = "SELECT tid FROM {s}.commit_lock WHERE id = 0 FOR UPDATE"
+# The last tid, under the commit lock, and the oid epoch (see OID_EPOCH).
+LOCK_COMMIT = (
+    "SELECT tid, (SELECT value FROM {s}.info WHERE key = 'oid_epoch') FROM {s}.commit_lock WHERE id = 0 FOR UPDATE"
+)
+
+# A restore's write of oids that no new_oid() handed out bumps the oid epoch: a
+# process whose oid block predates it may hold some of those oids (see
+# PostgreSQLStorage._check_oid_epoch). Returns the new epoch.
+BUMP_OID_EPOCH = """
+INSERT INTO {s}.info VALUES ('oid_epoch', '1') ON CONFLICT (key)
+DO UPDATE SET value = ({s}.info.value::bigint + 1)::text
+RETURNING value
+"""
 
 # Current serials of the oids a commit writes or checks, read under the lock.
 CURRENT_SERIALS_HP = """
@@ -258,11 +271,13 @@ WRITE_COMMIT_HF = _write_commit.format(on_conflict=_HF_REPLACES)
 # takes the lock and writes in one round trip:
 # it writes only if nothing was committed since the view's snapshot (%(snapshot)s),
 # the case in which nothing can conflict and the tid chosen before the lock is
-# later than the last one. Otherwise it writes nothing (no row returned) and the
+# later than the last one, and no restore moved the oid epoch since this process
+# took its oid block (%(epoch)s). Otherwise it writes nothing (no row returned) and the
 # commit goes on under the lock it holds, as one that locked first.
 _write_commit_if_unchanged = """
 WITH unchanged AS (
     SELECT 1 FROM {{s}}.commit_lock WHERE id = 0 AND tid <= %(snapshot)s
+    AND (SELECT value FROM {{s}}.info WHERE key = 'oid_epoch') IS NOT DISTINCT FROM %(epoch)s::text
 ), stored AS (
     INSERT INTO {{s}}.object_state (zoid, tid, state, checksum)
     SELECT z, %(tid)s, d, c FROM unnest(%(zoids)s::bigint[], %(datas)s::bytea[], %(sums)s::integer[]) AS u(z, d, c)
@@ -276,7 +291,7 @@ WITH unchanged AS (
     INSERT INTO {{s}}.commit_decisions (txn_id, tid) SELECT %(decision)s::text, %(tid)s
     WHERE %(decision)s::text IS NOT NULL AND EXISTS (SELECT FROM unchanged)
 )
-UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0 AND tid <= %(snapshot)s
+UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0 AND EXISTS (SELECT FROM unchanged)
 RETURNING pg_notify(%(channel)s, %(tid)s::text)
 """
 WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit_if_unchanged.format(on_conflict="")

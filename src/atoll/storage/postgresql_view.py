@@ -293,7 +293,10 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
                 ):
                     tid = u64(commit_tid(meta, self.snapshot))
-                    params.update(snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid))
+                    params.update(
+                        snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid),
+                        epoch=storage._oid_epoch,
+                    )
                     last, written = storage._lock_commit_and_write(conn, params)
                 else:
                     last = storage._lock_commit(conn)

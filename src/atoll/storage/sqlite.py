@@ -185,6 +185,8 @@ class SQLiteStorage(Storage):
         self._oid_limit = 0  # end of the reserved block (exclusive)
         self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
         self._oid_block_void = False  # the rest of the block may hold stored oids: see _skip_oids_of
+        self._oid_epoch: int | None = None  # the file's oid epoch when the block was taken
+        self.oids_may_be_taken = False  # set by _check_oid_epoch for the commit under way
         self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
         self._q = sql.reads(checksums=True)  # the statements that read records
         self._immutable = False  # read-only media: SQLite's immutable read path
@@ -312,6 +314,18 @@ class SQLiteStorage(Storage):
         finally:
             self._commit_lock.release()
 
+    def _check_oid_epoch(self, epoch: int | None) -> None:
+        """At a commit, under the write lock: if a copy or restore (of any process)
+        wrote oids since this process took its oid block (the file's oid epoch
+        moved), the block may hold some of them, and nothing told this process:
+        give the block up, and set ``oids_may_be_taken`` so that the commit checks
+        its new objects, one of which may have such an oid (a ConflictError rather
+        than replacing a stored object; the retry gets an oid from a new block)."""
+        self.oids_may_be_taken = epoch != self._oid_epoch and self._oid_limit > 0
+        if self.oids_may_be_taken:
+            self._oid_block_void = True
+        self._oid_epoch = epoch
+
     def _skip_oid_range(self, lowest: int, highest: int) -> None:
         """Give up the rest of the reserved oid block if oids from ``lowest`` to
         ``highest`` were written (by a copy): see _skip_oids_of."""
@@ -373,11 +387,13 @@ class SQLiteStorage(Storage):
                     with write_transaction(writer):
                         first = int(writer.execute(sql.SELECT_NEXT_OID).fetchone()[0])
                         writer.execute(sql.UPDATE_NEXT_OID, (first + size,))
+                        epoch = (writer.execute(sql.SELECT_OID_EPOCH).fetchone() or (None,))[0]
                 finally:
                     writer.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
             except sqlite3.Error as e:
                 raise self._error(e, "reserving oids") from None
         self._next_oid, self._oid_limit = first, first + size
+        self._oid_epoch = epoch
         self._oid_block = min(size * 2, OID_BLOCK_MAX)
 
     def last_transaction(self) -> bytes:

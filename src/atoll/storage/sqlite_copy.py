@@ -174,6 +174,8 @@ def _write_batch(
             storage._skip_oid_range(lowest, highest)
         if highest is not None:
             writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
+            writer.execute(sql.BUMP_OID_EPOCH)
+            storage._oid_epoch = writer.execute(sql.SELECT_OID_EPOCH).fetchone()[0]  # its own block: below
         if ended:
             writer.execute(sql.MARK_ENDED_OBJECTS)
         writer.execute(sql.COMMIT)

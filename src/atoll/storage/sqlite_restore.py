@@ -133,6 +133,8 @@ def _write(
             writer.executemany(sql.DELETE_OLDER_REVISIONS, replaced)
     if oids_written:
         writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids_written))[0] + 1,))
+        writer.execute(sql.BUMP_OID_EPOCH)
+        storage._oid_epoch = writer.execute(sql.SELECT_OID_EPOCH).fetchone()[0]  # its own block: _skip_oids_of
     if ended:
         writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history and storage._commits_since_prune >= sql.PRUNE_EVERY:

@@ -202,7 +202,19 @@ WHERE coalesce(current, 0) != expected
 
 #: The writer's first statement of a commit: the last tid, and whether a prepared
 #: part waits to be settled (sqlite_pending.py) before anything else is written.
-LAST_TID_AND_PENDING = "SELECT (SELECT max(tid) FROM transactions), EXISTS (SELECT 1 FROM commit_pending)"
+LAST_TID_AND_PENDING = """
+SELECT (SELECT max(tid) FROM transactions), EXISTS (SELECT 1 FROM commit_pending),
+       (SELECT value FROM atoll_meta WHERE key = 'oid_epoch')
+"""
+
+#: A write of oids that no new_oid() handed out (a copy's, a restore's) bumps the
+#: ``oid_epoch``: a process whose oid block predates it may hold some of those oids
+#: (see SQLiteStorage._check_oid_epoch).
+BUMP_OID_EPOCH = """
+INSERT INTO atoll_meta (key, value) VALUES ('oid_epoch', 1)
+ON CONFLICT (key) DO UPDATE SET value = value + 1
+"""
+SELECT_OID_EPOCH = "SELECT value FROM atoll_meta WHERE key = 'oid_epoch'"
 
 # -- the collection commit protocol (sqlite_pending.py, decisions.py) --------
 

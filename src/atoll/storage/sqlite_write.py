@@ -45,7 +45,8 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def begin_commit(storage: SQLiteStorage, writer: sqlite3.Connection, doing: str) -> int:
     """``BEGIN IMMEDIATE`` on ``writer`` for a commit (``doing`` names it in the
     timeout error), once whatever a stopped process prepared here is settled; the
-    last committed tid (0 for an empty file). The caller holds the commit lock."""
+    last committed tid (0 for an empty file). The caller holds the commit lock.
+    Notes the file's oid epoch (SQLiteStorage._check_oid_epoch)."""
     while True:
         try:
             writer.execute(sql.BEGIN_WRITE)
@@ -54,8 +55,9 @@ def begin_commit(storage: SQLiteStorage, writer: sqlite3.Connection, doing: str)
                 f"could not lock {storage.path} for {doing} within {storage.commit_lock_timeout:g} s "
                 f"(commit_lock_timeout): {e}"
             ) from None
-        last, waiting = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
+        last, waiting, epoch = writer.execute(sql.LAST_TID_AND_PENDING).fetchone()
         if not waiting:
+            storage._check_oid_epoch(epoch)
             return last or 0
         # Settled without the write lock: see sqlite_pending, "Settling".
         writer.execute(sql.ROLLBACK)
