@@ -250,21 +250,29 @@ def test_a_zodb_multi_database_comes_in_as_one_collection(tmp_path: Path):
         each.close()
 
 
-def _packed_source(path: str) -> bytes:
-    """A SQLite database whose first revisions a pack removed; the pack tid."""
+def _history(path: str, commits: int) -> tuple[atoll.DB, float]:
+    """A SQLite database of ``commits`` transactions and then one more, a little
+    later; the open DB and a POSIX time between the two (a pack there removes the
+    root's older revisions)."""
     import time
 
     from atoll.ids import tid_time
 
     db = atoll.open(path)
-    for i in range(6):
+    for i in range(commits):
         with db.transaction() as conn:
             conn.root()["n"] = i
-    pack_time = tid_time(db.storage.last_transaction()) + 0.001
+    between = tid_time(db.storage.last_transaction()) + 0.001
     time.sleep(0.01)
     with db.transaction() as conn:
-        conn.root()["n"] = "after the pack"
-    db.pack(pack_time)
+        conn.root()["n"] = "last"
+    return db, between
+
+
+def _packed_source(path: str) -> bytes:
+    """A SQLite database whose first revisions a pack removed; the pack tid."""
+    db, between = _history(path, 6)
+    db.pack(between)
     pack_tid = db.storage.last_pack()
     db.close()
     assert pack_tid != b"\0" * 8
@@ -286,19 +294,7 @@ def test_a_source_packed_while_it_is_copied_is_refused(tmp_path: Path, monkeypat
     from atoll.collection.copy import _StorageWriter
     from atoll.storage import sqlite_copy
 
-    source = str(tmp_path / "a.db")
-    db = atoll.open(source)
-    for i in range(20):
-        with db.transaction() as conn:
-            conn.root()["n"] = i
-    from atoll.ids import tid_time
-
-    middle = tid_time(db.storage.last_transaction()) + 0.001
-    import time
-
-    time.sleep(0.01)
-    with db.transaction() as conn:
-        conn.root()["n"] = "last"
+    db, middle = _history(str(tmp_path / "a.db"), 20)
     packed: list[bool] = []
 
     def pack_once() -> None:
