@@ -442,3 +442,29 @@ def test_another_process_whose_oid_block_a_copy_wrote_into_never_replaces_a_copi
     view.release()
     for storage in (source, other, copying):
         storage.close()
+
+
+def test_an_oid_taken_before_the_copy_is_checked_after_another_commit_noticed_it(tmp_path: Path):
+    """One transaction of the process notices the copy (and gives the block up);
+    another, which took its oid from that block before, must still be checked."""
+    from atoll.errors import ConflictError
+    from storage_helpers import commit as commit_through
+
+    source = source_file(tmp_path / "a.db")
+    other = SQLiteStorage(tmp_path / "b.db")
+    early = [other.new_oid() for _ in range(12)]  # from its first block, before the copy
+    copying = SQLiteStorage(tmp_path / "b.db")
+    copied(source, copying)
+    stored = {r.oid for t in copying.iterator() for r in t.records}
+    clash = next(oid for oid in early if oid in stored)
+    first = other.open_view()  # notices the copy at its commit, which creates nothing
+    commit_through(first, {p64(7): (first.load(p64(7))[1], record("seven, changed"))})
+    first.release()
+    assert u64(other.new_oid()) > max(u64(oid) for oid in stored)  # the block was given up
+    second = other.open_view()
+    with pytest.raises(ConflictError):
+        commit_through(second, {clash: (b"\0" * 8, record("would replace a copied object"))})
+    assert second.load(clash)[0] != record("would replace a copied object")
+    second.release()
+    for storage in (source, other, copying):
+        storage.close()

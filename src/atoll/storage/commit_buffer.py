@@ -142,14 +142,16 @@ class CommitBuffer:
         serial the commit read is still current (its connection ghosted whatever
         changed before), so nothing can conflict and the check is skipped: a serial
         from another snapshot is the caller's error (see :meth:`StorageView.store`).
-        Except when the storage says its oid block may hold oids a copy stored
-        (``oids_may_be_taken``) and the commit creates objects: a new object's oid
-        may then be taken, which the check turns into a ConflictError.
+        Except when the commit creates an object whose oid comes from a block the
+        storage gave up because a copy may have stored oids in it
+        (:mod:`atoll.storage.oid_blocks`): that oid may be taken, which the check
+        turns into a ConflictError.
         """
         if not (self._stores or self._checks):
             return set()
+        stale = getattr(self._storage, "_stale_blocks", None)
         if last == self.snapshot and not (
-            getattr(self._storage, "oids_may_be_taken", False) and any(s == z64 for s, _ in self._stores.values())
+            stale is not None and stale.hold_any(oid for oid, (serial, _) in self._stores.items() if serial == z64)
         ):
             return set()
         return check_conflicts(self._stores, self._checks, moved(), self.load_serial, load_current, resolve)

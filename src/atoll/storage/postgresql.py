@@ -118,6 +118,7 @@ from atoll.storage.cache import RecordCache
 from atoll.storage.checksum import check as check_checksum
 from atoll.storage.options import check_wait
 from atoll.storage.postgresql_recovery import rollback_prepared
+from atoll.storage.oid_blocks import StaleBlocks
 from atoll.storage.postgresql_session import T, _first_line, _lost, _Session, _SessionLost, one_row, one_value
 from atoll.storage.postgresql_view import PostgreSQLView
 from atoll.storage.base import (
@@ -187,7 +188,8 @@ class PostgreSQLStorage(Storage):
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
         self._oid_epoch: str | None = None  # the oid epoch when the block was taken
-        self.oids_may_be_taken = False  # set by _check_oid_epoch for the commit under way
+        self._oid_block_start = 0  # the first oid of the block
+        self._stale_blocks = StaleBlocks()  # blocks given up (see atoll.storage.oid_blocks)
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
         self._records = RecordCache(cache_size_bytes)  # shared by the views: see cache.py
         self._commits_since_prune = 0  # commits finished since decision rows were pruned
@@ -465,6 +467,7 @@ class PostgreSQLStorage(Storage):
                 with gcpause.resumed():
                     start, epoch = self._admin_call(lambda conn: one_row(conn.execute(self._sql.NEW_OID_BLOCK)))
                 self._next_oid, self._oid_limit, self._oid_epoch = start, start + SQL.OID_BLOCK, epoch
+                self._oid_block_start = start
             oid = self._next_oid
             self._next_oid += 1
         finally:
@@ -474,15 +477,17 @@ class PostgreSQLStorage(Storage):
     def _check_oid_epoch(self, epoch: str | None) -> None:
         """At a commit, under the commit lock: if a restore (of any process) wrote
         oids since this process took its oid block (the oid epoch moved), the block
-        may hold some of them, and nothing told this process: give the block up,
-        and set ``oids_may_be_taken`` so that the commit checks its new objects (a
-        ConflictError rather than replacing a stored object; the retry gets an oid
-        from a new block)."""
+        may hold some of them, and nothing told this process: give the block up
+        (see :mod:`atoll.storage.oid_blocks`)."""
         with self._lock:
-            self.oids_may_be_taken = epoch != self._oid_epoch and self._oid_limit > 0
-            if self.oids_may_be_taken:
-                self._next_oid = self._oid_limit
+            if epoch != self._oid_epoch:
+                self._give_up_oid_block()
             self._oid_epoch = epoch
+
+    def _give_up_oid_block(self) -> None:
+        """(Holding ``_lock``.) The next new_oid() takes a new block."""
+        self._next_oid = self._oid_limit
+        self._stale_blocks.add(self._oid_block_start, self._oid_limit)
 
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
         """Give up the rest of the oid block if ``oids`` (written by a commit, this
@@ -497,7 +502,7 @@ class PostgreSQLStorage(Storage):
             if not oids or max(oids) < lo or min(oids) >= hi:  # in C: the usual answer
                 return
             if any(lo <= oid < hi for oid in oids):
-                self._next_oid = self._oid_limit
+                self._give_up_oid_block()
 
     def last_transaction(self) -> bytes:
         return self._admin_call(lambda conn: p64(one_value(conn.execute(self._sql.LAST_TID))))

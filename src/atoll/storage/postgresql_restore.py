@@ -79,7 +79,7 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
                 # Committed or not (a lost answer): the batch may hold oids of this
                 # process's reserved block, so give the rest of the block up.
                 with storage._lock:
-                    storage._next_oid = storage._oid_limit
+                    storage._give_up_oid_block()
                 raise
         except psycopg.Error as e:
             raise StorageError(f"PostgreSQL error in {storage.name} restoring transactions: {_first_line(e)}") from None

@@ -107,6 +107,7 @@ from atoll.storage import decisions
 from atoll.storage import sqlite_pending as pending
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import damaged
+from atoll.storage.oid_blocks import StaleBlocks
 from atoll.storage.options import check_path as check_path_text
 from atoll.storage.options import check_wait
 from atoll.storage import sqlite_copy, sqlite_restore
@@ -186,7 +187,8 @@ class SQLiteStorage(Storage):
         self._oid_block = OID_BLOCK_FIRST  # size of the next reservation
         self._oid_block_void = False  # the rest of the block may hold stored oids: see _skip_oids_of
         self._oid_epoch: int | None = None  # the file's oid epoch when the block was taken
-        self.oids_may_be_taken = False  # set by _check_oid_epoch for the commit under way
+        self._oid_block_start = 0  # the first oid of the block
+        self._stale_blocks = StaleBlocks()  # blocks given up (see atoll.storage.oid_blocks)
         self._views: weakref.WeakSet[SQLiteView] = weakref.WeakSet()  # closed with us
         self._q = sql.reads(checksums=True)  # the statements that read records
         self._immutable = False  # read-only media: SQLite's immutable read path
@@ -318,19 +320,22 @@ class SQLiteStorage(Storage):
         """At a commit, under the write lock: if a copy or restore (of any process)
         wrote oids since this process took its oid block (the file's oid epoch
         moved), the block may hold some of them, and nothing told this process:
-        give the block up, and set ``oids_may_be_taken`` so that the commit checks
-        its new objects, one of which may have such an oid (a ConflictError rather
-        than replacing a stored object; the retry gets an oid from a new block)."""
-        self.oids_may_be_taken = epoch != self._oid_epoch and self._oid_limit > 0
-        if self.oids_may_be_taken:
-            self._oid_block_void = True
+        give the block up (see :mod:`atoll.storage.oid_blocks`)."""
+        if epoch != self._oid_epoch:
+            self._give_up_oid_block()
         self._oid_epoch = epoch
+
+    def _give_up_oid_block(self) -> None:
+        # A flag, not the counters under _oid_lock: a copy calls this holding the
+        # commit lock, which new_oid() takes while holding _oid_lock to reserve.
+        self._oid_block_void = True
+        self._stale_blocks.add(self._oid_block_start, self._oid_limit)
 
     def _skip_oid_range(self, lowest: int, highest: int) -> None:
         """Give up the rest of the reserved oid block if oids from ``lowest`` to
         ``highest`` were written (by a copy): see _skip_oids_of."""
-        if lowest < self._oid_limit and highest >= self._next_oid:
-            self._oid_block_void = True
+        if lowest < self._oid_limit and highest >= self._oid_block_start:
+            self._give_up_oid_block()
 
     def _skip_oids_of(self, oids: Iterable[bytes]) -> None:
         """Give up the rest of the reserved oid block if ``oids`` (written by a commit,
@@ -345,9 +350,7 @@ class SQLiteStorage(Storage):
         if max(oids) < lo or min(oids) >= hi:  # in C: the usual answer
             return
         if any(lo <= oid < hi for oid in oids):
-            # A flag, not the counters under _oid_lock: a copy sets it holding the
-            # commit lock, which new_oid() takes while holding _oid_lock to reserve.
-            self._oid_block_void = True
+            self._give_up_oid_block()
 
     # -- the Storage protocol ---------------------------------------------------
 
@@ -392,7 +395,7 @@ class SQLiteStorage(Storage):
                     writer.execute(sql.SET_SYNCHRONOUS.format(mode=self.synchronous.upper()))
             except sqlite3.Error as e:
                 raise self._error(e, "reserving oids") from None
-        self._next_oid, self._oid_limit = first, first + size
+        self._next_oid, self._oid_limit, self._oid_block_start = first, first + size, first
         self._oid_epoch = epoch
         self._oid_block = min(size * 2, OID_BLOCK_MAX)
 
