@@ -384,3 +384,29 @@ def test_another_process_whose_oid_block_a_restore_wrote_into_never_replaces_a_r
         check.release()
     finally:
         other.close()
+
+
+def test_an_oid_taken_before_a_restore_is_checked_after_another_commit_noticed_it(storage):
+    from atoll.ids import new_tid
+    from atoll.storage.base import DataRecord, TransactionRecord
+
+    other = type(storage)(postgres_dsn(), schema=storage.schema, keep_history=storage.keep_history)
+    try:
+        early = [other.new_oid() for _ in range(3)]  # taken before the restore writes them
+        tid = new_tid(storage.last_transaction())
+        storage.restore_transactions(
+            [TransactionRecord(tid, "", "", {}, [DataRecord(oid, tid, b"restored") for oid in early])]
+        )
+        first = other.open_view()  # notices the restore at its commit, which creates nothing
+        commit(other, {early[0]: b"changed"}, view=first)
+        first.release()
+        second = other.open_view()
+        second.tpc_begin(TransactionMeta())
+        second.store(early[1], z64, b"would replace a restored object")
+        with pytest.raises(ConflictError):
+            second.tpc_vote()
+        second.tpc_abort()
+        assert second.load(early[1])[0] == b"restored"
+        second.release()
+    finally:
+        other.close()

@@ -291,6 +291,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     and self.before is None
                     and (not zoids or max(zoids) < storage._oid_limit)
                     and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
+                    # a new object's oid from a block given up must be checked (oid_blocks)
+                    and not storage._stale_blocks.hold_any(o for o, (serial, _) in self._stores.items() if serial == z64)
                 ):
                     tid = u64(commit_tid(meta, self.snapshot))
                     params.update(
