@@ -374,16 +374,16 @@ class Connection(CommitMixin):
         return ``f`` (the temporary file rewound to its start). ZODB's name; see
         :mod:`atoll.exporting` (:func:`~atoll.exporting.export_file` also returns
         what was written)."""
+        import tempfile
+
         from atoll.exporting import export_file
 
-        if f is None:
-            import tempfile
-
+        temporary = f is None
+        if temporary:
             f = tempfile.TemporaryFile(prefix="atoll-export-")
-            export_file(self, oid, f)
-            f.seek(0)
-            return f
         export_file(self, oid, f)
+        if temporary:
+            f.seek(0)
         return f
 
     def importFile(self, f: Any, *, leaving: str = "refuse") -> Persistent:

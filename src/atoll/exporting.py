@@ -78,11 +78,8 @@ def _leaving_text(leaving: Leaving) -> str:
 
 
 @dataclass
-class ExportStats:
-    """What an export wrote. ``root``: ``(database, oid)`` exported; ``records``
-    and ``size`` (bytes of record data); ``per_database``: records by database
-    name; ``leaving``: references to objects left out (see the module docstring),
-    as ``(database, oid, referenced database, referenced oid)``."""
+class _Moved:
+    """What an export wrote or an import added (the two summaries' common part)."""
 
     root: tuple[str, bytes]
     records: int = 0
@@ -91,31 +88,40 @@ class ExportStats:
     leaving: list[Leaving] = field(default_factory=list)
     seconds: float = 0.0
 
-    def __str__(self) -> str:
+    def count(self, database: str, data: bytes) -> None:
+        """One more record of ``database``, of ``data``."""
+        self.records += 1
+        self.size += len(data)
+        self.per_database[database] = self.per_database.get(database, 0) + 1
+
+    def _summary(self, verb: str) -> str:
         where = ", ".join(f"{name}: {count:,}" for name, count in self.per_database.items())
-        line = f"exported {self.records:,} records ({where}), {self.size:,} bytes in {self.seconds:.1f} s"
+        return f"{verb} {self.records:,} records ({where}), {self.size:,} bytes in {self.seconds:.1f} s"
+
+
+@dataclass
+class ExportStats(_Moved):
+    """What an export wrote. ``root``: ``(database, oid)`` exported; ``records``
+    and ``size`` (bytes of record data); ``per_database``: records by database
+    name; ``leaving``: references to objects left out (see the module docstring),
+    as ``(database, oid, referenced database, referenced oid)``."""
+
+    def __str__(self) -> str:
+        line = self._summary("exported")
         if self.leaving:
             line += f"; {len(self.leaving):,} references leave the set (first: {_leaving_text(self.leaving[0])})"
         return line
 
 
 @dataclass
-class ImportStats:
+class ImportStats(_Moved):
     """What an import added. ``root``: ``(database, new oid)`` of the imported
     root object; ``records``, ``size`` (bytes of record data), ``per_database``
     (records by destination database name); ``leaving``: the file's references to
     objects outside the set, kept pointing at the same oids."""
 
-    root: tuple[str, bytes]
-    records: int = 0
-    size: int = 0
-    per_database: dict[str, int] = field(default_factory=dict)
-    leaving: list[Leaving] = field(default_factory=list)
-    seconds: float = 0.0
-
     def __str__(self) -> str:
-        where = ", ".join(f"{name}: {count:,}" for name, count in self.per_database.items())
-        line = f"imported {self.records:,} records ({where}), {self.size:,} bytes in {self.seconds:.1f} s"
+        line = self._summary("imported")
         if self.leaving:
             line += f"; {len(self.leaving):,} references outside the set kept"
         return line
@@ -200,9 +206,7 @@ def export_file(
                         continue
                     data = record[0]
                     writer.record(name, each, data)
-                    stats.records += 1
-                    stats.size += len(data)
-                    stats.per_database[name] = stats.per_database.get(name, 0) + 1
+                    stats.count(name, data)
                     for database, target in references(data):
                         target_database = name if database is None else database
                         seen = visited.get(target_database)
@@ -369,9 +373,7 @@ def _write(
         relocated = relocate_references(data, relocate)
         pending.setdefault(connection, []).append((mapping[database, oid], z64, NEW | ADDED, relocated))
         size += len(relocated)
-        stats.records += 1
-        stats.size += len(relocated)
-        stats.per_database[own] = stats.per_database.get(own, 0) + 1
+        stats.count(own, relocated)
         reporter.advance()
         if size >= _FLUSH:
             _flush(pending, undo)

@@ -73,6 +73,9 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
             if highest >= storage._oid_limit:  # else within this process's block
                 conn.execute(q.ADVANCE_OIDS, {"oid": highest})
             epoch = one_value(conn.execute(q.BUMP_OID_EPOCH)) if oids_written else None
+            # Before the COMMIT: once it is in, a new_oid() of another thread must not
+            # hand out one of these from this process's block.
+            storage._skip_oids_of(oids_written)
             try:
                 conn.execute("COMMIT")
             except psycopg.Error:
@@ -88,7 +91,6 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
     # Committed: what a view's tpc_finish does after its COMMIT, for each transaction.
     for tid, records in cached:
         storage._records.committed(records, p64(tid))
-    storage._skip_oids_of(oids_written)
     if epoch is not None:  # this process's own block was seen to just above
         with storage._lock:
             storage._oid_epoch = epoch

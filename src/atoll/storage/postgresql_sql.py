@@ -156,7 +156,7 @@ LOAD_SERIAL = "SELECT state, {checksum} FROM {s}.object_state WHERE zoid = %s AN
 # statement, and the tid it reads is the newest commit that snapshot contains.
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
-# The next block of oids, and the oid epoch it is taken at (see OID_EPOCH).
+# The next block of oids, and the oid epoch it is taken at (see BUMP_OID_EPOCH).
 NEW_OID_BLOCK = "SELECT nextval('{s}.oid_seq'), (SELECT value FROM {s}.info WHERE key = 'oid_epoch')"
 
 # -- committing ----------------------------------------------------------------------
@@ -164,7 +164,7 @@ NEW_OID_BLOCK = "SELECT nextval('{s}.oid_seq'), (SELECT value FROM {s}.info WHER
 BEGIN = "BEGIN"
 
 # The commit lock (see the module docstring); returns the last committed tid.
-# The last tid, under the commit lock, and the oid epoch (see OID_EPOCH).
+# The last tid, under the commit lock, and the oid epoch (see BUMP_OID_EPOCH).
 LOCK_COMMIT = (
     "SELECT tid, (SELECT value FROM {s}.info WHERE key = 'oid_epoch') FROM {s}.commit_lock WHERE id = 0 FOR UPDATE"
 )
@@ -249,53 +249,44 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 # transaction, delivered when it commits. A prepared member cannot NOTIFY
 # (PostgreSQL refuses to prepare a transaction that did) and uses the statements above.
 _write_commit = """
-WITH stored AS (
+WITH {unchanged}stored AS (
     INSERT INTO {{s}}.object_state (zoid, tid, state, checksum)
     SELECT z, %(tid)s, d, c FROM unnest(%(zoids)s::bigint[], %(datas)s::bytea[], %(sums)s::integer[]) AS u(z, d, c)
+    {where}
     {on_conflict}
 ), logged AS (
-    INSERT INTO {{s}}.transactions VALUES (%(tid)s, %(user)s, %(description)s, %(extension)s, %(txn_key)s)
+    INSERT INTO {{s}}.transactions
+    SELECT %(tid)s, %(user)s::text, %(description)s::text, %(extension)s::bytea, %(txn_key)s::text
+    {where}
 ), decided AS (
-    INSERT INTO {{s}}.commit_decisions (txn_id, tid) SELECT %(decision)s::text, %(tid)s WHERE %(decision)s::text IS NOT NULL
+    INSERT INTO {{s}}.commit_decisions (txn_id, tid) SELECT %(decision)s::text, %(tid)s
+    WHERE %(decision)s::text IS NOT NULL{guard}
 )
-UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0
+UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0{guard}
 RETURNING pg_notify(%(channel)s, %(tid)s::text)
 """
 _HF_REPLACES = (
     "ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum"
 )
-WRITE_COMMIT_HP = _write_commit.format(on_conflict="")
-WRITE_COMMIT_HF = _write_commit.format(on_conflict=_HF_REPLACES)
+_ALWAYS = dict(unchanged="", where="", guard="")
+WRITE_COMMIT_HP = _write_commit.format(**_ALWAYS, on_conflict="")
+WRITE_COMMIT_HF = _write_commit.format(**_ALWAYS, on_conflict=_HF_REPLACES)
 
 # The same, sent with BEGIN and LOCK_COMMIT in one pipeline, so that a small commit
-# takes the lock and writes in one round trip:
-# it writes only if nothing was committed since the view's snapshot (%(snapshot)s),
-# the case in which nothing can conflict and the tid chosen before the lock is
-# later than the last one, and no restore moved the oid epoch since this process
-# took its oid block (%(epoch)s). Otherwise it writes nothing (no row returned) and the
-# commit goes on under the lock it holds, as one that locked first.
-_write_commit_if_unchanged = """
-WITH unchanged AS (
-    SELECT 1 FROM {{s}}.commit_lock WHERE id = 0 AND tid <= %(snapshot)s
-    AND (SELECT value FROM {{s}}.info WHERE key = 'oid_epoch') IS NOT DISTINCT FROM %(epoch)s::text
-), stored AS (
-    INSERT INTO {{s}}.object_state (zoid, tid, state, checksum)
-    SELECT z, %(tid)s, d, c FROM unnest(%(zoids)s::bigint[], %(datas)s::bytea[], %(sums)s::integer[]) AS u(z, d, c)
-    WHERE EXISTS (SELECT FROM unchanged)
-    {on_conflict}
-), logged AS (
-    INSERT INTO {{s}}.transactions
-    SELECT %(tid)s, %(user)s::text, %(description)s::text, %(extension)s::bytea, %(txn_key)s::text
-    WHERE EXISTS (SELECT FROM unchanged)
-), decided AS (
-    INSERT INTO {{s}}.commit_decisions (txn_id, tid) SELECT %(decision)s::text, %(tid)s
-    WHERE %(decision)s::text IS NOT NULL AND EXISTS (SELECT FROM unchanged)
-)
-UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0 AND EXISTS (SELECT FROM unchanged)
-RETURNING pg_notify(%(channel)s, %(tid)s::text)
-"""
-WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit_if_unchanged.format(on_conflict="")
-WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit_if_unchanged.format(on_conflict=_HF_REPLACES)
+# takes the lock and writes in one round trip: every part is guarded by
+# ``unchanged``, so it writes only if nothing was committed since the view's
+# snapshot (%(snapshot)s), the case in which nothing can conflict and the tid
+# chosen before the lock is later than the last one, and no restore moved the oid
+# epoch since this process took its oid block (%(epoch)s). Otherwise it writes
+# nothing (no row returned) and the commit goes on under the lock it holds, as one
+# that locked first.
+_UNCHANGED = """unchanged AS (
+    SELECT 1 FROM {s}.commit_lock WHERE id = 0 AND tid <= %(snapshot)s
+    AND (SELECT value FROM {s}.info WHERE key = 'oid_epoch') IS NOT DISTINCT FROM %(epoch)s::text
+), """
+_IF_UNCHANGED = dict(unchanged=_UNCHANGED, where="WHERE EXISTS (SELECT FROM unchanged)", guard=" AND EXISTS (SELECT FROM unchanged)")
+WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict="")
+WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit.format(**_IF_UNCHANGED, on_conflict=_HF_REPLACES)
 
 # The session lock that tells recovery this view's session is alive (key: random).
 OWNER_LOCK = "SELECT pg_advisory_lock(%s)"

@@ -51,7 +51,7 @@ log = logging.getLogger("atoll.storage.postgresql")
 #: A commit with at most this many bytes of records takes the commit lock and
 #: writes in one round trip (see ``_lock_commit_and_write``), betting that nothing
 #: was committed since its snapshot; a larger one locks first, so that a lost bet
-#: never sends its records twice.
+#: never sends many records twice.
 ONE_TRIP_BYTES = 64 << 10
 
 
@@ -262,11 +262,10 @@ class PostgreSQLView(CommitBuffer, StorageView):
         return session.owner_key
 
     def tpc_vote(self, resolve: Resolver | None = None) -> set[bytes]:
-        self._check_voting()
+        meta = self._check_voting()
         if self._tid is not None:
             raise StorageTransactionError("tpc_vote called twice")
-        storage, q, meta = self._storage, self._sql, self._meta
-        assert meta is not None
+        storage, q = self._storage, self._sql
         role = commit_role(meta)
         prepare = not role.decider and storage.two_phase
         try:
@@ -285,15 +284,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     "extension": meta.extension_bytes(), "txn_key": txn_key,
                     "decision": meta.id if deciding else None, "channel": storage._channel,
                 }
-                written = False
-                if (
-                    not prepare
-                    and self.before is None
-                    and (not zoids or max(zoids) < storage._oid_limit)
-                    and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
-                    # a new object's oid from a block given up must be checked (oid_blocks)
-                    and not storage._stale_blocks.hold_any(o for o, (serial, _) in self._stores.items() if serial == z64)
-                ):
+                if not prepare and self._fits_one_trip(zoids, datas):
                     tid = u64(commit_tid(meta, self.snapshot))
                     params.update(
                         snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid),
@@ -301,7 +292,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     )
                     last, written = storage._lock_commit_and_write(conn, params)
                 else:
-                    last = storage._lock_commit(conn)
+                    last, written = storage._lock_commit(conn), False
                 resolved: set[bytes] = set()
                 if not written:  # under the lock: check, choose the tid, write
                     resolved = self._check_conflicts(conn, p64(last), resolve)
@@ -311,24 +302,23 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     params.update(tid=tid, datas=datas, sums=sums)
                     if zoids and max(zoids) >= storage._oid_limit:  # else within this process's block
                         conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
-                if written:
-                    pass
-                elif not prepare:
-                    conn.execute(q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF, params)
-                else:
-                    with conn.pipeline():
-                        if zoids:
-                            conn.execute(q.STORE_HP if storage.keep_history else q.STORE_HF, (tid, zoids, datas, sums))
-                        conn.execute(
-                            q.INSERT_TRANSACTION,
-                            (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
-                        )
-                        conn.execute(q.SET_LAST_TID, (tid,))
-                        self._owner_key = self._store_owner()
-                        gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
-                        conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
-                        self._gid = gid
-                if not role.alone and role.decider:
+                    if not prepare:
+                        conn.execute(q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF, params)
+                    else:
+                        with conn.pipeline():
+                            if zoids:
+                                store = q.STORE_HP if storage.keep_history else q.STORE_HF
+                                conn.execute(store, (tid, zoids, datas, sums))
+                            conn.execute(
+                                q.INSERT_TRANSACTION,
+                                (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
+                            )
+                            conn.execute(q.SET_LAST_TID, (tid,))
+                            self._owner_key = self._store_owner()
+                            gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
+                            conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
+                            self._gid = gid
+                if deciding:
                     decisions.holding(storage._home)
                     self._deciding = True
         except BaseException:
@@ -339,6 +329,20 @@ class PostgreSQLView(CommitBuffer, StorageView):
         self._tid = tid
         storage._skip_oids_of(self._stores)
         return resolved
+
+    def _fits_one_trip(self, zoids: list[int], datas: list[bytes | None]) -> bool:
+        """Whether a commit that does not prepare may bet on writing with the lock
+        (``_lock_commit_and_write``): not from a historical view, not an oid past
+        this process's block (the counter must move first), small enough to send
+        twice if the bet is lost, and no new object's oid from a block given up
+        (it must be checked: :mod:`atoll.storage.oid_blocks`)."""
+        storage = self._storage
+        return (
+            self.before is None
+            and (not zoids or max(zoids) < storage._oid_limit)
+            and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
+            and not storage._stale_blocks.hold_any(oid for oid, (serial, _) in self._stores.items() if serial == z64)
+        )
 
     def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
         """The shared conflict check, under the commit lock; merged records replace ours."""

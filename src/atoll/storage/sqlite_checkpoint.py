@@ -133,10 +133,7 @@ class Checkpointer:
         if not self._behind or self._running or self._stopping:
             return
         self._behind = False
-        try:
-            writer.execute(CHECKPOINT).fetchone()
-        except sqlite3.Error as e:
-            log.warning("WAL checkpoint after commit: %s", e)
+        _checkpoint(writer, "after commit")
 
     def finish_in_bulk(self, writer: sqlite3.Connection, nbytes: int) -> None:
         """For a writer of large batches (a copy's), after a batch of ``nbytes``
@@ -152,12 +149,7 @@ class Checkpointer:
         with self._ran:  # two checkpoints of one file cannot run at once: the second is "busy"
             while self._running and not self._stopping:
                 self._ran.wait(1.0)
-        try:
-            busy = writer.execute(CHECKPOINT).fetchone()[0]
-        except sqlite3.Error as e:
-            log.warning("WAL checkpoint after a copy's batch: %s", e)
-            busy = 0
-        if not busy:
+        if _checkpoint(writer, "after a copy's batch"):
             self._bulk_written = 0
             self._behind = False
 
@@ -169,3 +161,14 @@ class Checkpointer:
         self._wanted.set()
         if thread is not None:
             thread.join()
+
+
+def _checkpoint(writer: sqlite3.Connection, when: str) -> bool:
+    """A PASSIVE checkpoint on ``writer``; False if another checkpoint of the file
+    was running (busy). A failure is logged: the log keeps every page, for the
+    next run."""
+    try:
+        return not writer.execute(CHECKPOINT).fetchone()[0]
+    except sqlite3.Error as e:
+        log.warning("WAL checkpoint %s: %s", when, e)
+        return True

@@ -41,7 +41,7 @@ from atoll.errors import StorageError
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import damaged
 from atoll.storage.sqlite_rows import _OFFSET, _crc32
-from atoll.storage.sqlite_write import begin_commit
+from atoll.storage.sqlite_write import begin_commit, moved_oid_epoch, rollback
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
@@ -172,16 +172,13 @@ def _write_batch(
             # Before the COMMIT: once it is in, a new_oid() of another thread must not
             # hand out one of these from this process's block.
             storage._skip_oid_range(lowest, highest)
-        if highest is not None:
             writer.execute(sql.ADVANCE_NEXT_OID, (highest + 1,))
-            writer.execute(sql.BUMP_OID_EPOCH)
-            storage._oid_epoch = writer.execute(sql.SELECT_OID_EPOCH).fetchone()[0]  # its own block: below
+            moved_oid_epoch(storage, writer)
         if ended:
             writer.execute(sql.MARK_ENDED_OBJECTS)
         writer.execute(sql.COMMIT)
     except sqlite3.Error as e:
-        if writer.in_transaction:
-            writer.execute(sql.ROLLBACK)
+        rollback(writer)
         if interrupted:  # a KeyboardInterrupt in the checksum function: SQLite only saw an error
             raise interrupted[0] from None
         if damage:
@@ -189,8 +186,7 @@ def _write_batch(
             raise damaged(source_path, zoid, tid) from None
         raise storage._error(e, "copying transactions") from None
     except BaseException:
-        if writer.in_transaction:
-            writer.execute(sql.ROLLBACK)
+        rollback(writer)
         raise
     return transactions, revisions, int(size)
 
@@ -227,8 +223,7 @@ def _checker(
 def _detach(writer: sqlite3.Connection) -> None:
     """Drop what copy_file added to the writer connection (it stays open)."""
     try:
-        if writer.in_transaction:
-            writer.execute(sql.ROLLBACK)
+        rollback(writer)
         writer.execute(sql.DROP_COPY_ROWS)
         writer.execute(sql.DETACH_COPY_SOURCE)
         writer.create_function(_CHECKSUM_FUNCTION, 5, None)

@@ -22,12 +22,11 @@ from itertools import chain, repeat
 from typing import TYPE_CHECKING, Iterable, cast
 
 from atoll import gcpause
-from atoll.errors import ReadOnlyError
 from atoll.ids import p64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import DELETED, TransactionMeta, TransactionRecord, commit_tid
 from atoll.storage.sqlite_rows import _OFFSET, _crc32, _iter_unpack64, _unpack64
-from atoll.storage.sqlite_write import begin_commit
+from atoll.storage.sqlite_write import begin_commit, moved_oid_epoch, rollback
 
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
@@ -45,13 +44,8 @@ RESTORE_ROWS_PER_INSERT = 500
 def restore_transactions(storage: SQLiteStorage, transactions: Iterable[TransactionRecord]) -> int:
     """See :meth:`Storage.restore_transactions` and the module docstring; returns
     the bytes of record data written."""
-    storage._check_open()
-    if storage.read_only:
-        raise ReadOnlyError(f"storage {storage.path} is read-only")
-    storage._acquire_commit_lock("restoring transactions")
-    try:
-        writer = storage._writer
-        assert writer is not None
+    with storage._holding_commit_lock("restoring transactions"):
+        writer = storage._committer  # StorageError once closed, ReadOnlyError if read-only
         last = begin_commit(storage, writer, "restoring transactions")
         try:
             written, oids, cached = _write(storage, writer, last, transactions)
@@ -59,16 +53,16 @@ def restore_transactions(storage: SQLiteStorage, transactions: Iterable[Transact
             # hand out one of these from this process's block (giving it up early costs
             # nothing if the COMMIT then fails).
             storage._skip_oids_of(oids)
+            if oids:
+                moved_oid_epoch(storage, writer)
             writer.execute(sql.COMMIT)
         except sqlite3.Error as e:
-            _rollback(writer)
+            rollback(writer)
             raise storage._error(e, "restoring transactions") from None
         except BaseException:
-            _rollback(writer)
+            rollback(writer)
             raise
         storage._checkpointer.finish_in_bulk(writer, written)
-    finally:
-        storage._commit_lock.release()
     # Committed: what a view's tpc_finish does after its COMMIT, for each transaction.
     for tid, records in cached:
         storage._records.committed(records, p64(tid))
@@ -133,8 +127,6 @@ def _write(
             writer.executemany(sql.DELETE_OLDER_REVISIONS, replaced)
     if oids_written:
         writer.execute(sql.ADVANCE_NEXT_OID, (_unpack64(max(oids_written))[0] + 1,))
-        writer.execute(sql.BUMP_OID_EPOCH)
-        storage._oid_epoch = writer.execute(sql.SELECT_OID_EPOCH).fetchone()[0]  # its own block: _skip_oids_of
     if ended:
         writer.execute(sql.MARK_ENDED_OBJECTS)
     if not keep_history and storage._commits_since_prune >= sql.PRUNE_EVERY:
@@ -148,7 +140,3 @@ def _rows_per_insert(writer: sqlite3.Connection) -> int:
     build binds fewer parameters to a statement (999 in builds before 3.32)."""
     return max(1, min(RESTORE_ROWS_PER_INSERT, writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4))
 
-
-def _rollback(writer: sqlite3.Connection) -> None:
-    if writer.in_transaction:
-        writer.execute(sql.ROLLBACK)

@@ -21,7 +21,7 @@ from atoll.storage import sqlite_sql as sql
 if TYPE_CHECKING:
     from atoll.storage.sqlite import SQLiteStorage
 
-__all__ = ["write_transaction", "begin_commit", "insert_commit"]
+__all__ = ["write_transaction", "begin_commit", "insert_commit", "rollback", "moved_oid_epoch"]
 
 _unpack64 = struct.Struct(">Q").unpack
 # The checksum of each revision, inline (see atoll.storage.checksum: the same value).
@@ -40,6 +40,21 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         conn.execute(sql.ROLLBACK)
         raise
+
+
+def rollback(writer: sqlite3.Connection) -> None:
+    """End ``writer``'s write transaction, if one is open, writing nothing."""
+    if writer.in_transaction:
+        writer.execute(sql.ROLLBACK)
+
+
+def moved_oid_epoch(storage: SQLiteStorage, writer: sqlite3.Connection) -> None:
+    """Inside the write transaction of a copy or restore that wrote oids no
+    new_oid() handed out: move the file's oid epoch, so that other processes whose
+    blocks may hold them learn of it (see SQLiteStorage._check_oid_epoch). This
+    process has seen to its own block (_skip_oids_of), so it takes the new epoch."""
+    writer.execute(sql.BUMP_OID_EPOCH)
+    storage._oid_epoch = writer.execute(sql.SELECT_OID_EPOCH).fetchone()[0]
 
 
 def begin_commit(storage: SQLiteStorage, writer: sqlite3.Connection, doing: str) -> int:
