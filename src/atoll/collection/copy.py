@@ -25,6 +25,7 @@ import os
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Generator, Iterator, Mapping, Protocol
 
 from atoll.collection.targets import TargetError, is_config, open_storages
@@ -77,6 +78,8 @@ BATCH_BYTES = 4 << 20
 RECORD_COST = 200
 BATCH_TRANSACTIONS = 500
 
+_data = attrgetter("data")
+
 
 def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> CopyStats:
     started = time.monotonic()
@@ -115,7 +118,7 @@ def _copy_one(reader: _Reader, writer: _Writer, progress: Progress | None) -> Co
 
     for record in reader.transactions(start):
         batch.append(record)
-        size += sum(len(r.data or b"") for r in record.records) + RECORD_COST * len(record.records)
+        size += sum(map(len, filter(None, map(_data, record.records)))) + RECORD_COST * len(record.records)
         if size >= BATCH_BYTES or len(batch) >= BATCH_TRANSACTIONS:
             flush()
             size = 0

@@ -10,6 +10,8 @@ are bytes, atoll's text: they are decoded as UTF-8 and encoded back, byte for by
 from __future__ import annotations
 
 import os
+from functools import partial
+from operator import attrgetter
 from typing import Any, Iterator
 
 from atoll.errors import StorageError
@@ -27,6 +29,10 @@ def _filestorage() -> Any:
             "reading or writing a ZODB FileStorage (.fs) needs ZODB: pip install 'atoll[zodb]'"
         ) from None
     return ZODB.FileStorage
+
+
+_data_record = partial(tuple.__new__, DataRecord)  # DataRecord(*fields), without Python's __new__
+_fields = attrgetter("oid", "tid", "data")
 
 
 def _text(value: bytes | str) -> str:
@@ -55,7 +61,8 @@ class FileStorageReader:
         iterator = self._storage.iterator(start)
         try:
             for txn in iterator:
-                records = [DataRecord(r.oid, txn.tid, r.data) for r in txn]
+                # ZODB's records carry their transaction's tid: made in C calls only.
+                records = list(map(_data_record, map(_fields, txn)))
                 yield TransactionRecord(txn.tid, _text(txn.user), _text(txn.description), dict(txn.extension), records)
         finally:
             close = getattr(iterator, "close", None)

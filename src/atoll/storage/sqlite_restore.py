@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 from itertools import chain, repeat
-from typing import TYPE_CHECKING, Iterable, cast
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Iterable
 
 from atoll import gcpause
 from atoll.ids import p64
@@ -33,8 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["restore_transactions"]
 
-# The checksum of each revision (atoll.storage.checksum), as two C calls.
+# The checksum of each revision (atoll.storage.checksum), as C calls.
 _minus = int.__sub__
+_xor = int.__xor__
+_oid, _data, _first = attrgetter("oid"), attrgetter("data"), itemgetter(0)
 
 #: Revisions per INSERT statement of a batch: fewer, larger statements cost less
 #: per row; one of 2,000 rows compiles to a statement of several hundred KiB.
@@ -91,23 +94,24 @@ def _write(
         meta = TransactionMeta(extension=record.extension, tid=record.tid)
         tid = _unpack64(commit_tid(meta, p64(last) if last else None))[0]
         # Per revision, only calls that run in C: this loop is most of a copy's Python.
-        records: dict[bytes, bytes | None] = {r.oid: DELETED if r.data is None else r.data for r in record.records}
-        oids = sorted(records)  # the order a view's commit inserts in
-        packed = b"".join(oids)
-        rows.append((tid, record.user, record.description, meta.extension_bytes(), "", packed, 0))
-        datas = cast("list[bytes]", [records[oid] for oid in oids])  # DELETED, never None
-        zoids = [zoid for (zoid,) in _iter_unpack64(packed)]
-        sums = map(_minus, map(_crc32, datas, [zoid ^ tid for zoid in zoids]), repeat(_OFFSET))
-        states += chain.from_iterable(zip(zoids, repeat(tid), datas, sums))
-        written += sum(map(len, datas))
+        revisions = sorted(record.records, key=_oid)  # the order a view's commit inserts in
+        oids = list(map(_oid, revisions))
+        datas = list(map(_data, revisions))
         if not all(datas):
             ended = True  # an undone creation: len() must look for ended objects from now on
+            datas = [data or DELETED for data in datas]  # None: deleted
+        packed = b"".join(oids)
+        rows.append((tid, record.user, record.description, meta.extension_bytes(), "", packed, 0))
+        zoids = list(map(_first, _iter_unpack64(packed)))
+        sums = map(_minus, map(_crc32, datas, map(_xor, zoids, repeat(tid))), repeat(_OFFSET))
+        states += chain.from_iterable(zip(zoids, repeat(tid), datas, sums))
+        written += sum(map(len, datas))
         if not keep_history:
             replaced += zip(zoids, repeat(tid))
             storage._commits_since_prune += 1
         oids_written.update(oids)
         if keep_for_cache:
-            cached.append((tid, records))
+            cached.append((tid, dict(zip(oids, datas))))
         last = tid
     # The collector is paused for the statements (see atoll.gcpause), not around
     # the iteration of ``transactions``, which may wait for a source.
