@@ -228,6 +228,64 @@ def test_a_small_commit_locks_and_writes_in_one_round_trip_unless_another_commit
     behind.release()
 
 
+def test_a_collection_member_locks_writes_and_prepares_in_one_round_trip_unless_another_committed(
+    storage, monkeypatch, tmp_path
+):
+    from atoll.storage.base import Member
+    from atoll.storage.sqlite import SQLiteStorage
+
+    wrote: list[object] = []
+    original = type(storage)._lock_write_and_prepare
+    original_lock = type(storage)._lock_commit
+
+    def spy(self, conn, params, gid):
+        last, written = original(self, conn, params, gid)
+        wrote.append((written, prepared_gids(self)))  # what is prepared once the bet is settled
+        return last, written
+
+    def locked_first(self, conn):
+        wrote.append("locked first")
+        return original_lock(self, conn)
+
+    monkeypatch.setattr(type(storage), "_lock_write_and_prepare", spy)
+    monkeypatch.setattr(type(storage), "_lock_commit", locked_first)
+    decider = SQLiteStorage(tmp_path / "decider.db")
+    members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
+
+    def collection_commit(txn_id: str, member, oid: bytes, data: bytes) -> bytes:
+        first = decider.open_view()
+        for order, each in enumerate((first, member)):
+            each.tpc_begin(TransactionMeta(id=txn_id, members=members, order_key=str(order)))
+        first.store(decider.new_oid(), z64, b"decider's part")
+        member.store(oid, z64, data)
+        first.tpc_vote()
+        member.tpc_vote()
+        assert len(prepared_gids(storage)) == 1  # durable and invisible until the decision
+        first.tpc_finish()
+        tid = member.tpc_finish()
+        first.release()
+        return tid
+
+    try:
+        a, b, c = (storage.new_oid() for _ in range(3))  # oids of this process's block
+        first = collection_commit("one", storage.open_view(), a, b"member")
+        assert wrote == [(True, [wrote[0][1][0]])]  # written and prepared in the one round trip
+        behind = storage.open_view()  # its snapshot: first
+        other = commit(storage, {b: b"other"})
+        tid = collection_commit("two", behind, c, b"behind")
+        # The bet is lost: the lock alone was prepared, rolled back and taken again
+        # (nothing prepared once the bet is settled); then the commit was checked,
+        # written and prepared under the lock.
+        assert wrote[1:] == ["locked first", (False, [])] and tid > other > first
+        assert storage.open_view().load(c) == (b"behind", tid)
+        assert storage.open_view().load(b) == (b"other", other)
+        assert [t.tid for t in storage.iterator()] == [first, other, tid]  # the lost bet wrote nothing
+        assert prepared_gids(storage) == []
+        behind.release()
+    finally:
+        decider.close()
+
+
 def test_commit_lock_is_held_from_vote_until_finish(storage):
     first = storage.open_view()
     first.tpc_begin(TransactionMeta())

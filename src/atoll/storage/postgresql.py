@@ -31,12 +31,14 @@ Commits. ``tpc_vote`` opens a transaction and locks the single row of
 every process on every machine. Under it the view reads the current serials of the
 oids it writes, runs :func:`~atoll.storage.commit_buffer.check_conflicts`, allocates a tid later
 than the stored last tid, writes every record in one multi-row INSERT, records the
-transaction and updates the last tid. A small commit that does not prepare bets
-that nothing was committed since its snapshot, the case in which nothing can
-conflict: it sends ``BEGIN``, the lock and a write that happens only if the lock
-row still holds the snapshot's tid in one pipeline, one round trip
-(:meth:`PostgreSQLStorage._lock_commit_and_write`); a lost bet writes nothing and
-the commit goes on under the lock as above. What comes next depends on the
+transaction and updates the last tid. A small commit bets that nothing was committed since
+its snapshot, the case in which nothing can conflict: it sends ``BEGIN``, the lock
+and a write that happens only if the lock row still holds the snapshot's tid in one
+pipeline, one round trip (:meth:`PostgreSQLStorage._lock_commit_and_write`; a
+collection member's pipeline ends with its ``PREPARE TRANSACTION``:
+:meth:`PostgreSQLStorage._lock_write_and_prepare`); a lost bet writes nothing (a
+member's prepared the lock alone, and rolls that back) and the commit goes on under
+the lock as above. What comes next depends on the
 storage's role in the commit (:func:`~atoll.storage.base.commit_role`):
 
 * alone (no other durable storage takes part): ``tpc_finish`` runs a plain
@@ -449,6 +451,34 @@ class PostgreSQLStorage(Storage):
         last, epoch = one_row(locked)
         self._check_oid_epoch(epoch)
         return last, wrote.fetchone() is not None
+
+    def _lock_write_and_prepare(self, conn: psycopg.Connection, params: dict, gid: str) -> tuple[int, bool]:
+        """A collection member's :meth:`_lock_commit_and_write`: begin, take the
+        commit lock, write when nothing was committed since ``params["snapshot"]``
+        (``WRITE_PREPARED_IF_UNCHANGED_*``) and ``PREPARE TRANSACTION gid``, in one
+        round trip; returns the last tid and whether it wrote (then it is prepared).
+        A lost bet prepared the lock alone: that is rolled back and the transaction
+        begun again under the lock, as :meth:`_lock_commit` leaves it."""
+        write = (
+            self._sql.WRITE_PREPARED_IF_UNCHANGED_HP if self.keep_history else self._sql.WRITE_PREPARED_IF_UNCHANGED_HF
+        )
+        prepare = pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid))
+        try:
+            with conn.pipeline():
+                conn.execute(SQL.BEGIN)
+                locked = conn.execute(self._sql.LOCK_COMMIT)
+                wrote = conn.execute(write, params)
+                conn.execute(prepare)
+        except pg_errors.LockNotAvailable:
+            conn.execute("ROLLBACK")
+            self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
+            return self._lock_commit(conn), False
+        last, epoch = one_row(locked)
+        self._check_oid_epoch(epoch)
+        if wrote.fetchone() is not None:
+            return last, True
+        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
+        return self._lock_commit(conn), False
 
     # -- the Storage protocol --------------------------------------------------------
 

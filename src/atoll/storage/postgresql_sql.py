@@ -263,12 +263,13 @@ WITH {unchanged}stored AS (
     WHERE %(decision)s::text IS NOT NULL{guard}
 )
 UPDATE {{s}}.commit_lock SET tid = %(tid)s WHERE id = 0{guard}
-RETURNING pg_notify(%(channel)s, %(tid)s::text)
+RETURNING {returning}
 """
+_NOTIFYING = "pg_notify(%(channel)s, %(tid)s::text)"
 _HF_REPLACES = (
     "ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum"
 )
-_ALWAYS = dict(unchanged="", where="", guard="")
+_ALWAYS = dict(unchanged="", where="", guard="", returning=_NOTIFYING)
 WRITE_COMMIT_HP = _write_commit.format(**_ALWAYS, on_conflict="")
 WRITE_COMMIT_HF = _write_commit.format(**_ALWAYS, on_conflict=_HF_REPLACES)
 
@@ -285,8 +286,18 @@ _UNCHANGED = """unchanged AS (
     AND (SELECT value FROM {s}.info WHERE key = 'oid_epoch') IS NOT DISTINCT FROM %(epoch)s::text
 ), """
 _IF_UNCHANGED = dict(unchanged=_UNCHANGED, where="WHERE EXISTS (SELECT FROM unchanged)", guard=" AND EXISTS (SELECT FROM unchanged)")
-WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict="")
-WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit.format(**_IF_UNCHANGED, on_conflict=_HF_REPLACES)
+WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict="", returning=_NOTIFYING)
+WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit.format(**_IF_UNCHANGED, on_conflict=_HF_REPLACES, returning=_NOTIFYING)
+
+# A collection member's form, sent with BEGIN, LOCK_COMMIT and its PREPARE
+# TRANSACTION in one pipeline: no NOTIFY (a transaction that notified cannot be
+# prepared; the member notifies with its COMMIT PREPARED) and no decision. When the
+# bet is lost the transaction prepared holds the lock and nothing else: it is rolled
+# back and the commit goes on as one that locked first.
+WRITE_PREPARED_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict="", returning="%(tid)s")
+WRITE_PREPARED_IF_UNCHANGED_HF = _write_commit.format(
+    **_IF_UNCHANGED, on_conflict=_HF_REPLACES, returning="%(tid)s"
+)
 
 # The session lock that tells recovery this view's session is alive (key: random).
 OWNER_LOCK = "SELECT pg_advisory_lock(%s)"

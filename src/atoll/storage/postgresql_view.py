@@ -284,13 +284,22 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     "extension": meta.extension_bytes(), "txn_key": txn_key,
                     "decision": meta.id if deciding else None, "channel": storage._channel,
                 }
-                if not prepare and self._fits_one_trip(zoids, datas):
+                gid = None
+                if prepare:
+                    self._owner_key = self._store_owner()
+                    gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
+                if self._fits_one_trip(zoids, datas):
                     tid = u64(commit_tid(meta, self.snapshot))
                     params.update(
                         snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid),
                         epoch=storage._oid_epoch,
                     )
-                    last, written = storage._lock_commit_and_write(conn, params)
+                    if gid is None:
+                        last, written = storage._lock_commit_and_write(conn, params)
+                    else:
+                        last, written = storage._lock_write_and_prepare(conn, params, gid)
+                        if written:
+                            self._gid = gid
                 else:
                     last, written = storage._lock_commit(conn), False
                 resolved: set[bytes] = set()
@@ -314,8 +323,6 @@ class PostgreSQLView(CommitBuffer, StorageView):
                                 (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
                             )
                             conn.execute(q.SET_LAST_TID, (tid,))
-                            self._owner_key = self._store_owner()
-                            gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
                             conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
                             self._gid = gid
                 if deciding:
@@ -331,8 +338,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
         return resolved
 
     def _fits_one_trip(self, zoids: list[int], datas: list[bytes | None]) -> bool:
-        """Whether a commit that does not prepare may bet on writing with the lock
-        (``_lock_commit_and_write``): not from a historical view, not an oid past
+        """Whether a commit may bet on writing with the lock (``_lock_commit_and_write``,
+        or for a member ``_lock_write_and_prepare``): not from a historical view, not an oid past
         this process's block (the counter must move first), small enough to send
         twice if the bet is lost, and no new object's oid from a block given up
         (it must be checked: :mod:`atoll.storage.oid_blocks`)."""
