@@ -282,6 +282,100 @@ def test_a_collection_member_locks_writes_and_prepares_in_one_round_trip_unless_
         assert [t.tid for t in storage.iterator()] == [first, other, tid]  # the lost bet wrote nothing
         assert prepared_gids(storage) == []
         behind.release()
+        # After a lost bet the next member commit locks first; it finds that it
+        # would have won, so the one after bets again.
+        del wrote[:]
+        collection_commit("three", storage.open_view(), storage.new_oid(), b"three")
+        assert wrote == ["locked first"]
+        collection_commit("four", storage.open_view(), storage.new_oid(), b"four")
+        assert wrote == ["locked first", (True, wrote[1][1])] and len(wrote[1][1]) == 1
+    finally:
+        decider.close()
+
+
+def test_members_committing_at_once_to_one_database_lose_nothing(storage, tmp_path):
+    """Two collections (each an SQLite decider and this database) commit at once:
+    members lose their bets to each other, roll back what they prepared and commit
+    under the lock; every commit is there in the end and nothing stays prepared."""
+    from atoll.storage.base import Member
+    from atoll.storage.sqlite import SQLiteStorage
+
+    rounds, errors = 40, []
+    oids = [storage.new_oid() for _ in range(2)]
+
+    def run(n: int) -> None:
+        decider = SQLiteStorage(tmp_path / f"decider{n}.db")
+        members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
+        serial = z64
+        try:
+            for i in range(rounds):
+                first, member = decider.open_view(), storage.open_view()
+                for order, each in enumerate((first, member)):
+                    each.tpc_begin(TransactionMeta(id=f"{n}-{i}", members=members, order_key=str(order)))
+                first.store(decider.new_oid(), z64, b"decider's part")
+                member.store(oids[n], serial, b"%d" % i)
+                first.tpc_vote()
+                member.tpc_vote()
+                first.tpc_finish()
+                serial = member.tpc_finish()
+                first.release()
+                member.release()
+        except BaseException as e:  # reported by the test's thread
+            errors.append(e)
+        finally:
+            decider.close()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    view = storage.open_view()
+    assert [view.load(oid)[0] for oid in oids] == [b"%d" % (rounds - 1)] * 2
+    assert len(list(storage.iterator())) == 2 * rounds
+    assert prepared_gids(storage) == []
+    view.release()
+
+
+def test_a_member_vote_stopped_after_its_one_round_trip_prepare_is_rolled_back_by_abort(
+    storage, monkeypatch, tmp_path
+):
+    """Whatever stops a member's vote once its pipeline's PREPARE ran on the server
+    (an interrupt while the answer comes back, say), its tpc_abort rolls the
+    prepared transaction back: left there, it would hold the commit lock of every
+    process while the session lives."""
+    from atoll.storage.base import Member
+    from atoll.storage.sqlite import SQLiteStorage
+
+    original = type(storage)._check_oid_epoch
+    stops = ["after the pipeline"]
+
+    def interrupted(self, epoch):
+        if stops:
+            raise RuntimeError(stops.pop())
+        return original(self, epoch)
+
+    decider = SQLiteStorage(tmp_path / "decider.db")
+    members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]
+    try:
+        first, member = decider.open_view(), storage.open_view()
+        for order, each in enumerate((first, member)):
+            each.tpc_begin(TransactionMeta(id="interrupted", members=members, order_key=str(order)))
+        first.store(decider.new_oid(), z64, b"decider's part")
+        member.store(storage.new_oid(), z64, b"member's part")
+        first.tpc_vote()
+        monkeypatch.setattr(type(storage), "_check_oid_epoch", interrupted)
+        with pytest.raises(RuntimeError, match="after the pipeline"):
+            member.tpc_vote()
+        assert len(prepared_gids(storage)) == 1  # PREPARE had run
+        member.tpc_abort()
+        first.tpc_abort()
+        assert prepared_gids(storage) == []
+        before = storage.last_transaction()
+        assert commit(storage, {storage.new_oid(): b"next"}) > before  # the commit lock is free
+        first.release()
+        member.release()
     finally:
         decider.close()
 

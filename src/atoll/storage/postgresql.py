@@ -190,6 +190,7 @@ class PostgreSQLStorage(Storage):
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
         self._oid_epoch: str | None = None  # the oid epoch when the block was taken
+        self._member_bets = True  # whether a member's vote bets (_lock_write_and_prepare)
         self._oid_block_start = 0  # the first oid of the block
         self._stale_blocks = StaleBlocks()  # blocks given up (see atoll.storage.oid_blocks)
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
@@ -457,8 +458,11 @@ class PostgreSQLStorage(Storage):
         commit lock, write when nothing was committed since ``params["snapshot"]``
         (``WRITE_PREPARED_IF_UNCHANGED_*``) and ``PREPARE TRANSACTION gid``, in one
         round trip; returns the last tid and whether it wrote (then it is prepared).
-        A lost bet prepared the lock alone: that is rolled back and the transaction
-        begun again under the lock, as :meth:`_lock_commit` leaves it."""
+        A lost bet prepared the lock alone: that is rolled back (two WAL flushes
+        for nothing, and the lock let go) and the transaction begun again under the
+        lock, as :meth:`_lock_commit` leaves it. So members stop betting after a lost
+        bet until a commit finds that it would have won (``_member_bets``): under
+        steady contention they lock first, as before."""
         write = (
             self._sql.WRITE_PREPARED_IF_UNCHANGED_HP if self.keep_history else self._sql.WRITE_PREPARED_IF_UNCHANGED_HF
         )

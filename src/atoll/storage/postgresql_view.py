@@ -288,7 +288,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 if prepare:
                     self._owner_key = self._store_owner()
                     gid = recovery.gid(storage.schema, self._owner_key, meta.id, home_id)
-                if self._fits_one_trip(zoids, datas):
+                if self._fits_one_trip(zoids, datas) and (gid is None or storage._member_bets):
                     tid = u64(commit_tid(meta, self.snapshot))
                     params.update(
                         snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid),
@@ -297,11 +297,18 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     if gid is None:
                         last, written = storage._lock_commit_and_write(conn, params)
                     else:
+                        # Before the round trip: whatever stops the vote once PREPARE
+                        # ran on the server, tpc_abort must roll back what it prepared.
+                        self._gid = gid
                         last, written = storage._lock_write_and_prepare(conn, params, gid)
-                        if written:
-                            self._gid = gid
+                        if not written:
+                            self._gid = None  # nothing prepared: the lost bet's was rolled back
                 else:
                     last, written = storage._lock_commit(conn), False
+                if gid is not None:
+                    # A member's lost bet costs two WAL flushes (see _lock_write_and_prepare):
+                    # after one, members bet again once a commit shows it would have won.
+                    storage._member_bets = written or last <= u64(self.snapshot)
                 resolved: set[bytes] = set()
                 if not written:  # under the lock: check, choose the tid, write
                     resolved = self._check_conflicts(conn, p64(last), resolve)
@@ -468,7 +475,10 @@ class PostgreSQLView(CommitBuffer, StorageView):
         statement = pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid))
         try:
             with self._errors():
-                self._store_conn().execute(statement)
+                try:
+                    self._store_conn().execute(statement)
+                except pg_errors.UndefinedObject:
+                    pass  # the vote stopped before its PREPARE ran: nothing to roll back
         except ConnectionLostError:
             # The prepared transaction outlives the session: roll it back from another.
             def rollback(conn: psycopg.Connection) -> None:
