@@ -111,8 +111,14 @@ def insert_commit(
             sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, b"".join(stores))
         )
     per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
-    for start in range(0, len(oids), per_insert):
-        part = oids[start : start + per_insert]
+    # New objects' revisions go to the end of the (zoid, tid) index, where one
+    # multi-row INSERT adds them fastest; revisions of existing objects land all over
+    # it, where SQLite takes a multi-row INSERT 2.4x slower than the same rows one
+    # statement each (measured: 50 such rows 400 us against 165 us).
+    changed = [oid for oid in oids if stores[oid][0] != z64]
+    created = [oid for oid in oids if stores[oid][0] == z64] if changed else oids
+    for start in range(0, len(created), per_insert):
+        part = created[start : start + per_insert]
         params: list = [tid]
         for oid in part:
             data = stores[oid][1]
@@ -122,6 +128,19 @@ def insert_commit(
             if not data:
                 ends = True
         writer.execute(sql.insert_states(len(part)), params)
+    if changed:
+        rows = []
+        for oid in changed:
+            data = stores[oid][1]
+            zoid = _unpack64(oid)[0]
+            rows.append((tid, zoid, data, _crc32(data, zoid ^ tid) - _OFFSET))
+            written += len(data)
+            if not data:
+                ends = True
+        if len(rows) == 1:
+            writer.execute(sql.insert_states(1), rows[0])
+        else:
+            writer.executemany(sql.insert_states(1), rows)
     if oids:
         highest = _unpack64(oids[-1])[0]
         if highest >= counted:
