@@ -154,6 +154,32 @@ def test_sqlite_restores_batches_of_any_size_with_the_same_two_statements(tmp_pa
     storage.close()
 
 
+def test_sqlite_restore_stopped_by_a_constraint_halfway_writes_nothing_and_goes_on(tmp_path):
+    """A revision that breaks a constraint in the middle of a multi-row INSERT (its
+    INSERT OR ROLLBACK ends the whole write transaction): the restore fails with a
+    StorageError, nothing of its batch is there, and the storage takes the next."""
+    from atoll.storage import sqlite_restore
+    from atoll.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "r.db")
+    t1, t2, t3 = tids_after(storage.last_transaction(), 3)
+    storage.restore_transactions([txn(t1, {ROOT_OID: record("root")})])
+    rows = [DataRecord(p64(n), t3, record(n)) for n in range(1, sqlite_restore.RESTORE_ROWS_PER_INSERT + 50)]
+    rows.insert(100, DataRecord(p64(100), t3, record("twice")))  # (zoid, tid) twice
+    broken = [txn(t2, {p64(5000): record("before")}), TransactionRecord(t3, "", "", {}, rows)]
+    with pytest.raises(StorageError, match="UNIQUE constraint failed"):
+        storage.restore_transactions(broken)
+    assert storage.last_transaction() == t1 and [t.tid for t in storage.iterator()] == [t1]
+    assert len(storage) == 1
+    del rows[100]
+    storage.restore_transactions(broken)
+    assert storage.last_transaction() == t3 and len(storage) == 2 + len(rows)
+    view = storage.open_view()
+    assert view.load(p64(100)) == (record(100), t3)
+    view.close()
+    storage.close()
+
+
 def test_note_pack_moves_last_pack_forward_only(storage):
     first, later = tids_after(storage.last_transaction(), 2)  # any tids: nothing needs to exist
     assert storage.last_pack() == z64

@@ -79,11 +79,6 @@ def begin_commit(storage: SQLiteStorage, writer: sqlite3.Connection, doing: str)
         storage._settle()
 
 
-#: A commit changing at most this many existing objects inserts their revisions one
-#: statement each (see insert_commit).
-ONE_ROW_INSERTS_UP_TO = 256
-
-
 def insert_commit(
     writer: sqlite3.Connection,
     tid: int,
@@ -116,18 +111,8 @@ def insert_commit(
             sql.INSERT_PENDING, (tid, txn_id, decider, time.time(), user, description, extension, b"".join(stores))
         )
     per_insert, written, ends = sql.STATES_PER_INSERT, 0, False
-    # New objects' revisions go to the end of the (zoid, tid) index, where one
-    # multi-row INSERT adds them fastest. A few revisions of existing objects land
-    # far apart in it, where SQLite takes a multi-row INSERT over twice as long as
-    # the same rows one statement each (50 rows: 373 against 160 us); from about a
-    # thousand rows on, close together, multi-row INSERTs win again (10,000: 9.9
-    # against 18.8 ms).
-    changed = [oid for oid in oids if stores[oid][0] != z64]
-    if len(changed) > ONE_ROW_INSERTS_UP_TO:
-        changed = []
-    created = [oid for oid in oids if stores[oid][0] == z64] if changed else oids
-    for start in range(0, len(created), per_insert):
-        part = created[start : start + per_insert]
+    for start in range(0, len(oids), per_insert):
+        part = oids[start : start + per_insert]
         params: list = [tid]
         for oid in part:
             data = stores[oid][1]
@@ -137,19 +122,6 @@ def insert_commit(
             if not data:
                 ends = True
         writer.execute(sql.insert_states(len(part)), params)
-    if changed:
-        rows = []
-        for oid in changed:
-            data = stores[oid][1]
-            zoid = _unpack64(oid)[0]
-            rows.append((tid, zoid, data, _crc32(data, zoid ^ tid) - _OFFSET))
-            written += len(data)
-            if not data:
-                ends = True
-        if len(rows) == 1:
-            writer.execute(sql.insert_states(1), rows[0])
-        else:
-            writer.executemany(sql.insert_states(1), rows)
     if oids:
         highest = _unpack64(oids[-1])[0]
         if highest >= counted:
