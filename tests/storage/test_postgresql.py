@@ -197,8 +197,8 @@ def test_a_small_commit_locks_and_writes_in_one_round_trip_unless_another_commit
     wrote: list[bool] = []
     original = type(storage)._lock_commit_and_write
 
-    def spy(self, conn, params):
-        last, written = original(self, conn, params)
+    def spy(self, conn, params, prepare_as=None):
+        last, written = original(self, conn, params, prepare_as)
         wrote.append(written)
         return last, written
 
@@ -235,19 +235,20 @@ def test_a_collection_member_locks_writes_and_prepares_in_one_round_trip_unless_
     from atoll.storage.sqlite import SQLiteStorage
 
     wrote: list[object] = []
-    original = type(storage)._lock_write_and_prepare
+    original = type(storage)._lock_commit_and_write
     original_lock = type(storage)._lock_commit
 
-    def spy(self, conn, params, gid):
-        last, written = original(self, conn, params, gid)
-        wrote.append((written, prepared_gids(self)))  # what is prepared once the bet is settled
+    def spy(self, conn, params, prepare_as=None):
+        last, written = original(self, conn, params, prepare_as)
+        if prepare_as is not None:  # a member's bet (not a commit of this database alone)
+            wrote.append((written, prepared_gids(self)))  # what is prepared once the bet is settled
         return last, written
 
     def locked_first(self, conn):
         wrote.append("locked first")
         return original_lock(self, conn)
 
-    monkeypatch.setattr(type(storage), "_lock_write_and_prepare", spy)
+    monkeypatch.setattr(type(storage), "_lock_commit_and_write", spy)
     monkeypatch.setattr(type(storage), "_lock_commit", locked_first)
     decider = SQLiteStorage(tmp_path / "decider.db")
     members = [Member("0", decider.decision_home()), Member("1", storage.decision_home())]

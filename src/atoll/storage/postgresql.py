@@ -35,8 +35,7 @@ transaction and updates the last tid. A small commit bets that nothing was commi
 its snapshot, the case in which nothing can conflict: it sends ``BEGIN``, the lock
 and a write that happens only if the lock row still holds the snapshot's tid in one
 pipeline, one round trip (:meth:`PostgreSQLStorage._lock_commit_and_write`; a
-collection member's pipeline ends with its ``PREPARE TRANSACTION``:
-:meth:`PostgreSQLStorage._lock_write_and_prepare`); a lost bet writes nothing (a
+collection member's pipeline ends with its ``PREPARE TRANSACTION``); a lost bet writes nothing (a
 member's prepared the lock alone, and rolls that back) and the commit goes on under
 the lock as above. What comes next depends on the
 storage's role in the commit (:func:`~atoll.storage.base.commit_role`):
@@ -190,7 +189,7 @@ class PostgreSQLStorage(Storage):
         self._next_oid = 0  # next oid of the current block ...
         self._oid_limit = 0  # ... and the first oid past it
         self._oid_epoch: str | None = None  # the oid epoch when the block was taken
-        self._member_bets = True  # whether a member's vote bets (_lock_write_and_prepare)
+        self._member_bets = True  # whether a member's vote bets (_lock_commit_and_write)
         self._oid_block_start = 0  # the first oid of the block
         self._stale_blocks = StaleBlocks()  # blocks given up (see atoll.storage.oid_blocks)
         self._listener: psycopg.Connection | None = None  # opened by wait_for_commit
@@ -433,46 +432,34 @@ class PostgreSQLStorage(Storage):
                     "(commit_lock_timeout)"
                 )
 
-    def _lock_commit_and_write(self, conn: psycopg.Connection, params: dict) -> tuple[int, bool]:
+    def _lock_commit_and_write(
+        self, conn: psycopg.Connection, params: dict, prepare_as: str | None = None
+    ) -> tuple[int, bool]:
         """Begin, take the commit lock and write a small commit in one round trip
         when nothing was committed since ``params["snapshot"]``
         (``WRITE_COMMIT_IF_UNCHANGED_*`` in postgresql_sql); returns the last tid
         and whether it wrote. When it did not, the transaction stays open under the
-        lock; a lock that is not free is waited for as :meth:`_lock_commit` does."""
-        write = self._sql.WRITE_COMMIT_IF_UNCHANGED_HP if self.keep_history else self._sql.WRITE_COMMIT_IF_UNCHANGED_HF
-        try:
-            with conn.pipeline():
-                conn.execute(SQL.BEGIN)
-                locked = conn.execute(self._sql.LOCK_COMMIT)
-                wrote = conn.execute(write, params)
-        except pg_errors.LockNotAvailable:
-            conn.execute("ROLLBACK")
-            self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
-            return self._lock_commit(conn), False
-        last, epoch = one_row(locked)
-        self._check_oid_epoch(epoch)
-        return last, wrote.fetchone() is not None
+        lock; a lock that is not free is waited for as :meth:`_lock_commit` does.
 
-    def _lock_write_and_prepare(self, conn: psycopg.Connection, params: dict, gid: str) -> tuple[int, bool]:
-        """A collection member's :meth:`_lock_commit_and_write`: begin, take the
-        commit lock, write when nothing was committed since ``params["snapshot"]``
-        (``WRITE_PREPARED_IF_UNCHANGED_*``) and ``PREPARE TRANSACTION gid``, in one
-        round trip; returns the last tid and whether it wrote (then it is prepared).
-        A lost bet prepared the lock alone: that is rolled back (two WAL flushes
-        for nothing, and the lock let go) and the transaction begun again under the
-        lock, as :meth:`_lock_commit` leaves it. So members stop betting after a lost
-        bet until a commit finds that it would have won (``_member_bets``): under
-        steady contention they lock first, as before."""
-        write = (
-            self._sql.WRITE_PREPARED_IF_UNCHANGED_HP if self.keep_history else self._sql.WRITE_PREPARED_IF_UNCHANGED_HF
-        )
-        prepare = pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid))
+        With ``prepare_as`` (a collection member's gid) the write is the member's
+        form (``WRITE_PREPARED_IF_UNCHANGED_*``) and the pipeline ends with
+        ``PREPARE TRANSACTION``: having written, it is prepared. A lost bet then
+        prepared the lock alone: that is rolled back (two WAL flushes for nothing,
+        and the lock let go) and the transaction begun again under the lock. So
+        members stop betting after a lost bet until a commit finds that it would
+        have won (``_member_bets``): under steady contention they lock first."""
+        q = self._sql
+        if prepare_as is None:
+            write = q.WRITE_COMMIT_IF_UNCHANGED_HP if self.keep_history else q.WRITE_COMMIT_IF_UNCHANGED_HF
+        else:
+            write = q.WRITE_PREPARED_IF_UNCHANGED_HP if self.keep_history else q.WRITE_PREPARED_IF_UNCHANGED_HF
         try:
             with conn.pipeline():
                 conn.execute(SQL.BEGIN)
-                locked = conn.execute(self._sql.LOCK_COMMIT)
+                locked = conn.execute(q.LOCK_COMMIT)
                 wrote = conn.execute(write, params)
-                conn.execute(prepare)
+                if prepare_as is not None:
+                    conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(prepare_as)))
         except pg_errors.LockNotAvailable:
             conn.execute("ROLLBACK")
             self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
@@ -481,7 +468,9 @@ class PostgreSQLStorage(Storage):
         self._check_oid_epoch(epoch)
         if wrote.fetchone() is not None:
             return last, True
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid)))
+        if prepare_as is None:
+            return last, False
+        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(prepare_as)))
         return self._lock_commit(conn), False
 
     # -- the Storage protocol --------------------------------------------------------

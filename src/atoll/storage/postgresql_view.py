@@ -294,19 +294,16 @@ class PostgreSQLView(CommitBuffer, StorageView):
                         snapshot=u64(self.snapshot), tid=tid, sums=_checksums(zoids, datas, tid),
                         epoch=storage._oid_epoch,
                     )
-                    if gid is None:
-                        last, written = storage._lock_commit_and_write(conn, params)
-                    else:
-                        # Before the round trip: whatever stops the vote once PREPARE
-                        # ran on the server, tpc_abort must roll back what it prepared.
-                        self._gid = gid
-                        last, written = storage._lock_write_and_prepare(conn, params, gid)
-                        if not written:
-                            self._gid = None  # nothing prepared: the lost bet's was rolled back
+                    # Before the round trip: whatever stops a member's vote once its
+                    # PREPARE ran on the server, tpc_abort must roll back what it prepared.
+                    self._gid = gid
+                    last, written = storage._lock_commit_and_write(conn, params, gid)
+                    if not written:
+                        self._gid = None  # nothing prepared: a lost bet's was rolled back
                 else:
                     last, written = storage._lock_commit(conn), False
                 if gid is not None:
-                    # A member's lost bet costs two WAL flushes (see _lock_write_and_prepare):
+                    # A member's lost bet costs two WAL flushes (see _lock_commit_and_write):
                     # after one, members bet again once a commit shows it would have won.
                     storage._member_bets = written or last <= u64(self.snapshot)
                 resolved: set[bytes] = set()
@@ -345,8 +342,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
         return resolved
 
     def _fits_one_trip(self, zoids: list[int], datas: list[bytes | None]) -> bool:
-        """Whether a commit may bet on writing with the lock (``_lock_commit_and_write``,
-        or for a member ``_lock_write_and_prepare``): not from a historical view, not an oid past
+        """Whether a commit may bet on writing with the lock (``_lock_commit_and_write``): not from a historical view, not an oid past
         this process's block (the counter must move first), small enough to send
         twice if the bet is lost, and no new object's oid from a block given up
         (it must be checked: :mod:`atoll.storage.oid_blocks`)."""
