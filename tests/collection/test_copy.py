@@ -94,6 +94,44 @@ def test_round_trip_filestorage_sqlite_postgresql_filestorage(tmp_path: Path):
     db.close()
 
 
+@pytest.mark.parametrize("into", ["sqlite", "postgresql"])
+def test_an_undo_of_several_transactions_comes_in_as_its_last_records(tmp_path: Path, into: str):
+    """ZODB's FileStorage writes an object twice in one transaction when one undo
+    takes back several transactions that changed it; the copy keeps the last record,
+    the state FileStorage loads."""
+    import postgres_support
+
+    source = str(tmp_path / "Data.fs")
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(source))
+    conn = db.open()
+    conn.root()["item"] = PersistentMapping(x=0)
+    transaction.commit()
+    for x in (1, 2):
+        conn.root()["item"]["x"] = x
+        transaction.commit()
+    db.undoMultiple([entry["id"] for entry in db.undoLog(0, 2)])
+    transaction.commit()
+    oid = conn.root()["item"]._p_oid
+    last = db.storage.lastTransaction()
+    undo = next(iter(db.storage.iterator(last, last)))
+    assert [record.oid for record in undo] == [oid, oid]  # the shape this test is about
+    expected, count = db.storage.load(oid)[0], len(list(db.storage.iterator()))
+    conn.close()
+    db.close()
+    destination = SQLiteStorage(tmp_path / "copy.db") if into == "sqlite" else postgres_support.make_storage("copy_undo_multiple")
+    try:
+        stats = atoll.copy(source, destination)
+        assert stats.transactions == count
+        view = destination.open_view()
+        assert view.load(oid) == (expected, last)
+        view.close()
+        copied = atoll.DB(destination)
+        with copied.transaction() as c:
+            assert c.root()["item"]["x"] == 0
+    finally:
+        destination.close()
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql"])
 def test_any_storage_to_any_storage_keeps_everything_and_new_oids_are_fresh(tmp_path: Path, kind: str):
     import postgres_support

@@ -158,26 +158,46 @@ def test_sqlite_restore_stopped_by_a_constraint_halfway_writes_nothing_and_goes_
     """A revision that breaks a constraint in the middle of a multi-row INSERT (its
     INSERT OR ROLLBACK ends the whole write transaction): the restore fails with a
     StorageError, nothing of its batch is there, and the storage takes the next."""
+    import sqlite3
+
     from atoll.storage import sqlite_restore
     from atoll.storage.sqlite import SQLiteStorage
 
     storage = SQLiteStorage(tmp_path / "r.db")
     t1, t2, t3 = tids_after(storage.last_transaction(), 3)
     storage.restore_transactions([txn(t1, {ROOT_OID: record("root")})])
-    rows = [DataRecord(p64(n), t3, record(n)) for n in range(1, sqlite_restore.RESTORE_ROWS_PER_INSERT + 50)]
-    rows.insert(100, DataRecord(p64(100), t3, record("twice")))  # (zoid, tid) twice
-    broken = [txn(t2, {p64(5000): record("before")}), TransactionRecord(t3, "", "", {}, rows)]
+    # A stray revision (no transaction names it) where the batch will write one.
+    stray = sqlite3.connect(tmp_path / "r.db")
+    with stray:
+        stray.execute("INSERT INTO object_state (zoid, tid, state) VALUES (100, ?, x'00')", (u64(t3),))
+    rows = {p64(n): record(n) for n in range(1, sqlite_restore.RESTORE_ROWS_PER_INSERT + 50)}
+    broken = [txn(t2, {p64(5000): record("before")}), txn(t3, rows)]
     with pytest.raises(StorageError, match="UNIQUE constraint failed"):
         storage.restore_transactions(broken)
     assert storage.last_transaction() == t1 and [t.tid for t in storage.iterator()] == [t1]
-    assert len(storage) == 1
-    del rows[100]
+    assert stray.execute("SELECT count(*) FROM object_state").fetchone()[0] == 2  # the root and the stray
+    with stray:
+        stray.execute("DELETE FROM object_state WHERE zoid = 100")
+    stray.close()
     storage.restore_transactions(broken)
     assert storage.last_transaction() == t3 and len(storage) == 2 + len(rows)
     view = storage.open_view()
     assert view.load(p64(100)) == (record(100), t3)
     view.close()
     storage.close()
+
+
+def test_an_oid_listed_twice_in_a_transaction_keeps_its_last_record(storage):
+    """As ZODB's FileStorage writes for an undo of several transactions that changed
+    one object: the last record is the revision."""
+    (tid,) = tids_after(storage.last_transaction(), 1)
+    records = [DataRecord(p64(3), tid, record("first")), DataRecord(ROOT_OID, tid, record("root")),
+               DataRecord(p64(3), tid, record("last"))]
+    storage.restore_transactions([TransactionRecord(tid, "", "", {}, records)])
+    view = storage.open_view()
+    assert view.load(p64(3)) == (record("last"), tid)
+    view.close()
+    assert [sorted(r.oid for r in t.records) for t in storage.iterator()] == [[ROOT_OID, p64(3)]]
 
 
 def test_note_pack_moves_last_pack_forward_only(storage):

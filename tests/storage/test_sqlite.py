@@ -435,3 +435,18 @@ def test_a_commit_larger_than_one_insert_statement_writes_every_record(path):
         assert len(storage) == count
     finally:
         storage.close()
+
+
+def test_write_transaction_passes_the_error_on_when_sqlite_ended_the_transaction(tmp_path):
+    """A statement that ends the write transaction itself (OR ROLLBACK, disk full):
+    the block's error comes out, not a failed ROLLBACK of a transaction gone."""
+    from atoll.storage.sqlite_write import write_transaction
+
+    conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        with write_transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("INSERT OR ROLLBACK INTO t VALUES (1)")
+    assert not conn.in_transaction and conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    conn.close()

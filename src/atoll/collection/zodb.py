@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from atoll.errors import StorageError
 from atoll.ids import z64
 from atoll.storage.base import DELETED, DataRecord, TransactionRecord
+from atoll.storage.restore import last_of_each_oid
 
 __all__ = ["FileStorageReader", "FileStorageWriter"]
 
@@ -62,7 +63,7 @@ class FileStorageReader:
         try:
             for txn in iterator:
                 # ZODB's records carry their transaction's tid: made in C calls only.
-                records = list(map(_data_record, map(_fields, txn)))
+                records = last_of_each_oid(list(map(_data_record, map(_fields, txn))))
                 yield TransactionRecord(txn.tid, _text(txn.user), _text(txn.description), dict(txn.extension), records)
         finally:
             close = getattr(iterator, "close", None)

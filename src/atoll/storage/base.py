@@ -556,9 +556,10 @@ class Storage(Protocol):
 
     def restore_transactions(self, transactions: Iterable[TransactionRecord]) -> int:
         """Commit ``transactions`` as they are: each with its own tid, user,
-        description, extension and records (``data`` None: :data:`DELETED`), each a
-        transaction of its own, in the order given. Returns the bytes of record
-        data written.
+        description, extension and records (``data`` None: :data:`DELETED`; an oid
+        listed twice keeps its last record, see
+        :func:`atoll.storage.restore.last_of_each_oid`), each a transaction of its
+        own, in the order given. Returns the bytes of record data written.
 
         What a copy or a restore from a backup writes, many transactions at a time:
         tids must strictly increase and be later than :meth:`last_transaction`

@@ -27,6 +27,7 @@ from atoll.storage import postgresql_recovery as recovery
 from atoll.storage.base import TransactionMeta, TransactionRecord, commit_tid
 from atoll.storage.checksum import checksum as record_checksum
 from atoll.storage.postgresql_session import _first_line, one_value
+from atoll.storage.restore import last_of_each_oid
 
 if TYPE_CHECKING:
     from atoll.storage.postgresql import PostgreSQLStorage
@@ -54,8 +55,9 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
             for record in transactions:
                 meta = TransactionMeta(extension=record.extension, tid=record.tid)
                 tid = u64(commit_tid(meta, p64(last) if last else None))
-                zoids = [u64(r.oid) for r in record.records]
-                datas = [r.data or None for r in record.records]  # DELETED: NULL
+                records = last_of_each_oid(record.records)
+                zoids = [u64(r.oid) for r in records]
+                datas = [r.data or None for r in records]  # DELETED: NULL
                 conn.execute(write, {
                     "tid": tid, "zoids": zoids, "datas": datas,
                     "sums": [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)],
@@ -66,9 +68,9 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
                 written += sum(len(data) for data in datas if data)
                 if zoids:
                     highest = max(highest, *zoids)
-                oids_written.update(r.oid for r in record.records)
+                oids_written.update(r.oid for r in records)
                 if keep_for_cache:
-                    cached.append((tid, {r.oid: r.data or b"" for r in record.records}))  # DELETED: b""
+                    cached.append((tid, {r.oid: r.data or b"" for r in records}))  # DELETED: b""
                 last = tid
             if highest >= storage._oid_limit:  # else within this process's block
                 conn.execute(q.ADVANCE_OIDS, {"oid": highest})

@@ -4,12 +4,27 @@ transaction instead (:mod:`atoll.storage.sqlite_restore`)."""
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Iterable
 
 from atoll.ids import z64
-from atoll.storage.base import DELETED, Storage, TransactionMeta, TransactionRecord
+from atoll.storage.base import DELETED, DataRecord, Storage, TransactionMeta, TransactionRecord
 
-__all__ = ["restore_over_views"]
+__all__ = ["restore_over_views", "last_of_each_oid"]
+
+_oid = attrgetter("oid")
+
+
+def last_of_each_oid(records: list[DataRecord]) -> list[DataRecord]:
+    """``records`` of one transaction with each oid once, its last record kept.
+
+    ZODB's FileStorage writes an oid twice in one transaction when one undo takes
+    back several transactions that changed it (``undoMultiple``): the last record is
+    the revision, as its loads say. A restore writes one revision per oid and
+    transaction. Costs one set of the oids when there is no repeat (the rule)."""
+    if len(set(map(_oid, records))) == len(records):
+        return records
+    return list({record.oid: record for record in records}.values())
 
 
 def restore_over_views(storage: Storage, transactions: Iterable[TransactionRecord]) -> int:

@@ -26,6 +26,7 @@ from atoll import gcpause
 from atoll.ids import p64
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.base import DELETED, TransactionMeta, TransactionRecord, commit_tid
+from atoll.storage.restore import last_of_each_oid
 from atoll.storage.sqlite_rows import _OFFSET, _crc32, _iter_unpack64, _unpack64
 from atoll.storage.sqlite_write import begin_commit, moved_oid_epoch, rollback
 
@@ -94,7 +95,7 @@ def _write(
         meta = TransactionMeta(extension=record.extension, tid=record.tid)
         tid = _unpack64(commit_tid(meta, p64(last) if last else None))[0]
         # Per revision, only calls that run in C: this loop is most of a copy's Python.
-        revisions = sorted(record.records, key=_oid)  # the order a view's commit inserts in
+        revisions = sorted(last_of_each_oid(record.records), key=_oid)  # the order a view's commit inserts in
         oids = list(map(_oid, revisions))
         datas = list(map(_data, revisions))
         if not all(datas):

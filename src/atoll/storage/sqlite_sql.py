@@ -254,8 +254,10 @@ STATES_PER_INSERT = 200
 # statement journal, a copy of every existing page it changes, to undo itself.
 # Revisions of existing objects change pages all over the (zoid, tid) index: 50 of
 # them took 394 us in one such INSERT, 119 us with OR ROLLBACK (and 156 us one row
-# per statement). No commit breaks these constraints unless something is wrong,
-# and then the whole write transaction is rolled back anyway.
+# per statement). No commit breaks these constraints unless something is wrong; a
+# broken one ends the whole write transaction. Without a statement journal another
+# error partway (a blob too big, say) leaves the statement's earlier rows in the
+# transaction: every caller rolls the transaction back after any error, and must.
 _INSERT_REVISIONS = "INSERT OR ROLLBACK INTO object_state (zoid, tid, state, checksum) VALUES "
 
 

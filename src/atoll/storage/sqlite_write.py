@@ -38,7 +38,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield conn
         conn.execute(sql.COMMIT)
     except BaseException:
-        conn.execute(sql.ROLLBACK)
+        rollback(conn)  # SQLite may have ended it (disk full, I/O error): the error is the news
         raise
 
 
