@@ -55,9 +55,9 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
             for record in transactions:
                 meta = TransactionMeta(extension=record.extension, tid=record.tid)
                 tid = u64(commit_tid(meta, p64(last) if last else None))
-                records = last_of_each_oid(record.records)
-                zoids = [u64(r.oid) for r in records]
-                datas = [r.data or None for r in records]  # DELETED: NULL
+                revisions = last_of_each_oid(record.records)
+                zoids = [u64(r.oid) for r in revisions]
+                datas = [r.data or None for r in revisions]  # DELETED: NULL
                 conn.execute(write, {
                     "tid": tid, "zoids": zoids, "datas": datas,
                     "sums": [record_checksum(zoid, tid, data) for zoid, data in zip(zoids, datas)],
@@ -68,9 +68,9 @@ def restore_transactions(storage: PostgreSQLStorage, transactions: Iterable[Tran
                 written += sum(len(data) for data in datas if data)
                 if zoids:
                     highest = max(highest, *zoids)
-                oids_written.update(r.oid for r in records)
+                oids_written.update(r.oid for r in revisions)
                 if keep_for_cache:
-                    cached.append((tid, {r.oid: r.data or b"" for r in records}))  # DELETED: b""
+                    cached.append((tid, {r.oid: r.data or b"" for r in revisions}))  # DELETED: b""
                 last = tid
             if highest >= storage._oid_limit:  # else within this process's block
                 conn.execute(q.ADVANCE_OIDS, {"oid": highest})
