@@ -32,6 +32,7 @@ from atoll.collection.targets import TargetError, is_config, open_storages
 from atoll.ids import p64, u64, z64
 from atoll.progress import Progress, Reporter
 from atoll.storage.base import Storage, TransactionRecord
+from atoll.storage.restore import BATCH_BYTES, BATCH_TRANSACTIONS
 
 __all__ = ["copy", "CopyStats"]
 
@@ -70,13 +71,10 @@ def copy(source: Any, destination: Any, progress: Progress | None = None) -> Cop
 
 
 #: A batch of source transactions is written to the destination as one unit
-#: (:meth:`Storage.restore_transactions`) once it holds this many bytes of records,
-#: counting RECORD_COST more per record for the Python objects that hold it (so
-#: memory stays flat however long the history), or BATCH_TRANSACTIONS transactions
-#: (so an interrupted copy loses little and progress moves).
-BATCH_BYTES = 4 << 20
+#: (:meth:`Storage.restore_transactions`) once it holds BATCH_BYTES of records,
+#: counting RECORD_COST more per record for the Python objects that hold it, or
+#: BATCH_TRANSACTIONS transactions (the bounds in atoll.storage.restore).
 RECORD_COST = 200
-BATCH_TRANSACTIONS = 500
 
 _data = attrgetter("data")
 

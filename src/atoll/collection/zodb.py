@@ -17,7 +17,6 @@ from typing import Any, Iterator
 from atoll.errors import StorageError
 from atoll.ids import z64
 from atoll.storage.base import DELETED, DataRecord, TransactionRecord
-from atoll.storage.restore import last_of_each_oid
 
 __all__ = ["FileStorageReader", "FileStorageWriter"]
 
@@ -62,8 +61,10 @@ class FileStorageReader:
         iterator = self._storage.iterator(start)
         try:
             for txn in iterator:
-                # ZODB's records carry their transaction's tid: made in C calls only.
-                records = last_of_each_oid(list(map(_data_record, map(_fields, txn))))
+                # ZODB's records carry their transaction's tid: made in C calls only. An
+                # oid listed twice (one undo of several transactions) stays so: every
+                # restore keeps its last record (atoll.storage.restore.last_of_each_oid).
+                records = list(map(_data_record, map(_fields, txn)))
                 yield TransactionRecord(txn.tid, _text(txn.user), _text(txn.description), dict(txn.extension), records)
         finally:
             close = getattr(iterator, "close", None)

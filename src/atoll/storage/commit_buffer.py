@@ -150,9 +150,7 @@ class CommitBuffer:
         if not (self._stores or self._checks):
             return set()
         stale = getattr(self._storage, "_stale_blocks", None)
-        if last == self.snapshot and not (
-            stale is not None and stale.hold_any(oid for oid, (serial, _) in self._stores.items() if serial == z64)
-        ):
+        if last == self.snapshot and not (stale is not None and stale.hold_created(self._stores)):
             return set()
         return check_conflicts(self._stores, self._checks, moved(), self.load_serial, load_current, resolve)
 

@@ -13,9 +13,9 @@ ConflictError instead of replacing the stored object.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
-from atoll.ids import u64
+from atoll.ids import u64, z64
 
 __all__ = ["StaleBlocks"]
 
@@ -36,3 +36,8 @@ class StaleBlocks:
         if not self._ranges:
             return False
         return any(start <= u64(oid) < limit for oid in oids for start, limit in self._ranges)
+
+    def hold_created(self, stores: Mapping[bytes, tuple[bytes, bytes]]) -> bool:
+        """Whether a commit's ``stores`` (oid -> (read serial, data)) create an
+        object whose oid lies in a block given up: that commit must be checked."""
+        return bool(self._ranges) and self.hold_any(oid for oid, (serial, _) in stores.items() if serial == z64)

@@ -459,7 +459,7 @@ class PostgreSQLStorage(Storage):
                 locked = conn.execute(q.LOCK_COMMIT)
                 wrote = conn.execute(write, params)
                 if prepare_as is not None:
-                    conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(prepare_as)))
+                    conn.execute(recovery.two_phase("PREPARE TRANSACTION", prepare_as))
         except pg_errors.LockNotAvailable:
             conn.execute("ROLLBACK")
             self.recover()  # a crashed committer may hold it: as _lock_commit does after a wait
@@ -470,7 +470,7 @@ class PostgreSQLStorage(Storage):
             return last, True
         if prepare_as is None:
             return last, False
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(prepare_as)))
+        conn.execute(recovery.two_phase("ROLLBACK PREPARED", prepare_as))
         return self._lock_commit(conn), False
 
     # -- the Storage protocol --------------------------------------------------------

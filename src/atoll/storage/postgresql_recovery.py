@@ -60,6 +60,12 @@ def gid(schema: str, owner_key: int, txn_id: str, home_id: int) -> str:
     return f"{gid_prefix(schema)}{owner_key}|{txn_id}|{home_id}"
 
 
+def two_phase(verb: str, gid: str) -> pg_sql.Composed:
+    """``PREPARE TRANSACTION``, ``COMMIT PREPARED`` or ``ROLLBACK PREPARED`` (``verb``)
+    of ``gid``: a statement that takes no parameters, so the gid is quoted in it."""
+    return pg_sql.SQL(verb + " {}").format(pg_sql.Literal(gid))
+
+
 def prepared_gids(conn: psycopg.Connection, schema: str) -> list[str]:
     """The gids of the prepared transactions of ``schema``."""
     return [row[0] for row in conn.execute(SQL.PREPARED_OF_SCHEMA, (gid_prefix(schema),))]
@@ -71,7 +77,7 @@ def rollback_prepared(conn: psycopg.Connection, schema: str) -> list[str]:
     For tests and for an administrator removing a schema; returns the gids."""
     gids = prepared_gids(conn, schema)
     for each in gids:
-        conn.execute(pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(each)))
+        conn.execute(two_phase("ROLLBACK PREPARED", each))
     return gids
 
 
@@ -92,8 +98,7 @@ def recover(conn: psycopg.Connection, schema: str, q: SimpleNamespace, name: str
             continue  # its session is alive: it will finish or abort itself
         try:
             decided = _decided(conn, parts, prepared.timestamp(), q, name)
-            verb = "COMMIT PREPARED {}" if decided else "ROLLBACK PREPARED {}"
-            conn.execute(pg_sql.SQL(verb).format(pg_sql.Literal(each)))
+            conn.execute(two_phase("COMMIT PREPARED" if decided else "ROLLBACK PREPARED", each))
             outcome[each] = "committed" if decided else "rolled back"
         except pg_errors.UndefinedObject:
             pass  # another process resolved it first

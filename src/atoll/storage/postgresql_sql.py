@@ -193,17 +193,6 @@ CURRENT_SERIALS_HF = (
 
 LOAD_CURRENT = "SELECT state, tid, {checksum} FROM {s}.object_state WHERE zoid = %s ORDER BY tid DESC LIMIT 1"
 
-STORE_HP = """
-INSERT INTO {s}.object_state (zoid, tid, state, checksum)
-SELECT z, %s, d, c FROM unnest(%s::bigint[], %s::bytea[], %s::integer[]) AS u(z, d, c)
-"""
-
-STORE_HF = """
-INSERT INTO {s}.object_state (zoid, tid, state, checksum)
-SELECT z, %s, d, c FROM unnest(%s::bigint[], %s::bytea[], %s::integer[]) AS u(z, d, c)
-ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum
-"""
-
 # Given the highest oid a commit stores, takes (and throws away) blocks of oids until
 # the next block starts past it: a racing setval could lower the sequence below a
 # block another process just took; nextval cannot. Does nothing (no row of the
@@ -218,10 +207,6 @@ FROM (
     FROM {s}.oid_seq
 ) AS needed
 """
-
-INSERT_TRANSACTION = "INSERT INTO {s}.transactions VALUES (%s, %s, %s, %s, %s)"
-
-INSERT_DECISION = "INSERT INTO {s}.commit_decisions (txn_id, tid) VALUES (%s, %s)"
 
 SELECT_DECISION = "SELECT tid FROM {s}.commit_decisions WHERE txn_id = %s"
 
@@ -239,15 +224,14 @@ HOME_ADDRESS = "SELECT address FROM {s}.decision_homes WHERE id = %s"
 
 TRANSACTION_EXISTS = "SELECT 1 FROM {s}.transactions WHERE tid = %s"
 
-SET_LAST_TID = "UPDATE {s}.commit_lock SET tid = %s WHERE id = 0"
-
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
-# A commit that is not prepared (alone, or a collection's decider) writes everything
-# in one statement: one execute and one round trip instead of a pipeline of four,
-# whose client-side cost was most of a 1-object commit's. The NOTIFY rides in the
-# transaction, delivered when it commits. A prepared member cannot NOTIFY
-# (PostgreSQL refuses to prepare a transaction that did) and uses the statements above.
+# A commit writes everything in one statement (rows, transaction, the decision of a
+# collection's decider, the last tid): one execute and one round trip instead of a
+# pipeline of four, whose client-side cost was most of a 1-object commit's. The
+# NOTIFY rides in the transaction, delivered when it commits; a prepared member
+# cannot NOTIFY (PostgreSQL refuses to prepare a transaction that did): its form
+# (WRITE_PREPARED_*) returns the tid instead, and it notifies with COMMIT PREPARED.
 _write_commit = """
 WITH {unchanged}stored AS (
     INSERT INTO {{s}}.object_state (zoid, tid, state, checksum)
@@ -269,9 +253,11 @@ _NOTIFYING = "pg_notify(%(channel)s, %(tid)s::text)"
 _HF_REPLACES = (
     "ON CONFLICT (zoid) DO UPDATE SET tid = EXCLUDED.tid, state = EXCLUDED.state, checksum = EXCLUDED.checksum"
 )
-_ALWAYS = dict(unchanged="", where="", guard="", returning=_NOTIFYING)
-WRITE_COMMIT_HP = _write_commit.format(**_ALWAYS, on_conflict="")
-WRITE_COMMIT_HF = _write_commit.format(**_ALWAYS, on_conflict=_HF_REPLACES)
+_ALWAYS = dict(unchanged="", where="", guard="")
+WRITE_COMMIT_HP = _write_commit.format(**_ALWAYS, on_conflict="", returning=_NOTIFYING)
+WRITE_COMMIT_HF = _write_commit.format(**_ALWAYS, on_conflict=_HF_REPLACES, returning=_NOTIFYING)
+WRITE_PREPARED_HP = _write_commit.format(**_ALWAYS, on_conflict="", returning="%(tid)s")
+WRITE_PREPARED_HF = _write_commit.format(**_ALWAYS, on_conflict=_HF_REPLACES, returning="%(tid)s")
 
 # The same, sent with BEGIN and LOCK_COMMIT in one pipeline, so that a small commit
 # takes the lock and writes in one round trip: every part is guarded by
@@ -290,10 +276,9 @@ WRITE_COMMIT_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict
 WRITE_COMMIT_IF_UNCHANGED_HF = _write_commit.format(**_IF_UNCHANGED, on_conflict=_HF_REPLACES, returning=_NOTIFYING)
 
 # A collection member's form, sent with BEGIN, LOCK_COMMIT and its PREPARE
-# TRANSACTION in one pipeline: no NOTIFY (a transaction that notified cannot be
-# prepared; the member notifies with its COMMIT PREPARED) and no decision. When the
-# bet is lost the transaction prepared holds the lock and nothing else: it is rolled
-# back and the commit goes on as one that locked first.
+# TRANSACTION in one pipeline. When the bet is lost the transaction prepared holds
+# the lock and nothing else: it is rolled back and the commit goes on as one that
+# locked first.
 WRITE_PREPARED_IF_UNCHANGED_HP = _write_commit.format(**_IF_UNCHANGED, on_conflict="", returning="%(tid)s")
 WRITE_PREPARED_IF_UNCHANGED_HF = _write_commit.format(
     **_IF_UNCHANGED, on_conflict=_HF_REPLACES, returning="%(tid)s"

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql as pg_sql
 from psycopg.pq import TransactionStatus
 
 from atoll.errors import (
@@ -315,19 +314,12 @@ class PostgreSQLView(CommitBuffer, StorageView):
                     params.update(tid=tid, datas=datas, sums=sums)
                     if zoids and max(zoids) >= storage._oid_limit:  # else within this process's block
                         conn.execute(q.ADVANCE_OIDS, {"oid": max(zoids)})
-                    if not prepare:
+                    if gid is None:
                         conn.execute(q.WRITE_COMMIT_HP if storage.keep_history else q.WRITE_COMMIT_HF, params)
                     else:
                         with conn.pipeline():
-                            if zoids:
-                                store = q.STORE_HP if storage.keep_history else q.STORE_HF
-                                conn.execute(store, (tid, zoids, datas, sums))
-                            conn.execute(
-                                q.INSERT_TRANSACTION,
-                                (tid, meta.user, meta.description, meta.extension_bytes(), txn_key),
-                            )
-                            conn.execute(q.SET_LAST_TID, (tid,))
-                            conn.execute(pg_sql.SQL("PREPARE TRANSACTION {}").format(pg_sql.Literal(gid)))
+                            conn.execute(q.WRITE_PREPARED_HP if storage.keep_history else q.WRITE_PREPARED_HF, params)
+                            conn.execute(recovery.two_phase("PREPARE TRANSACTION", gid))
                             self._gid = gid
                 if deciding:
                     decisions.holding(storage._home)
@@ -342,7 +334,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
         return resolved
 
     def _fits_one_trip(self, zoids: list[int], datas: list[bytes | None]) -> bool:
-        """Whether a commit may bet on writing with the lock (``_lock_commit_and_write``): not from a historical view, not an oid past
+        """Whether a commit may bet on writing with the lock
+        (``_lock_commit_and_write``): not from a historical view, not an oid past
         this process's block (the counter must move first), small enough to send
         twice if the bet is lost, and no new object's oid from a block given up
         (it must be checked: :mod:`atoll.storage.oid_blocks`)."""
@@ -351,7 +344,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
             self.before is None
             and (not zoids or max(zoids) < storage._oid_limit)
             and sum(len(data or b"") for data in datas) <= ONE_TRIP_BYTES
-            and not storage._stale_blocks.hold_any(oid for oid, (serial, _) in self._stores.items() if serial == z64)
+            and not storage._stale_blocks.hold_created(self._stores)
         )
 
     def _check_conflicts(self, conn: psycopg.Connection, last: bytes, resolve: Resolver | None) -> set[bytes]:
@@ -390,7 +383,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 conn = self._store_conn()
                 if self._gid is not None:
                     with conn.pipeline():
-                        conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                        conn.execute(recovery.two_phase("COMMIT PREPARED", self._gid))
                         storage._notify(conn, tid)
                 else:
                     conn.execute("COMMIT")  # its NOTIFY was sent in the transaction
@@ -419,7 +412,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 # Hold the owner lock meanwhile, so recovery elsewhere leaves it alone.
                 locked = one_value(conn.execute(SQL.TRY_OWNER_LOCK, (owner,)))
                 try:
-                    conn.execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(gid)))
+                    conn.execute(recovery.two_phase("COMMIT PREPARED", gid))
                 except pg_errors.UndefinedObject:
                     pass  # resolved meanwhile: the row below tells how
                 finally:
@@ -456,7 +449,7 @@ class PostgreSQLView(CommitBuffer, StorageView):
                 role = commit_role(self._meta)
                 if decisions.outcome(role.decider_home or "", self._meta.id, time.time(), self._storage.name):
                     with self._errors():
-                        self._store_conn().execute(pg_sql.SQL("COMMIT PREPARED {}").format(pg_sql.Literal(self._gid)))
+                        self._store_conn().execute(recovery.two_phase("COMMIT PREPARED", self._gid))
                 else:
                     self._abort_prepared()
             else:
@@ -468,7 +461,8 @@ class PostgreSQLView(CommitBuffer, StorageView):
 
     def _abort_prepared(self) -> None:
         gid, owner = self._gid, self._owner_key
-        statement = pg_sql.SQL("ROLLBACK PREPARED {}").format(pg_sql.Literal(gid))
+        assert gid is not None  # called for a prepared part only
+        statement = recovery.two_phase("ROLLBACK PREPARED", gid)
         try:
             with self._errors():
                 try:

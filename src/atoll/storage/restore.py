@@ -10,7 +10,14 @@ from typing import Iterable
 from atoll.ids import z64
 from atoll.storage.base import DELETED, DataRecord, Storage, TransactionMeta, TransactionRecord
 
-__all__ = ["restore_over_views", "last_of_each_oid"]
+__all__ = ["restore_over_views", "last_of_each_oid", "BATCH_BYTES", "BATCH_TRANSACTIONS"]
+
+#: A copy writes the source's transactions in batches of about this many bytes of
+#: records (so memory stays flat however long the history) ...
+BATCH_BYTES = 4 << 20
+#: ... or this many transactions (so an interrupted copy loses little and progress
+#: moves): atoll.collection.copy's batches and SQLite's own (sqlite_copy).
+BATCH_TRANSACTIONS = 500
 
 _oid = attrgetter("oid")
 

@@ -40,6 +40,7 @@ from urllib.parse import quote
 from atoll.errors import StorageError
 from atoll.storage import sqlite_sql as sql
 from atoll.storage.checksum import damaged
+from atoll.storage.restore import BATCH_BYTES, BATCH_TRANSACTIONS
 from atoll.storage.sqlite_rows import _OFFSET, _crc32
 from atoll.storage.sqlite_write import begin_commit, moved_oid_epoch, rollback
 
@@ -48,11 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["copy_file", "BATCH_BYTES", "BATCH_TRANSACTIONS"]
 
-#: A batch ends once it holds this many bytes of revisions (the bound
-#: atoll.collection.copy uses for its own batches) ...
-BATCH_BYTES = 4 << 20
-#: ... or this many transactions.
-BATCH_TRANSACTIONS = 500
+# A batch ends once it holds BATCH_BYTES of revisions or BATCH_TRANSACTIONS
+# transactions, the bounds of every copy's batches.
 
 _CHECKSUM_FUNCTION = "atoll_copy_checksum"
 

@@ -5,9 +5,9 @@ A commit through a view costs a poll, the commit lock, ``BEGIN IMMEDIATE``, the 
 tid, its rows and a ``COMMIT`` (with its fsync) per transaction; a copy of 1,000
 small transactions spent most of its writing time there, not in its rows. Here the
 whole batch is one write transaction: each source transaction still gets its own
-``transactions`` row, tid and revisions (the rows a view's commit writes), and the batch commits as a unit,
-so an error or a crash leaves none of it and a restarted copy continues after the
-last transaction committed before.
+``transactions`` row, tid and revisions (the rows a view's commit writes), and the
+batch commits as a unit, so an error or a crash leaves none of it and a restarted
+copy continues after the last transaction committed before.
 
 There is no conflict check: the records replace whatever is current (in a
 history-free file, the older revisions of every oid written are deleted, as a

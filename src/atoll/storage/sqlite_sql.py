@@ -249,12 +249,12 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 #: bind 601 parameters, below the smallest limit SQLite builds use (999).
 STATES_PER_INSERT = 200
 
-# The multi-row INSERTs of revisions say OR ROLLBACK: a statement that writes several
-# rows and may stop halfway on a constraint (OR ABORT, the default) keeps a
-# statement journal, a copy of every existing page it changes, to undo itself.
-# Revisions of existing objects change pages all over the (zoid, tid) index: 50 of
-# them took 394 us in one such INSERT, 119 us with OR ROLLBACK (and 156 us one row
-# per statement). No commit breaks these constraints unless something is wrong; a
+# The multi-row INSERTs of revisions (these two, and a copy's COPY_REVISIONS) say
+# OR ROLLBACK: a statement that writes several rows and may stop halfway on a
+# constraint (OR ABORT, the default) keeps a statement journal, a copy of every
+# existing page it changes, to undo itself. Revisions of existing objects change
+# pages all over the (zoid, tid) index: 50 of them took 394 us in one such INSERT,
+# 119 us with OR ROLLBACK (and 156 us one row per statement). No commit breaks these constraints unless something is wrong; a
 # broken one ends the whole write transaction. Without a statement journal another
 # error partway (a blob too big, say) leaves the statement's earlier rows in the
 # transaction: every caller rolls the transaction back after any error, and must.
@@ -480,7 +480,7 @@ SELECT tid, username, description, extension, '', oids, 0
 FROM atoll_copy_source.transactions WHERE tid > ?1 AND tid <= ?2 ORDER BY tid
 """
 COPY_REVISIONS = """
-INSERT INTO object_state (zoid, tid, state, checksum)
+INSERT OR ROLLBACK INTO object_state (zoid, tid, state, checksum)
 SELECT s.zoid, s.tid, s.state,
        atoll_copy_checksum(s.zoid, s.tid, CAST(s.state AS BLOB), typeof(s.state) = 'blob', s.checksum)
 FROM temp.atoll_copy_rows AS r
